@@ -1,0 +1,1 @@
+"""DistriNews: distributed fine-tuning, tracking, export and serving of an AG News classifier."""

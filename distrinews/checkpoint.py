@@ -1,0 +1,89 @@
+"""Epoch checkpoints that are either complete or invisible.
+
+Layout of output_dir:
+    epoch-3/            save_pretrained folder (weights, config with labels,
+                        tokenizer) + training_state.pt
+    latest              the name of the newest complete checkpoint folder
+
+A checkpoint is written under a temporary name and renamed when complete;
+`latest` is replaced atomically afterwards. A crash mid-write leaves at most
+a stray temporary folder that resume never reads.
+"""
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distrinews.distributed import DistInfo, barrier
+
+LATEST = "latest"
+TRAINING_STATE = "training_state.pt"
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    epoch: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    training_state: dict[str, Any],
+    info: DistInfo,
+) -> None:
+    """Fenced save: every rank arrives, global rank 0 writes, every rank leaves."""
+    barrier(info)  # all ranks have applied the epoch's last update
+    if info.is_main:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        final = output_dir / f"epoch-{epoch}"
+        temporary = output_dir / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        torch.save({**training_state, "rng": _rng_state()}, temporary / TRAINING_STATE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        _write_atomically(output_dir / LATEST, final.name)
+        for old in output_dir.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier(info)  # no rank reads or resumes before the write is complete
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
+    pointer = Path(output_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    return folder if (folder / TRAINING_STATE).is_file() else None
+
+
+def load_training_state(folder: Path) -> dict[str, Any]:
+    # Our own file (optimizer state, counters, RNG), hence weights_only=False.
+    return torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)

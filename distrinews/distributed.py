@@ -1,0 +1,148 @@
+"""Process-group set-up and teardown, and the rank-aware logger.
+
+Works under torchrun (reads RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE)
+and as a plain single process. Gloo on CPU, NCCL on CUDA.
+"""
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from distrinews.config import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        # Global rank: with several nodes, only one process in the job writes.
+        return self.rank == 0
+
+    @property
+    def restart_count(self) -> int:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available()
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            local_rank=local_rank,
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+            device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
+            backend="nccl" if use_cuda else "gloo",
+        )
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's quota, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def setup_distributed(info: DistInfo, threads: int = 0) -> None:
+    """Pin threads and device, then join the process group (all ranks meet here)."""
+    local_cores = max(1, available_cpus() // info.local_world_size)
+    # Each rank takes its share of the cores: N ranks x all cores each would
+    # oversubscribe the CPU and run slower than one process.
+    torch.set_num_threads(threads or local_cores)
+    if info.device.type == "cuda" and info.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(info.device)
+    if info.world_size > 1 and not dist.is_initialized():
+        # A peer that dies mid-collective should fail the job in minutes, not
+        # the 30-minute default.
+        dist.init_process_group(info.backend, timeout=timedelta(minutes=10))
+
+
+def check_world_fits_machine(info: DistInfo) -> None:
+    """More processes per node than GPUs (or CPU cores) only slows training down."""
+    if info.device.type == "cuda":
+        available, kind = torch.cuda.device_count(), "GPU(s)"
+    else:
+        available, kind = available_cpus(), "CPU core(s)"
+    if info.local_world_size > available:
+        raise UserError(
+            f"nproc={info.local_world_size} but only {available} {kind} are available; "
+            f"use -P nproc={available} or fewer"
+        )
+
+
+@contextmanager
+def fail_together(info: DistInfo) -> Iterator[None]:
+    """Bad input on any rank stops every rank, with that rank's message.
+
+    Without it, a rank that fails alone would leave the others waiting in
+    their next collective. The block must not run collectives itself.
+    """
+    message = None
+    try:
+        yield
+    except UserError as err:
+        message = str(err)
+    messages = [message] * info.world_size
+    if info.world_size > 1:
+        dist.all_gather_object(messages, message)
+    for rank, failed in enumerate(messages):
+        if failed is not None:
+            raise UserError(failed if rank == info.rank else f"on rank {rank}: {failed}")
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over all ranks (in place, also returned)."""
+    if info.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM (torchrun stopping its workers) into KeyboardInterrupt.
+
+    Then `finally` blocks run and the MLflow run is marked KILLED instead of
+    being left RUNNING.
+    """
+
+    def _handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def get_logger(info: DistInfo) -> logging.Logger:
+    """A logger that says which rank speaks; ranks other than 0 report warnings only."""
+    logger = logging.getLogger(f"distrinews.rank{info.rank}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"[rank {info.rank}] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    return logger

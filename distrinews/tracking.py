@@ -1,0 +1,129 @@
+"""MLflow logging from the main process only.
+
+`start_tracker` gives rank 0 an `MlflowTracker` and every other rank a
+`Tracker` whose methods do nothing, so training code logs unconditionally
+and no `if rank == 0` is scattered around (nanochat's DummyWandb idea).
+
+Run selection: under `mlflow run` the run it created (MLFLOW_RUN_ID) is
+used; after a torchrun restart, the run recorded in the checkpoint; else a
+new run. Leaving the `with` block ends the run FINISHED, KILLED (Ctrl-C,
+SIGTERM) or FAILED (any other exception).
+"""
+
+import os
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from distrinews.config import TrackingConfig
+
+
+class Tracker:
+    """The no-op tracker of non-main ranks; MlflowTracker overrides every method."""
+
+    run_id: str | None = None
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        return None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None: ...
+
+    def log_transformers_model(self, model: Any, tokenizer: Any) -> None: ...
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return []
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, run_id: str):
+        import mlflow
+
+        self._mlflow = mlflow
+        self.run_id = run_id
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            status = "FINISHED"
+        else:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:500]})
+        self._mlflow.end_run(status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        # `mlflow run` has logged the MLproject parameters already, as typed
+        # on its command line ("1e-4", "false"); MLflow refuses to change a
+        # param, so only the keys it has not logged are added.
+        logged = self._mlflow.get_run(self.run_id).data.params
+        self._mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # Asynchronous, so a slow tracking server does not stall training steps.
+        self._mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self._mlflow.log_figure(figure, artifact_file)
+        plt.close(figure)
+
+    def log_transformers_model(self, model: Any, tokenizer: Any) -> None:
+        """The save_pretrained folder as a transformers-flavour MLflow model."""
+        self._mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-classification",
+            # Named explicitly: MLflow's inference of requirements probes
+            # optional packages (torchvision) and fails where they are absent.
+            pip_requirements=[
+                f"{package}=={version(package).split('+')[0]}"
+                for package in ("mlflow", "torch", "transformers", "tokenizers")
+            ],
+        )
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        self._mlflow.flush_async_logging()
+        history = self._mlflow.MlflowClient().get_metric_history(self.run_id, key)
+        return sorted((m.step, m.value) for m in history)
+
+
+def start_tracker(is_main: bool, cfg: TrackingConfig, resume_run_id: str | None = None) -> Tracker:
+    """Start (or re-open) the MLflow run on the main process."""
+    if not is_main:
+        return Tracker()
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID") or resume_run_id
+    if run_id is None:
+        mlflow.set_experiment(cfg.experiment)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else (cfg.run_name or None))
+    return MlflowTracker(run.info.run_id)
+
+
+def git_commit() -> str:
+    """Commit of the code being run (mlflow run tags it too; plain torchrun does not)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,1 @@
+"""Entry scripts, one per MLproject step."""

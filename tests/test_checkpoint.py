@@ -1,0 +1,38 @@
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from distrinews import checkpoint
+from distrinews.distributed import DistInfo
+from distrinews.model import load_model_and_tokenizer
+
+SINGLE = DistInfo(0, 0, 1, 1, torch.device("cpu"), "gloo")
+
+
+def test_save_then_latest_round_trips(tmp_path, tiny_bert):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    for epoch in (1, 2):
+        checkpoint.save_checkpoint(tmp_path, epoch, model, tokenizer, {"step": epoch}, SINGLE)
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest == tmp_path / "epoch-2"
+    assert not (tmp_path / "epoch-1").exists(), "older checkpoints are pruned"
+    assert checkpoint.load_training_state(latest)["step"] == 2
+    reloaded = AutoModelForSequenceClassification.from_pretrained(latest)
+    assert reloaded.config.id2label[3] == "Sci/Tech"
+    for a, b in zip(model.parameters(), reloaded.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torn_write_is_never_picked_up(tmp_path, tiny_bert):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    checkpoint.save_checkpoint(tmp_path, 1, model, tokenizer, {"step": 1}, SINGLE)
+    # A crash while writing epoch 2: a temp folder without training state,
+    # and even a final-named folder the pointer does not name.
+    (tmp_path / ".epoch-2.tmp-999").mkdir()
+    (tmp_path / ".epoch-2.tmp-999" / "config.json").write_text("{")
+    assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "epoch-1"
+    (tmp_path / "latest").write_text("epoch-7")
+    assert checkpoint.latest_checkpoint(tmp_path) is None
+
+
+def test_no_checkpoint_means_none(tmp_path):
+    assert checkpoint.latest_checkpoint(tmp_path / "missing") is None
