@@ -11,6 +11,7 @@ SIGTERM) or FAILED (any other exception).
 """
 
 import os
+import signal
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -58,8 +59,15 @@ class MlflowTracker(Tracker):
             status = "FINISHED"
         else:
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:500]})
-        self._mlflow.end_run(status)
+        # When a peer dies, torchrun sends SIGTERM right after; let the run
+        # be closed (which flushes queued metrics) instead of interrupted.
+        previous_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if exc_type is not None:
+                self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:500]})
+            self._mlflow.end_run(status)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
 
     def log_params(self, params: dict[str, Any]) -> None:
         # `mlflow run` has logged the MLproject parameters already, as typed

@@ -171,9 +171,7 @@ def test_rank0_alone_reports_progress(trained):
 def test_evaluate_entry_point_logs_to_the_train_run(trained, small_data):
     store, experiment_id, _, _ = trained
     source = train_run(store, experiment_id)
-    result = store.mlflow_run(
-        "evaluate", "e2e", {"run_id": source.info.run_id, "data": small_data}
-    )
+    result = store.mlflow_run("evaluate", "e2e", {"run_id": source.info.run_id, "data": small_data})
     assert result.returncode == 0, result.stderr[-3000:]
     train_metrics = store.client.get_run(source.info.run_id).data.metrics
     # Same model, same 200 test rows: the same accuracy (up to one borderline
