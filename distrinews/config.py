@@ -190,3 +190,39 @@ def parse_evaluate_job(argv: list[str] | None = None) -> tuple[EvaluateConfig, D
     add_config_arguments(parser, DataConfig)
     namespace = parser.parse_args(argv)
     return config_from_args(EvaluateConfig, namespace), config_from_args(DataConfig, namespace)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run_id: str = _help(
+        "Train run whose logged model is exported (empty: the newest FINISHED train run).", ""
+    )
+    checkpoint: str = _help(
+        "A local save_pretrained folder to export instead of a run's model.", ""
+    )
+    target: str = _help(
+        "CPU the int8 model is tuned for: avx512_vnni, avx2, arm64, or auto (this machine).",
+        "auto",
+    )
+    max_accuracy_drop: float = _help(
+        "Fail if int8 test accuracy is more than this many points below PyTorch fp32.", 0.5
+    )
+    output: str = _help("Also write the ONNX model folder here (empty: MLflow only).", "")
+    latency_texts: int = _help("Test texts timed one at a time for the latency figures.", 200)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("auto", "avx512_vnni", "avx2", "arm64"):
+            raise UserError(f"target={self.target!r}: use auto, avx512_vnni, avx2 or arm64")
+        if self.max_accuracy_drop < 0 or self.latency_texts < 1:
+            raise UserError("max_accuracy_drop must be >= 0 and latency_texts >= 1")
+
+
+def parse_export_job(argv: list[str] | None = None) -> tuple[ExportConfig, DataConfig]:
+    parser = OneLineParser(
+        prog="pipelines.export",
+        description="Export a trained model to int8 ONNX, check it, and log it to MLflow.",
+    )
+    add_config_arguments(parser, ExportConfig)
+    add_config_arguments(parser, DataConfig)
+    namespace = parser.parse_args(argv)
+    return config_from_args(ExportConfig, namespace), config_from_args(DataConfig, namespace)

@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from distrinews.config import DataConfig, EvaluateConfig, UserError
+from distrinews.config import DataConfig, EvaluateConfig
 from distrinews.data import TokenizedDataset, load_splits, make_loader
 from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.metrics import classification_metrics, confusion_matrix
-from distrinews.model import match_inputs_to_model
 from distrinews.plots import confusion_matrix_figure
+from distrinews.tracking import load_logged_model
 
 
 @torch.no_grad()
@@ -61,20 +61,8 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     in the MLflow UI.
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        train_run = mlflow.MlflowClient().get_run(cfg.run_id)
-        components = mlflow.transformers.load_model(
-            f"runs:/{cfg.run_id}/model", return_type="components"
-        )
-    except (MlflowException, OSError) as err:
-        raise UserError(
-            f"cannot load the model of run {cfg.run_id!r} from {mlflow.get_tracking_uri()} "
-            f"({str(err).splitlines()[0]}); pass the id of a FINISHED train run"
-        ) from err
-    model, tokenizer = components["model"], components["tokenizer"]
-    match_inputs_to_model(tokenizer, model)
+    model, tokenizer, train_run = load_logged_model(cfg.run_id)
     # Same truncation and the same split seed as the training run.
     params = train_run.data.params
     data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))

@@ -135,3 +135,26 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def load_logged_model(run_id: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, run) of a train run's logged transformers model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from distrinews.config import UserError
+    from distrinews.model import match_inputs_to_model
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+        components = mlflow.transformers.load_model(
+            f"runs:/{run_id}/model", return_type="components"
+        )
+    except (MlflowException, OSError) as err:
+        raise UserError(
+            f"cannot load the model of run {run_id!r} from {mlflow.get_tracking_uri()} "
+            f"({str(err).splitlines()[0]}); pass the id of a FINISHED train run"
+        ) from err
+    model, tokenizer = components["model"], components["tokenizer"]
+    match_inputs_to_model(tokenizer, model)
+    return model, tokenizer, run

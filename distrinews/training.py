@@ -94,15 +94,22 @@ def _train(
         checkpoint.restore_rng(state)
 
     for epoch in range(progress.epoch, job.train.epochs):
+        epoch_start = time.perf_counter()
         train_one_epoch(
             ddp_model, train_loader, optimizer, scheduler, progress, epoch, job, info, tracker
         )
+        epoch_seconds = time.perf_counter() - epoch_start
         val_metrics, _ = evaluate(model, eval_loaders["validation"], info, desc="validation")
         progress.epoch = epoch + 1
         progress.best_val_accuracy = max(progress.best_val_accuracy, val_metrics["accuracy"])
         tracker.log_metrics(
             {f"val_{k}": v for k, v in val_metrics.items()}
-            | {"best_val_accuracy": progress.best_val_accuracy, "epoch": progress.epoch},
+            | {
+                "best_val_accuracy": progress.best_val_accuracy,
+                "epoch": progress.epoch,
+                "epoch_seconds": epoch_seconds,
+                "epoch_samples_per_second": len(train_loader.dataset) / epoch_seconds,
+            },
             step=progress.step,
         )
         log.info("epoch %d: validation %s", progress.epoch, _fmt(val_metrics))

@@ -1,15 +1,19 @@
 """Shared fixtures: tiny random-init models, a small slice of AG News, a temp MLflow store."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import mlflow
 import pandas as pd
 import pytest
 from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
 
+from distrinews import checkpoint
 from distrinews.config import DEFAULT_MODEL
 from distrinews.model import resolve_model_path
 
@@ -102,3 +106,103 @@ class MlflowStore:
 @pytest.fixture()
 def mlflow_store(tmp_path: Path) -> MlflowStore:
     return MlflowStore(tmp_path)
+
+
+def train_run(store: MlflowStore, experiment_id: str):
+    """The one train run of an experiment."""
+    (run,) = store.client.search_runs([experiment_id], "tags.step = 'train'")
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_bert, small_data):
+    """One 3-epoch, 2-process training run on 760 real rows with a tiny BERT."""
+    store = MlflowStore(tmp_path_factory.mktemp("train-e2e"))
+    experiment_id = store.experiment("e2e")
+    output_dir = store.folder / "checkpoints"
+    result = store.mlflow_run(
+        "train",
+        "e2e",
+        {
+            "nproc": 2,
+            "model": tiny_bert,
+            "data": small_data,
+            "epochs": 3,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "output_dir": output_dir,
+            "log_every": 2,
+        },
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return store, experiment_id, output_dir, result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m serving` in a subprocess on 127.0.0.1, stopped at the end."""
+
+    def __init__(self, model: str, env: dict[str, str], **settings: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = env | {f"DISTRINEWS_{k.upper()}": str(v) for k, v in settings.items()}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--model", model, "--port", str(self.port)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.process.stdout.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server not ready in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, small_data, tmp_path_factory):
+    store, experiment_id, output_dir, _ = trained_run
+    folder = tmp_path_factory.mktemp("onnx") / "model"
+    run_id = store.client.search_runs([experiment_id], "tags.step = 'train'")[0].info.run_id
+    result = store.mlflow_run(
+        "export",
+        "e2e",
+        {
+            "run_id": run_id,
+            "data": small_data,
+            "output": folder,
+            "latency_texts": 20,
+            # A 2-layer random-init model has small logit margins, so int8 noise
+            # flips more of its borderline labels than a trained MiniLM's.
+            "max_accuracy_drop": 5,
+        },
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return store, run_id, folder, checkpoint.latest_checkpoint(output_dir)
+
+
+@pytest.fixture(scope="session")
+def texts(small_data) -> list[str]:
+    return pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:40]

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews import checkpoint
-from tests.conftest import REPO, MlflowStore
+from tests.conftest import REPO, MlflowStore, train_run
 
 pytestmark = pytest.mark.integration
 
@@ -48,38 +48,15 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def train_run(store: MlflowStore, experiment_id: str):
-    (run,) = store.client.search_runs([experiment_id], "tags.step = 'train'")
-    return run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert, small_data):
-    """One 3-epoch, 2-process training run on 760 real rows with a tiny BERT."""
-    store = MlflowStore(tmp_path_factory.mktemp("train-e2e"))
-    experiment_id = store.experiment("e2e")
-    output_dir = store.folder / "checkpoints"
-    result = store.mlflow_run(
-        "train",
-        "e2e",
-        {
-            "nproc": 2,
-            "model": tiny_bert,
-            "data": small_data,
-            "epochs": 3,
-            "batch_size": 16,
-            "lr": 3e-3,
-            "output_dir": output_dir,
-            "log_every": 2,
-        },
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return store, experiment_id, output_dir, result
-
-
-def test_exactly_one_finished_run_with_params_and_tags(trained):
-    store, experiment_id, _, _ = trained
-    runs = store.runs(experiment_id)
+def test_exactly_one_finished_run_with_params_and_tags(trained_run):
+    store, experiment_id, _, _ = trained_run
+    # Other tests add evaluate and export runs to this experiment; any other
+    # run (say, one per rank) would show up here.
+    runs = [
+        r
+        for r in store.runs(experiment_id)
+        if r.data.tags.get("step") not in ("evaluate", "export")
+    ]
     assert len(runs) == 1, "one run, from rank 0, inside the run mlflow created"
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -92,8 +69,8 @@ def test_exactly_one_finished_run_with_params_and_tags(trained):
     assert "git_commit" in tags
 
 
-def test_metrics_curves_and_plots_are_logged(trained):
-    store, experiment_id, _, _ = trained
+def test_metrics_curves_and_plots_are_logged(trained_run):
+    store, experiment_id, _, _ = trained_run
     run = train_run(store, experiment_id)
     client = store.client
     loss = client.get_metric_history(run.info.run_id, "train_loss")
@@ -123,13 +100,13 @@ def test_metrics_curves_and_plots_are_logged(trained):
     assert {"plots/confusion_matrix.png", "plots/training_curves.png"} <= artifacts
 
 
-def test_both_ranks_ended_with_identical_weights(trained):
-    store, experiment_id, _, _ = trained
+def test_both_ranks_ended_with_identical_weights(trained_run):
+    store, experiment_id, _, _ = trained_run
     assert train_run(store, experiment_id).data.metrics["replica_weight_divergence"] == 0.0
 
 
-def test_tiny_model_learned_something(trained):
-    store, experiment_id, _, _ = trained
+def test_tiny_model_learned_something(trained_run):
+    store, experiment_id, _, _ = trained_run
     run_id = train_run(store, experiment_id).info.run_id
     loss = [m.value for m in store.client.get_metric_history(run_id, "train_loss")]
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.02, "training loss falls"
@@ -137,8 +114,8 @@ def test_tiny_model_learned_something(trained):
     assert val_loss[-1] < val_loss[0], "validation loss falls"
 
 
-def test_logged_model_predicts_like_the_checkpoint(trained, small_data):
-    store, experiment_id, output_dir, _ = trained
+def test_logged_model_predicts_like_the_checkpoint(trained_run, small_data):
+    store, experiment_id, output_dir, _ = trained_run
     run_id = train_run(store, experiment_id).info.run_id
     mlflow.set_tracking_uri(store.uri)
     texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:24]
@@ -157,19 +134,19 @@ def test_logged_model_predicts_like_the_checkpoint(trained, small_data):
     assert list(predictions["label"]) == expected_labels
 
 
-def test_no_orphan_processes(trained):
-    _, _, output_dir, _ = trained
+def test_no_orphan_processes(trained_run):
+    _, _, output_dir, _ = trained_run
     assert processes_mentioning(str(output_dir)) == []
 
 
-def test_rank0_alone_reports_progress(trained):
-    _, _, _, result = trained
+def test_rank0_alone_reports_progress(trained_run):
+    _, _, _, result = trained_run
     assert "[rank 0]" in result.stderr and "[rank 1] " not in result.stderr
     assert "epoch 3/3" in result.stderr  # tqdm
 
 
-def test_evaluate_entry_point_logs_to_the_train_run(trained, small_data):
-    store, experiment_id, _, _ = trained
+def test_evaluate_entry_point_logs_to_the_train_run(trained_run, small_data):
+    store, experiment_id, _, _ = trained_run
     source = train_run(store, experiment_id)
     result = store.mlflow_run("evaluate", "e2e", {"run_id": source.info.run_id, "data": small_data})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -177,18 +154,30 @@ def test_evaluate_entry_point_logs_to_the_train_run(trained, small_data):
     # Same model, same 200 test rows: the same accuracy (up to one borderline
     # text whose logits move with the batch's padding).
     assert abs(train_metrics["evaluate_test_accuracy"] - train_metrics["test_accuracy"]) <= 1 / 200
-    children = [r for r in store.runs(experiment_id) if r.data.tags.get("mlflow.parentRunId")]
+    children = [r for r in store.runs(experiment_id) if r.data.tags.get("step") == "evaluate"]
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert "test_macro_f1" in children[0].data.metrics
     plots = {a.path for a in store.client.list_artifacts(source.info.run_id, "plots")}
     assert "plots/evaluate_confusion_matrix.png" in plots
 
 
-def test_resume_continues_the_same_run_from_the_saved_epoch(trained, tiny_bert, small_data):
-    """Runs last in this module: it adds a fourth epoch to the shared run."""
-    store, experiment_id, output_dir, _ = trained
+def test_resume_continues_the_same_run_from_the_saved_epoch(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    experiment_id = store.experiment("resume")
+    output_dir = tmp_path / "checkpoints"
+    common = {
+        "model": tiny_bert,
+        "data": small_data,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "output_dir": output_dir,
+        "log_every": 2,
+    }
+    first = store.mlflow_run("train", "resume", {"nproc": 2, "epochs": 1} | common)
+    assert first.returncode == 0, first.stderr[-3000:]
     run_id = train_run(store, experiment_id).info.run_id
     before = store.client.get_metric_history(run_id, "val_accuracy")
+    # As a torchrun restart does: plain torchrun, same output_dir, resume on.
     command = [
         "torchrun",
         "--standalone",
@@ -196,34 +185,24 @@ def test_resume_continues_the_same_run_from_the_saved_epoch(trained, tiny_bert, 
         "2",
         "-m",
         "pipelines.train",
-        "--model",
-        str(tiny_bert),
-        "--data",
-        str(small_data),
         "--epochs",
-        "4",
-        "--batch-size",
-        "16",
-        "--lr",
-        "3e-3",
-        "--output-dir",
-        str(output_dir),
+        "2",
         "--resume",
         "true",
-        "--log-every",
-        "2",
+    ]
+    command += [
+        arg for key, value in common.items() for arg in (f"--{key.replace('_', '-')}", str(value))
     ]
     result = subprocess.run(
         command, cwd=REPO, env=store.env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "resuming from" in result.stderr and "epoch-3" in result.stderr
-    assert "epoch 3/4" not in result.stderr and "epoch 4/4" in result.stderr
-    runs = store.client.search_runs([experiment_id], "tags.step = 'train'")
-    assert [r.info.run_id for r in runs] == [run_id], "the checkpoint's run continues"
+    assert "resuming from" in result.stderr and "epoch-1" in result.stderr
+    assert "epoch 1/2" not in result.stderr and "epoch 2/2" in result.stderr
+    assert train_run(store, experiment_id).info.run_id == run_id, "the checkpoint's run continues"
     after = store.client.get_metric_history(run_id, "val_accuracy")
-    assert len(after) == 4
-    assert [(m.step, m.value) for m in after[:3]] == [(m.step, m.value) for m in before]
-    assert after[3].step > before[2].step
+    assert len(after) == 2
+    assert (after[0].step, after[0].value) == (before[0].step, before[0].value)
+    assert after[1].step > before[0].step
     assert store.client.get_run(run_id).info.status == "FINISHED"
-    assert checkpoint.latest_checkpoint(output_dir).name == "epoch-4"
+    assert checkpoint.latest_checkpoint(output_dir).name == "epoch-2"

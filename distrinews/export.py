@@ -1,0 +1,252 @@
+"""Checkpoint -> ONNX (Optimum) -> graph-optimised -> dynamic int8, checked against PyTorch.
+
+The int8 model is only accepted if its test accuracy stays within
+`max_accuracy_drop` points of the PyTorch model it came from.
+"""
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distrinews.config import DataConfig, ExportConfig, UserError
+from distrinews.data import load_splits
+from distrinews.distributed import available_cpus
+from distrinews.onnx_classifier import OnnxClassifier
+from distrinews.tracking import load_logged_model
+
+TARGETS = ("avx512_vnni", "avx2", "arm64")
+
+
+def detect_target() -> str:
+    """The quantization target this machine runs best (x86 flags from /proc/cpuinfo)."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+
+
+def quantize_to_int8(
+    checkpoint: Path, work_dir: Path, target: str, max_length: int
+) -> tuple[Path, Path]:
+    """Export, optimise and quantize; returns (fp32 ONNX folder, int8 ONNX folder)."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+
+    fp32_dir, optimized_dir, int8_dir = (work_dir / n for n in ("fp32", "optimized", "int8"))
+    ort_model = ORTModelForSequenceClassification.from_pretrained(checkpoint, export=True)
+    ort_model.save_pretrained(fp32_dir)
+    # O2: fused attention, GELU and LayerNorm kernels; exact on CPU (O3's
+    # approximate GELU is not), so int8 is the only approximation made.
+    ORTOptimizer.from_pretrained(ort_model).optimize(
+        AutoOptimizationConfig.O2(), save_dir=optimized_dir
+    )
+    # Dynamic quantization: int8 weights, activation ranges computed per
+    # batch at run time, so no calibration data is needed.
+    quantization = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=False)
+    quantizer = ORTQuantizer.from_pretrained(optimized_dir, file_name="model_optimized.onnx")
+    quantizer.quantize(quantization_config=quantization, save_dir=int8_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.model_max_length = max_length  # the server truncates where training did
+    for folder in (fp32_dir, int8_dir):
+        _keep_only_model_file(
+            folder, "model_optimized_quantized.onnx" if folder == int8_dir else "model.onnx"
+        )
+        tokenizer.save_pretrained(folder)
+        shutil.copy(checkpoint / "config.json", folder / "config.json")
+    return fp32_dir, int8_dir
+
+
+def _keep_only_model_file(folder: Path, name: str) -> None:
+    for onnx_file in folder.glob("*.onnx"):
+        if onnx_file.name != name:
+            onnx_file.unlink()
+
+
+def pytorch_logits(
+    model: torch.nn.Module, tokenizer, texts: list[str], max_length: int
+) -> np.ndarray:
+    with torch.inference_mode():
+        inputs = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return model(**inputs).logits.float().numpy()
+
+
+def batched_predictions(predict, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """argmax over batches of similar length (fast), returned in the texts' order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    predictions = np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), batch_size):
+        chunk = order[start : start + batch_size]
+        predictions[chunk] = predict([texts[i] for i in chunk]).argmax(axis=1)
+    return predictions
+
+
+def batch1_latency_ms(predict, texts: list[str]) -> list[float]:
+    timings = []
+    for text in texts:
+        start = time.perf_counter()
+        predict([text])
+        timings.append(1000 * (time.perf_counter() - start))
+    return timings
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def compare_with_pytorch(
+    checkpoint: Path,
+    fp32_dir: Path,
+    int8_dir: Path,
+    texts: list[str],
+    labels: np.ndarray,
+    latency_texts: int,
+) -> dict[str, float]:
+    """Accuracy of PyTorch fp32, ONNX fp32 and ONNX int8; int8 agreement; batch-1 latency."""
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    fp32 = OnnxClassifier(fp32_dir, threads=threads)
+    int8 = OnnxClassifier(int8_dir, threads=threads)
+
+    def torch_predict(batch: list[str]) -> np.ndarray:
+        return pytorch_logits(model, tokenizer, batch, int8.max_length)
+
+    predictions = {
+        "pytorch_fp32": batched_predictions(torch_predict, texts),
+        "onnx_fp32": batched_predictions(fp32.logits, texts),
+        "onnx_int8": batched_predictions(int8.logits, texts),
+    }
+    report = {f"accuracy_{name}": float((p == labels).mean()) for name, p in predictions.items()}
+    report["int8_agreement_with_pytorch"] = float(
+        (predictions["onnx_int8"] == predictions["pytorch_fp32"]).mean()
+    )
+    # Batch-1 latency, alternating the two models text by text so that
+    # machine noise hits both alike.
+    sample = texts[:latency_texts]
+    torch_ms, int8_ms = [], []
+    for text in sample:
+        torch_ms += batch1_latency_ms(torch_predict, [text])
+        int8_ms += batch1_latency_ms(int8.logits, [text])
+    for name, timings in (("pytorch_fp32", torch_ms), ("onnx_int8", int8_ms)):
+        report[f"latency_p50_ms_{name}"] = percentile(timings, 50)
+        report[f"latency_p95_ms_{name}"] = percentile(timings, 95)
+    report["int8_speedup_p50"] = statistics.median(torch_ms) / statistics.median(int8_ms)
+    report["size_mb_pytorch"] = _size_mb(checkpoint, "*.safetensors")
+    report["size_mb_onnx_fp32"] = _size_mb(fp32_dir, "*.onnx")
+    report["size_mb_onnx_int8"] = _size_mb(int8_dir, "*.onnx")
+    return report
+
+
+def _size_mb(folder: Path, pattern: str) -> float:
+    return sum(f.stat().st_size for f in folder.glob(pattern)) / 2**20
+
+
+def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
+    """The export step: resolve the source, quantize, check, log, and write the output."""
+    import mlflow
+
+    target = detect_target() if cfg.target == "auto" else cfg.target
+    with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
+        work_dir = Path(work)
+        source_run, checkpoint = resolve_checkpoint(cfg, work_dir)
+        if source_run is not None:  # truncate as the model was trained
+            max_length = int(source_run.data.params.get("max_length", data_cfg.max_length))
+            data_cfg = replace(data_cfg, max_length=max_length)
+        test = load_splits(data_cfg, seed=0).test
+        fp32_dir, int8_dir = quantize_to_int8(
+            checkpoint, work_dir / "onnx", target, data_cfg.max_length
+        )
+        report = compare_with_pytorch(
+            checkpoint,
+            fp32_dir,
+            int8_dir,
+            test["text"].tolist(),
+            test["label"].to_numpy(),
+            cfg.latency_texts,
+        )
+        drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
+        report["int8_accuracy_drop_points"] = drop_points
+        source_run_id = source_run.info.run_id if source_run else None
+        (int8_dir / "export_report.json").write_text(
+            json.dumps({"target": target, "source_run_id": source_run_id, **report}, indent=2)
+        )
+        # Under `mlflow run`, its run; else a run in the train run's experiment.
+        experiment_id = None
+        if source_run is not None and not os.environ.get("MLFLOW_RUN_ID"):
+            experiment_id = source_run.info.experiment_id
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{target}") as run:
+            tags = {"step": "export", "quantization": f"dynamic int8 ({target})"}
+            if source_run_id:
+                tags["mlflow.parentRunId"] = source_run_id
+            mlflow.set_tags(tags)
+            mlflow.log_params(
+                {
+                    **asdict(cfg),
+                    "target": target,
+                    "test_rows": len(test),
+                    "max_length": data_cfg.max_length,
+                }
+            )
+            mlflow.log_metrics(report)
+            mlflow.log_artifacts(str(int8_dir), "onnx_model")
+            report["export_run_id"] = run.info.run_id
+            if drop_points > cfg.max_accuracy_drop:
+                raise UserError(
+                    f"int8 accuracy {report['accuracy_onnx_int8']:.4f} is {drop_points:.2f} points "
+                    f"below PyTorch's {report['accuracy_pytorch_fp32']:.4f} (limit "
+                    f"{cfg.max_accuracy_drop}); try another target or raise max_accuracy_drop"
+                )
+        if cfg.output:
+            output = Path(cfg.output)
+            shutil.rmtree(output, ignore_errors=True)
+            shutil.copytree(int8_dir, output)
+    return report
+
+
+def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:
+    """(source MLflow run or None, a local save_pretrained folder)."""
+    if cfg.checkpoint:
+        folder = Path(cfg.checkpoint)
+        if not (folder / "config.json").is_file():
+            raise UserError(
+                f"checkpoint {folder} has no config.json; pass a save_pretrained folder"
+            )
+        return None, folder
+    model, tokenizer, run = load_logged_model(cfg.run_id or newest_finished_train_run())
+    folder = work_dir / "checkpoint"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return run, folder
+
+
+def newest_finished_train_run() -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.step = 'train' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise UserError(
+            f"no FINISHED train run in {mlflow.get_tracking_uri()}; train first, or pass "
+            "-P run_id=... or -P checkpoint=<folder>"
+        )
+    return runs[0].info.run_id

@@ -1,0 +1,34 @@
+"""Export a trained model to an optimised, int8-quantized ONNX model, checked against PyTorch.
+
+Launch:
+    mlflow run . -e export --env-manager local -P data=../shared/data/ag_news
+        [-P run_id=<train run>] [-P checkpoint=<folder>] [-P output=<folder>]
+or directly:
+    python -m pipelines.export --data ../shared/data/ag_news --output serving-model
+"""
+
+import sys
+
+from distrinews.config import UserError, parse_export_job
+from distrinews.export import run_export
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        report = run_export(*parse_export_job(argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"accuracy: PyTorch fp32 {report['accuracy_pytorch_fp32']:.4f}, "
+        f"ONNX fp32 {report['accuracy_onnx_fp32']:.4f}, "
+        f"ONNX int8 {report['accuracy_onnx_int8']:.4f}; "
+        f"int8 agrees with PyTorch on {report['int8_agreement_with_pytorch']:.2%}; "
+        f"batch-1 p50 {report['latency_p50_ms_pytorch_fp32']:.1f} ms -> "
+        f"{report['latency_p50_ms_onnx_int8']:.1f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""FastAPI server for the exported ONNX classifier (no torch at run time)."""

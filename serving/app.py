@@ -1,0 +1,98 @@
+"""The FastAPI application: settings, model loaded at start-up, routes.
+
+DISTRINEWS_MODEL=<folder or MLflow URI> uvicorn serving.app:app --host 127.0.0.1 --port 8000
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.inference import MicroBatcher, load_classifier
+from serving.routes import router
+from serving.settings import Settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # Loading reads and compiles the model: off the event loop. An error here
+    # stops the server before it listens (uvicorn exits non-zero).
+    classifier = await asyncio.to_thread(load_classifier, settings.model, settings.threads)
+    batcher = MicroBatcher(classifier, settings.micro_batch_size, settings.micro_batch_window_ms)
+    batcher.start()
+    app.state.batcher = batcher
+    try:
+        yield
+    finally:
+        app.state.batcher = None
+        await batcher.stop()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitBodySize:
+    """413 for bodies over the limit, checked while reading: a missing or
+    false Content-Length cannot smuggle a larger body in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self.reject(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self.reject(scope, receive, send)
+
+    async def reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.max_bytes} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="DistriNews",
+        description="AG News topics (World, Sports, Business, Sci/Tech) from an int8 ONNX model.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.batcher = None
+    app.include_router(router)
+    app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,116 @@
+"""Model loading and micro-batched inference off the event loop."""
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from distrinews.config import LABELS
+from distrinews.onnx_classifier import ModelFolderError, OnnxClassifier
+
+log = logging.getLogger("serving")
+
+
+def resolve_model_folder(model: str) -> Path:
+    """A local folder as is; an MLflow URI is downloaded first."""
+    if not model:
+        raise ModelFolderError(
+            "no model given: set DISTRINEWS_MODEL or pass --model <folder or URI>"
+        )
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(model))
+        except Exception as err:  # MLflow raises several types for a bad URI
+            raise ModelFolderError(f"cannot download {model}: {str(err).splitlines()[0]}") from err
+    return Path(model)
+
+
+def load_classifier(model: str, threads: int) -> OnnxClassifier:
+    classifier = OnnxClassifier(resolve_model_folder(model), threads=threads)
+    if classifier.labels != LABELS:
+        raise ModelFolderError(
+            f"model labels {list(classifier.labels)} are not the AG News labels {list(LABELS)}"
+        )
+    return classifier
+
+
+def export_report(classifier: OnnxClassifier) -> dict:
+    report = classifier.folder / "export_report.json"
+    return json.loads(report.read_text()) if report.is_file() else {}
+
+
+class MicroBatcher:
+    """Combine texts from concurrent requests into one ONNX Runtime call.
+
+    One worker takes every request queued so far (and, if `window_ms` > 0,
+    those arriving within that window), runs one inference in a thread, and
+    answers each request with its rows. A lone request waits at most the
+    window; under load, batches grow and requests/s with them.
+    """
+
+    def __init__(self, classifier: OnnxClassifier, max_texts: int, window_ms: float):
+        self.classifier = classifier
+        self.max_texts = max_texts
+        self.window = window_ms / 1000
+        self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] = asyncio.Queue()
+        # One inference at a time: ONNX Runtime already uses every core it was given.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.worker:
+            self.worker.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def probabilities(self, texts: list[str]) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _collect(self) -> list[tuple[list[str], asyncio.Future]]:
+        batch = [await self.queue.get()]
+        count = len(batch[0][0])
+        deadline = asyncio.get_running_loop().time() + self.window
+        while count < self.max_texts:
+            if self.queue.empty():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = self.queue.get_nowait()
+            batch.append(item)
+            count += len(item[0])
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            texts = [text for request_texts, _ in batch for text in request_texts]
+            try:
+                rows = await loop.run_in_executor(
+                    self.executor, self.classifier.probabilities, texts
+                )
+            except Exception as err:  # answer every waiting request, keep serving
+                log.exception("inference failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            start = 0
+            for request_texts, future in batch:
+                if not future.done():  # the client may have gone away
+                    future.set_result(rows[start : start + len(request_texts)])
+                start += len(request_texts)

@@ -1,0 +1,137 @@
+"""HTTP routes: predict, batch predict, health, readiness, model info."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field, StrictStr, field_validator
+
+from distrinews.onnx_classifier import OnnxClassifier
+from serving.inference import MicroBatcher, export_report
+from serving.settings import Settings
+
+router = APIRouter()
+
+
+def validate_text(text: str, where: str = "text") -> str:
+    if not text.strip():
+        raise ValueError(f"{where} is empty or whitespace only")
+    if "\x00" in text:
+        raise ValueError(f"{where} contains a NUL character")
+    return text
+
+
+class PredictRequest(BaseModel):
+    text: StrictStr = Field(description="News text; truncated to the model's max tokens")
+
+    @field_validator("text")
+    @classmethod
+    def check_text(cls, text: str) -> str:
+        return validate_text(text)
+
+
+class BatchRequest(BaseModel):
+    texts: list[StrictStr] = Field(min_length=1, description="News texts")
+
+    @field_validator("texts")
+    @classmethod
+    def check_texts(cls, texts: list[str]) -> list[str]:
+        return [validate_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    batcher = getattr(request.app.state, "batcher", None)
+    if batcher is None:
+        raise HTTPException(503, "the model is not loaded yet; retry shortly")
+    return batcher
+
+
+def check_lengths(texts: list[str], settings: Settings) -> None:
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_text_chars:
+            raise HTTPException(
+                422,
+                f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars} "
+                "(texts are truncated to the model's max tokens anyway)",
+            )
+
+
+async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Prediction]:
+    rows = await batcher.probabilities(texts)
+    labels = batcher.classifier.labels
+    return [
+        Prediction(
+            label=labels[int(row.argmax())],
+            confidence=float(row.max()),
+            probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+        )
+        for row in rows
+    ]
+
+
+@router.post("/predict", response_model=Prediction)
+async def predict(
+    body: PredictRequest,
+    settings: Annotated[Settings, Depends(get_settings)],
+    batcher: Annotated[MicroBatcher, Depends(get_batcher)],
+) -> Prediction:
+    check_lengths([body.text], settings)
+    (prediction,) = await predict_texts([body.text], batcher)
+    return prediction
+
+
+@router.post("/predict/batch", response_model=BatchPrediction)
+async def predict_batch(
+    body: BatchRequest,
+    settings: Annotated[Settings, Depends(get_settings)],
+    batcher: Annotated[MicroBatcher, Depends(get_batcher)],
+) -> BatchPrediction:
+    if len(body.texts) > settings.max_batch_texts:
+        raise HTTPException(
+            413, f"{len(body.texts)} texts in one batch; the limit is {settings.max_batch_texts}"
+        )
+    check_lengths(body.texts, settings)
+    return BatchPrediction(predictions=await predict_texts(body.texts, batcher))
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "healthy"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> dict[str, bool]:
+    """Readiness: 503 until the model is loaded."""
+    if getattr(request.app.state, "batcher", None) is None:
+        raise HTTPException(503, "model not loaded")
+    return {"ready": True}
+
+
+@router.get("/model")
+async def model_info(
+    request: Request, batcher: Annotated[MicroBatcher, Depends(get_batcher)]
+) -> dict:
+    classifier: OnnxClassifier = batcher.classifier
+    report = export_report(classifier)
+    return {
+        "source": request.app.state.settings.model,
+        "source_run_id": report.get("source_run_id"),
+        "quantization": f"dynamic int8 ({report['target']})" if "target" in report else "unknown",
+        "onnx_file": classifier.model_file.name,
+        "labels": list(classifier.labels),
+        "max_tokens": classifier.max_length,
+    }

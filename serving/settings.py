@@ -1,0 +1,34 @@
+"""Every server setting in one place; each can be set as DISTRINEWS_<NAME> in the environment."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTRINEWS_", frozen=True)
+
+    model: str = Field(
+        "",
+        description="Exported model folder, or an MLflow URI "
+        "(runs:/<id>/onnx_model, models:/<name>@<alias>)",
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
+    )
+    max_batch_texts: int = Field(
+        64, ge=1, description="Most texts one /predict/batch request may send"
+    )
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        description="Longer texts get 422; shorter ones are truncated to the model's max tokens",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413")
+    micro_batch_size: int = Field(
+        32, ge=1, description="Most texts from concurrent requests combined into one inference"
+    )
+    micro_batch_window_ms: float = Field(
+        1.0,
+        ge=0,
+        description="How long a request waits for others to share its inference (0: none)",
+    )

@@ -1,0 +1,209 @@
+"""Export a trained tiny model, serve it with a real uvicorn on 127.0.0.1, and call it."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distrinews.onnx_classifier import OnnxClassifier
+from tests.conftest import Server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    store, _, folder, _ = exported
+    server = Server(
+        str(folder), store.env, max_batch_texts=8, max_text_chars=2000, max_body_bytes=20_000
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_export_run_is_logged_and_linked(exported):
+    store, train_run_id, folder, _ = exported
+    (run,) = store.client.search_runs(
+        [store.client.get_run(train_run_id).info.experiment_id], "tags.step = 'export'"
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == train_run_id
+    metrics = run.data.metrics
+    for key in (
+        "accuracy_pytorch_fp32",
+        "accuracy_onnx_fp32",
+        "accuracy_onnx_int8",
+        "int8_agreement_with_pytorch",
+        "latency_p50_ms_onnx_int8",
+        "latency_p95_ms_pytorch_fp32",
+        "size_mb_onnx_int8",
+    ):
+        assert key in metrics, key
+    # fp32 ONNX is the same function as PyTorch: same accuracy to a text or so.
+    assert abs(metrics["accuracy_onnx_fp32"] - metrics["accuracy_pytorch_fp32"]) <= 0.01
+    assert metrics["size_mb_onnx_int8"] < metrics["size_mb_onnx_fp32"]
+    artifacts = {
+        Path(a.path).name for a in store.client.list_artifacts(run.info.run_id, "onnx_model")
+    }
+    assert {"config.json", "tokenizer.json", "export_report.json"} <= artifacts
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model_optimized_quantized.onnx"]
+
+
+def test_matmuls_are_quantized(exported):
+    _, _, folder, reference = exported
+    graph = onnx.load(str(next(folder.glob("*.onnx")))).graph
+    ops = [node.op_type for node in graph.node]
+    quantized = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention") for op in ops)
+    linear_layers = sum(
+        isinstance(m, torch.nn.Linear)
+        for m in AutoModelForSequenceClassification.from_pretrained(reference).modules()
+    )
+    # Every encoder Linear (attention projections and feed-forward) is int8;
+    # only the pooler and the classifier head may stay fp32 (Gemm).
+    assert quantized >= linear_layers - 2 - 3 * 2  # QAttention fuses Q, K, V per layer
+
+
+def test_server_agrees_with_the_models(server, exported, texts):
+    _, _, folder, reference = exported
+    responses = [httpx.post(f"{server.url}/predict", json={"text": t}, timeout=10) for t in texts]
+    assert all(r.status_code == 200 for r in responses)
+    served = [r.json()["label"] for r in responses]
+    for body in (r.json() for r in responses):
+        assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+        assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+        assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+    # Exactly the int8 model's answers, run in this process.
+    local = OnnxClassifier(folder, threads=1)
+    assert served == [local.labels[i] for i in local.logits(texts).argmax(axis=1)]
+    # And the PyTorch model's, up to int8 rounding on borderline texts.
+    model = AutoModelForSequenceClassification.from_pretrained(reference).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reference)
+    with torch.no_grad():
+        logits = model(
+            **tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        ).logits
+    expected = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    agreement = np.mean([a == b for a, b in zip(served, expected, strict=True)])
+    print(f"int8 server agrees with PyTorch on {agreement:.0%} of {len(texts)} texts")
+    assert agreement >= 0.85
+
+
+def test_batch_endpoint_matches_single_predictions(server, texts):
+    batch = httpx.post(f"{server.url}/predict/batch", json={"texts": texts[:8]}, timeout=10)
+    assert batch.status_code == 200
+    singles = [
+        httpx.post(f"{server.url}/predict", json={"text": t}).json()["label"] for t in texts[:8]
+    ]
+    assert [p["label"] for p in batch.json()["predictions"]] == singles
+
+
+def test_health_ready_model_and_docs(server):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "healthy"}
+    assert httpx.get(f"{server.url}/ready").json() == {"ready": True}
+    info = httpx.get(f"{server.url}/model").json()
+    assert info["labels"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert info["quantization"].startswith("dynamic int8") and info["source_run_id"]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+BAD_REQUESTS = {
+    "empty text": ({"json": {"text": ""}}, 422),
+    "whitespace only": ({"json": {"text": "   \n\t"}}, 422),
+    "text not a string": ({"json": {"text": 123}}, 422),
+    "text is null": ({"json": {"text": None}}, 422),
+    "missing field": ({"json": {"body": "x"}}, 422),
+    "malformed json": (
+        {"content": b'{"text": "unterminated', "headers": {"content-type": "application/json"}},
+        422,
+    ),
+    "json array": ({"json": ["text"]}, 422),
+    "nul byte": ({"json": {"text": "a\x00b"}}, 422),
+    "text over the length limit": ({"json": {"text": "word " * 1000}}, 422),
+    "body over the size limit": ({"json": {"text": "x" * 30_000}}, 413),
+    "wrong content type": (
+        {
+            "content": b"text=hello",
+            "headers": {"content-type": "application/x-www-form-urlencoded"},
+        },
+        422,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_with_a_message(server, case):
+    kwargs, status = BAD_REQUESTS[case]
+    response = httpx.post(f"{server.url}/predict", timeout=10, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"texts": []}, 422),
+        ({"texts": ["ok"] * 9}, 413),
+        ({"texts": ["ok", ""]}, 422),
+        ({"texts": ["ok", 5]}, 422),
+        ({"texts": "not a list"}, 422),
+    ],
+)
+def test_bad_batches_get_a_4xx(server, body, status):
+    response = httpx.post(f"{server.url}/predict/batch", json=body, timeout=10)
+    assert response.status_code == status, response.text
+
+
+def test_long_text_within_the_limit_is_truncated_not_refused(server):
+    response = httpx.post(f"{server.url}/predict", json={"text": "market " * 280}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_serves_from_an_mlflow_runs_uri(exported, texts):
+    store, train_run_id, folder, _ = exported
+    (run,) = store.client.search_runs(
+        [store.client.get_run(train_run_id).info.experiment_id], "tags.step = 'export'"
+    )
+    server = Server(f"runs:/{run.info.run_id}/onnx_model", store.env)
+    try:
+        server.wait_ready()
+        label = httpx.post(f"{server.url}/predict", json={"text": texts[0]}).json()["label"]
+        local = OnnxClassifier(folder, threads=1)
+        assert label == local.labels[int(local.logits(texts[:1]).argmax())]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("problem", ["missing folder", "corrupt onnx", "wrong labels"])
+def test_bad_model_fails_fast(problem, exported, tmp_path):
+    store, _, folder, _ = exported
+    broken = tmp_path / "model"
+    if problem != "missing folder":
+        subprocess.run(["cp", "-r", str(folder), str(broken)], check=True)
+    if problem == "corrupt onnx":
+        next(broken.glob("*.onnx")).write_bytes(b"not an onnx model")
+    if problem == "wrong labels":
+        config = json.loads((broken / "config.json").read_text())
+        config["id2label"] = {"0": "neg", "1": "pos"}
+        (broken / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    server = Server(str(broken), store.env)
+    output, _ = server.process.communicate(timeout=60)
+    assert server.process.returncode != 0
+    assert time.monotonic() - started < 30
+    assert {
+        "missing folder": "does not exist",
+        "corrupt onnx": "cannot load",
+        "wrong labels": "not the AG News labels",
+    }[problem] in output
