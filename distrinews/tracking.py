@@ -70,11 +70,7 @@ class MlflowTracker(Tracker):
             signal.signal(signal.SIGTERM, previous_handler)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        # `mlflow run` has logged the MLproject parameters already, as typed
-        # on its command line ("1e-4", "false"); MLflow refuses to change a
-        # param, so only the keys it has not logged are added.
-        logged = self._mlflow.get_run(self.run_id).data.params
-        self._mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+        log_new_params(params)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags(tags)
@@ -107,6 +103,19 @@ class MlflowTracker(Tracker):
         self._mlflow.flush_async_logging()
         history = self._mlflow.MlflowClient().get_metric_history(self.run_id, key)
         return sorted((m.step, m.value) for m in history)
+
+
+def log_new_params(params: dict[str, Any]) -> None:
+    """Log params to the active run, skipping keys it already has.
+
+    `mlflow run` logs the MLproject parameters itself, as typed on its
+    command line ("1e-4", "false", "''"); MLflow refuses to change a param,
+    so only the keys it has not logged are added.
+    """
+    import mlflow
+
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
 
 
 def start_tracker(is_main: bool, cfg: TrackingConfig, resume_run_id: str | None = None) -> Tracker:
