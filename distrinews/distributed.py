@@ -67,10 +67,19 @@ def setup_distributed(info: DistInfo, threads: int = 0) -> None:
     torch.set_num_threads(threads or local_cores)
     if info.device.type == "cuda" and info.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(info.device)
-    if info.world_size > 1 and not dist.is_initialized():
-        # A peer that dies mid-collective should fail the job in minutes, not
-        # the 30-minute default.
-        dist.init_process_group(info.backend, timeout=timedelta(minutes=10))
+    if dist.is_initialized():
+        return
+    # A peer that dies mid-collective should fail the job in minutes, not
+    # the 30-minute default.
+    timeout = timedelta(minutes=10)
+    if "RANK" in os.environ:  # launched by torchrun, even with one process
+        dist.init_process_group(info.backend, timeout=timeout)
+    else:
+        # A plain `python -m ...` run: a one-process group with an in-memory
+        # store, so DDP and the collectives work the same everywhere.
+        dist.init_process_group(
+            info.backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
 
 
 def check_world_fits_machine(info: DistInfo) -> None:
