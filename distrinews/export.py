@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distrinews.config import DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
 from distrinews.distributed import available_cpus
+from distrinews.model import match_inputs_to_model
 from distrinews.onnx_classifier import OnnxClassifier
 from distrinews.tracking import load_logged_model, log_new_params
 
@@ -147,6 +148,7 @@ def compare_with_pytorch(
     torch.set_num_threads(threads)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    match_inputs_to_model(tokenizer, model)
     fp32 = OnnxClassifier(fp32_dir, threads=threads)
     int8 = OnnxClassifier(int8_dir, threads=threads)
 

@@ -24,11 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     from serving.settings import Settings
 
     try:
-        app = create_app(Settings())
+        settings = Settings()
     except ValueError as err:  # a bad DISTRINEWS_* value
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(
+        create_app(settings), host=args.host, port=args.port, access_log=settings.access_log
+    )
     server = uvicorn.Server(config)
     server.run()
     # uvicorn returns normally when start-up (model loading) failed.

@@ -24,9 +24,13 @@ class Settings(BaseSettings):
         description="Longer texts get 422; shorter ones are truncated to the model's max tokens",
     )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413")
+    # Off (1) by default: on 2 vCPUs a batch is no faster per text than one
+    # text alone (benchmarks/serving.md), and dynamic int8 quantization scales
+    # activations per batch, so a text's scores would depend on its neighbours.
     micro_batch_size: int = Field(
-        32, ge=1, description="Most texts from concurrent requests combined into one inference"
+        1, ge=1, description="Most texts from concurrent requests combined into one inference"
     )
+    access_log: bool = Field(True, description="Log every request (uvicorn's access log)")
     micro_batch_window_ms: float = Field(
         1.0,
         ge=0,

@@ -1,13 +1,10 @@
 """Shared fixtures: tiny random-init models, a small slice of AG News, a temp MLflow store."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import mlflow
 import pandas as pd
 import pytest
@@ -16,6 +13,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
 from distrinews import checkpoint
 from distrinews.config import DEFAULT_MODEL
 from distrinews.model import resolve_model_path
+from serving.local import Server  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "ag_news"
@@ -136,49 +134,6 @@ def trained_run(tmp_path_factory, tiny_bert, small_data):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return store, experiment_id, output_dir, result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`python -m serving` in a subprocess on 127.0.0.1, stopped at the end."""
-
-    def __init__(self, model: str, env: dict[str, str], **settings: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = env | {f"DISTRINEWS_{k.upper()}": str(v) for k, v in settings.items()}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--model", model, "--port", str(self.port)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.process.stdout.read()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server not ready in time")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 @pytest.fixture(scope="session")

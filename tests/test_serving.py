@@ -1,5 +1,6 @@
 """Export a trained tiny model, serve it with a real uvicorn on 127.0.0.1, and call it."""
 
+import asyncio
 import json
 import subprocess
 import time
@@ -98,13 +99,43 @@ def test_server_agrees_with_the_models(server, exported, texts):
     assert agreement >= 0.85
 
 
-def test_batch_endpoint_matches_single_predictions(server, texts):
+def test_batch_endpoint_matches_the_model(server, exported, texts):
+    _, _, folder, _ = exported
     batch = httpx.post(f"{server.url}/predict/batch", json={"texts": texts[:8]}, timeout=10)
     assert batch.status_code == 200
-    singles = [
-        httpx.post(f"{server.url}/predict", json={"text": t}).json()["label"] for t in texts[:8]
-    ]
-    assert [p["label"] for p in batch.json()["predictions"]] == singles
+    local = OnnxClassifier(folder, threads=1)
+    expected = [local.labels[i] for i in local.logits(texts[:8]).argmax(axis=1)]
+    assert [p["label"] for p in batch.json()["predictions"]] == expected
+
+
+def test_micro_batching_answers_each_request_with_its_own_rows(exported, texts):
+    store, _, folder, _ = exported
+    server = Server(str(folder), store.env, micro_batch_size=32, micro_batch_window_ms=20)
+    try:
+        server.wait_ready()
+
+        async def concurrent() -> list[dict]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                requests = [
+                    client.post(f"{server.url}/predict", json={"text": t}) for t in texts[:16]
+                ]
+                return [r.json() for r in await asyncio.gather(*requests)]
+
+        answers = asyncio.run(concurrent())
+    finally:
+        server.stop()
+    local = OnnxClassifier(folder, threads=1)
+    # Rows go back to the request that sent them: each answer is its own
+    # text's (within int8 rounding, as the batch sets activation scales).
+    for text, answer in zip(texts[:16], answers, strict=True):
+        alone = local.probabilities([text])[0]
+        assert (
+            max(
+                abs(answer["probabilities"][label] - p)
+                for label, p in zip(local.labels, alone, strict=True)
+            )
+            < 0.05
+        )
 
 
 def test_health_ready_model_and_docs(server):
@@ -199,7 +230,8 @@ def test_bad_model_fails_fast(problem, exported, tmp_path):
         (broken / "config.json").write_text(json.dumps(config))
     started = time.monotonic()
     server = Server(str(broken), store.env)
-    output, _ = server.process.communicate(timeout=60)
+    server.process.wait(timeout=60)
+    output = server.output()
     assert server.process.returncode != 0
     assert time.monotonic() - started < 30
     assert {

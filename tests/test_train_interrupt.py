@@ -14,7 +14,9 @@ from tests.test_train_e2e import processes_mentioning
 pytestmark = pytest.mark.integration
 
 
-def start_long_training(store: MlflowStore, tiny_bert, small_data, output_dir) -> subprocess.Popen:
+def start_long_training(
+    store: MlflowStore, tiny_bert, small_data, output_dir, log
+) -> subprocess.Popen:
     """Two ranks on many epochs of the tiny model: still training when interrupted."""
     command = [
         "torchrun",
@@ -44,16 +46,15 @@ def start_long_training(store: MlflowStore, tiny_bert, small_data, output_dir) -
         cwd=REPO,
         env=store.env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,  # a file: a full pipe would stall training
     )
 
 
 def wait_for_training_steps(store: MlflowStore, process: subprocess.Popen, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert process.poll() is None, "training exited early"
         experiment = store.client.get_experiment_by_name("interrupt")
         runs = store.client.search_runs([experiment.experiment_id]) if experiment else []
         if runs and store.client.get_metric_history(runs[0].info.run_id, "train_loss"):
@@ -82,7 +83,8 @@ def test_interrupted_training_leaves_no_running_run(
     store = MlflowStore(tmp_path)
     store.experiment("interrupt")
     output_dir = tmp_path / "checkpoints"
-    process = start_long_training(store, tiny_bert, small_data, output_dir)
+    log = (tmp_path / "training.log").open("w")
+    process = start_long_training(store, tiny_bert, small_data, output_dir, log)
     try:
         run_id = wait_for_training_steps(store, process)
         if fault == "ctrl-c":
