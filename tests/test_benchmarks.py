@@ -42,3 +42,38 @@ def test_train_epoch_benchmark_writes_its_table(tmp_path, tiny_bert, small_data)
         "tags.benchmark = 'train_epoch'",
     )
     assert run.info.status == "FINISHED"
+
+
+def test_serving_benchmark_writes_its_table(exported, tmp_path):
+    store, _, folder, reference = exported
+    output = tmp_path / "serving.md"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "serving_latency.py"),
+        "--model",
+        str(folder),
+        "--checkpoint",
+        str(reference),
+        "--data",
+        str(REPO.parent / "shared" / "data" / "ag_news"),
+        "--texts",
+        "10",
+        "--clients",
+        "4",
+        "--requests",
+        "20",
+        "--output",
+        str(output),
+    ]
+    # cwd: the Default experiment keeps its artifacts under ./mlruns
+    result = subprocess.run(
+        command, env=store.env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = output.read_text()
+    assert "ONNX int8 server, HTTP, 1 client" in text and "| off (default) |" in text
+    assert "| 0 |" in text, "no failed requests"
+    (run,) = store.client.search_runs(
+        [e.experiment_id for e in store.client.search_experiments()], "tags.benchmark = 'serving'"
+    )
+    assert run.info.status == "FINISHED"
