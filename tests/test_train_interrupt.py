@@ -8,7 +8,7 @@ import time
 import pytest
 
 from distrinews import checkpoint
-from tests.conftest import REPO, MlflowStore
+from tests.conftest import REPO, MlflowStore, torchrun_train_command
 from tests.test_train_e2e import processes_mentioning
 
 pytestmark = pytest.mark.integration
@@ -18,28 +18,16 @@ def start_long_training(
     store: MlflowStore, tiny_bert, small_data, output_dir, log
 ) -> subprocess.Popen:
     """Two ranks on many epochs of the tiny model: still training when interrupted."""
-    command = [
-        "torchrun",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pipelines.train",
-        "--model",
-        str(tiny_bert),
-        "--data",
-        str(small_data),
-        "--epochs",
-        "200",
-        "--batch-size",
-        "16",
-        "--output-dir",
-        str(output_dir),
-        "--log-every",
-        "1",
-        "--experiment",
-        "interrupt",
-    ]
+    command = torchrun_train_command(
+        2,
+        model=tiny_bert,
+        data=small_data,
+        epochs=200,
+        batch_size=16,
+        output_dir=output_dir,
+        log_every=1,
+        experiment="interrupt",
+    )
     # A session of its own, like a terminal's foreground job: Ctrl-C reaches every process.
     return subprocess.Popen(
         command,
