@@ -20,14 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.model:
         os.environ["DISTRINEWS_MODEL"] = args.model
-    from serving.app import create_app
     from serving.settings import Settings
 
     try:
         settings = Settings()
     except ValueError as err:  # a bad DISTRINEWS_* value
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    # Imported only now: serving.app builds its module-level app from the
+    # environment, which must have been checked first.
+    from serving.app import create_app
+
     config = uvicorn.Config(
         create_app(settings), host=args.host, port=args.port, access_log=settings.access_log
     )

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.onnx_classifier import OnnxClassifier
-from tests.conftest import Server
+from tests.conftest import REPO, Server
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +240,17 @@ def test_bad_model_fails_fast(problem, exported, tmp_path):
         "corrupt onnx": "cannot load",
         "wrong labels": "not the AG News labels",
     }[problem] in output
+
+
+def test_bad_setting_is_one_error_line(exported):
+    store, _, folder, _ = exported
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--model", str(folder)],
+        env=store.env | {"DISTRINEWS_THREADS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "threads" in result.stderr
