@@ -65,14 +65,19 @@ def test_matmuls_are_quantized(exported):
     _, _, folder, reference = exported
     graph = onnx.load(str(next(folder.glob("*.onnx")))).graph
     ops = [node.op_type for node in graph.node]
-    quantized = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention") for op in ops)
+    # Each Linear layer's weight product runs in int8: one integer MatMul per
+    # layer, except that a QAttention covers the query, key and value layers.
+    int8_linear_products = ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul")
+    int8_linear_products += 3 * ops.count("QAttention")
     linear_layers = sum(
         isinstance(m, torch.nn.Linear)
         for m in AutoModelForSequenceClassification.from_pretrained(reference).modules()
     )
-    # Every encoder Linear (attention projections and feed-forward) is int8;
-    # only the pooler and the classifier head may stay fp32 (Gemm).
-    assert quantized >= linear_layers - 2 - 3 * 2  # QAttention fuses Q, K, V per layer
+    assert ops.count("QAttention") == 2, "attention fused and quantized in both layers"
+    assert int8_linear_products >= linear_layers
+    assert "MatMul" not in ops or all(
+        not node.input[1].endswith("weight") for node in graph.node if node.op_type == "MatMul"
+    ), "no fp32 weight MatMul left"
 
 
 def test_server_agrees_with_the_models(server, exported, texts):
