@@ -58,6 +58,9 @@ class OnnxClassifier:
         )
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_length)
+        # Padding is ours (per length group); a tokenizer.json may carry a
+        # fixed padding of its own (the packaged MiniLM pads every text to 128).
+        self.tokenizer.no_padding()
         self.pad_id = config.get("pad_token_id") or 0
         options = ort.SessionOptions()
         # Threads from this process's CPU share, not the host's core count:

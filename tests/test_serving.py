@@ -259,3 +259,24 @@ def test_bad_setting_is_one_error_line(exported):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "threads" in result.stderr
+
+
+def test_a_tokenizer_with_fixed_padding_is_not_padded(exported, tmp_path, texts):
+    """The packaged MiniLM's tokenizer.json pads every text to 128 tokens; serving must not."""
+    _, _, folder, _ = exported
+    padded = tmp_path / "model"
+    subprocess.run(["cp", "-r", str(folder), str(padded)], check=True)
+    tokenizer_json = json.loads((padded / "tokenizer.json").read_text())
+    tokenizer_json["padding"] = {
+        "strategy": {"Fixed": 128},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    (padded / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    classifier = OnnxClassifier(padded, threads=1)
+    assert len(classifier.tokenizer.encode("stocks rally").ids) == 4  # [CLS] stocks rally [SEP]
+    reference = OnnxClassifier(folder, threads=1)
+    np.testing.assert_allclose(classifier.logits(texts[:4]), reference.logits(texts[:4]), rtol=1e-5)
