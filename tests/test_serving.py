@@ -89,9 +89,10 @@ def test_server_agrees_with_the_models(server, exported, texts):
         assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
         assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
         assert sum(body["probabilities"].values()) == pytest.approx(1.0)
-    # Exactly the int8 model's answers, run in this process.
-    local = OnnxClassifier(folder, threads=1)
-    assert served == [local.labels[i] for i in local.logits(texts).argmax(axis=1)]
+    # Exactly the int8 model's answers, run in this process one text at a time
+    # as the server does (dynamic int8 scales activations per batch).
+    local = OnnxClassifier(folder)  # same threads as the server: same float sums
+    assert served == [local.labels[int(local.logits([t]).argmax())] for t in texts]
     # And the PyTorch model's, up to int8 rounding on borderline texts.
     model = AutoModelForSequenceClassification.from_pretrained(reference).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference)
@@ -109,7 +110,7 @@ def test_batch_endpoint_matches_the_model(server, exported, texts):
     _, _, folder, _ = exported
     batch = httpx.post(f"{server.url}/predict/batch", json={"texts": texts[:8]}, timeout=10)
     assert batch.status_code == 200
-    local = OnnxClassifier(folder, threads=1)
+    local = OnnxClassifier(folder)  # same threads as the server: same float sums
     expected = [local.labels[i] for i in local.logits(texts[:8]).argmax(axis=1)]
     assert [p["label"] for p in batch.json()["predictions"]] == expected
 
@@ -130,7 +131,7 @@ def test_micro_batching_answers_each_request_with_its_own_rows(exported, texts):
         answers = asyncio.run(concurrent())
     finally:
         server.stop()
-    local = OnnxClassifier(folder, threads=1)
+    local = OnnxClassifier(folder)  # same threads as the server: same float sums
     # Rows go back to the request that sent them: each answer is its own
     # text's (within int8 rounding, as the batch sets activation scales).
     for text, answer in zip(texts[:16], answers, strict=True):
@@ -216,7 +217,7 @@ def test_serves_from_an_mlflow_runs_uri(exported, texts):
     try:
         server.wait_ready()
         label = httpx.post(f"{server.url}/predict", json={"text": texts[0]}).json()["label"]
-        local = OnnxClassifier(folder, threads=1)
+        local = OnnxClassifier(folder)  # same threads as the server: same float sums
         assert label == local.labels[int(local.logits(texts[:1]).argmax())]
     finally:
         server.stop()
