@@ -22,6 +22,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from distrinews.distributed import available_cpus
+from distrinews.export import batch1_latency_ms, pytorch_logits
+from distrinews.onnx_classifier import OnnxClassifier
 from serving.local import REPO, Server
 
 
@@ -84,38 +87,21 @@ def measure_server(model: str, texts: list[str], args: argparse.Namespace, **set
         server.stop()
 
 
+def in_process_ms(predict, texts: list[str]) -> dict[str, float]:
+    """Batch-1 latency of `predict` in this process (no HTTP), after 10 warm-up calls."""
+    batch1_latency_ms(predict, texts[:10])
+    return percentiles(batch1_latency_ms(predict, texts))
+
+
 def pytorch_eager_ms(checkpoint: str, texts: list[str]) -> dict[str, float]:
-    """Batch-1 latency of the PyTorch fp32 eager model, in this process, same texts."""
+    """The PyTorch fp32 eager model, same texts, truncated as the exported model is."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from distrinews.distributed import available_cpus
 
     torch.set_num_threads(available_cpus())
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    timings = []
-    with torch.inference_mode():
-        for i, text in enumerate(texts[:10] + texts):
-            start = time.perf_counter()
-            model(**tokenizer([text], truncation=True, max_length=128, return_tensors="pt"))
-            if i >= 10:
-                timings.append(1000 * (time.perf_counter() - start))
-    return percentiles(timings)
-
-
-def onnx_int8_ms(model: str, texts: list[str]) -> dict[str, float]:
-    """Batch-1 latency of the int8 model, in this process (no HTTP), same texts."""
-    from distrinews.onnx_classifier import OnnxClassifier
-
-    classifier = OnnxClassifier(model)
-    timings = []
-    for i, text in enumerate(texts[:10] + texts):
-        start = time.perf_counter()
-        classifier.logits([text])
-        if i >= 10:
-            timings.append(1000 * (time.perf_counter() - start))
-    return percentiles(timings)
+    return in_process_ms(lambda batch: pytorch_logits(model, tokenizer, batch, 128), texts)
 
 
 def export_random_distilbert(folder: Path, data: str) -> Path:
@@ -226,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         .tolist()
     )
     results = {"pytorch_fp32": pytorch_eager_ms(args.checkpoint, texts[: args.texts])}
-    results["onnx_int8"] = onnx_int8_ms(args.model, texts[: args.texts])
+    results["onnx_int8"] = in_process_ms(OnnxClassifier(args.model).logits, texts[: args.texts])
     results["batching_off"] = measure_server(args.model, texts, args)
     results["batching_on"] = measure_server(
         args.model, texts, args, micro_batch_size=32, micro_batch_window_ms=1
