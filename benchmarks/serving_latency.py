@@ -1,78 +1,44 @@
 """Serving latency and throughput: the int8 ONNX server over HTTP vs PyTorch fp32 eager.
 
 Starts `python -m serving` on 127.0.0.1 (this process is the load generator,
-a second process), sends AG News test texts one at a time, then from 16
-concurrent clients, with micro-batching on and off. Bounded: a fixed number
+a second process) and sends AG News test texts one at a time, then from 16
+concurrent clients. Each round measures every configuration once, in the
+same order; the table gives medians over the rounds. Bounded: a fixed number
 of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 
-    python benchmarks/serving_latency.py --model /tmp/minilm-int8 --checkpoint <PyTorch folder> \\
-        --data ../shared/data/ag_news --distilbert
+    python benchmarks/serving_latency.py --model <int8 folder> --checkpoint <PyTorch folder> \\
+        --distilbert
 """
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-import numpy as np
-import pandas as pd
+from common import (
+    DATA,
+    REPO,
+    ag_news_test_texts,
+    many_clients,
+    median_of,
+    one_client,
+    percentiles,
+    record,
+)
 
 from distrinews.distributed import available_cpus
 from distrinews.export import batch1_latency_ms, pytorch_logits
 from distrinews.onnx_classifier import OnnxClassifier
-from serving.local import REPO, Server
+from serving.local import Server
 
-
-def percentiles(ms: list[float]) -> dict[str, float]:
-    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
-
-
-def one_client(url: str, texts: list[str]) -> dict[str, float]:
-    timings = []
-    with httpx.Client(timeout=30) as client:
-        for text in texts[:10]:  # warm-up
-            client.post(f"{url}/predict", json={"text": text})
-        for text in texts:
-            start = time.perf_counter()
-            response = client.post(f"{url}/predict", json={"text": text})
-            timings.append(1000 * (time.perf_counter() - start))
-            response.raise_for_status()
-    return percentiles(timings)
-
-
-async def _many_clients(
-    url: str, texts: list[str], clients: int, requests: int
-) -> dict[str, float]:
-    timings: list[float] = []
-    errors = 0
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(texts[i % len(texts)])
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        while not queue.empty():
-            text = queue.get_nowait()
-            start = time.perf_counter()
-            response = await client.post(f"{url}/predict", json={"text": text})
-            timings.append(1000 * (time.perf_counter() - start))
-            errors += response.status_code != 200
-
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
-        elapsed = time.perf_counter() - start
-    return {"requests_per_s": requests / elapsed, "errors": errors, **percentiles(timings)}
-
-
-def many_clients(url: str, texts: list[str], clients: int, requests: int) -> dict[str, float]:
-    return asyncio.run(_many_clients(url, texts, clients, requests))
+#: Server configurations compared; the first is the default.
+SERVERS = {
+    "default": {},
+    "no spinning": {"spinning": False},
+    "batching": {"micro_batch_size": 32, "micro_batch_window_ms": 1},
+}
 
 
 def measure_server(model: str, texts: list[str], args: argparse.Namespace, **settings) -> dict:
@@ -93,15 +59,15 @@ def in_process_ms(predict, texts: list[str]) -> dict[str, float]:
     return percentiles(batch1_latency_ms(predict, texts))
 
 
-def pytorch_eager_ms(checkpoint: str, texts: list[str]) -> dict[str, float]:
-    """The PyTorch fp32 eager model, same texts, truncated as the exported model is."""
+def pytorch_eager(checkpoint: str):
+    """The PyTorch fp32 eager model's predict function, truncating as the export does."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(available_cpus())
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return in_process_ms(lambda batch: pytorch_logits(model, tokenizer, batch, 128), texts)
+    return lambda batch: pytorch_logits(model, tokenizer, batch, 128)
 
 
 def export_random_distilbert(folder: Path, data: str) -> Path:
@@ -120,69 +86,86 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     )
     DistilBertForSequenceClassification(config).save_pretrained(folder / "checkpoint")
     tokenizer.save_pretrained(folder / "checkpoint")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.export",
-            "--checkpoint",
-            str(folder / "checkpoint"),
-            "--data",
-            data,
-            "--max-eval-rows",
-            "200",
-            "--latency-texts",
-            "50",
-            "--max-accuracy-drop",
-            "100",
-            "--output",
-            str(folder / "int8"),
-        ],
-        cwd=REPO,
-        check=True,
-    )
+    export = [sys.executable, "-m", "pipelines.export", "--checkpoint", str(folder / "checkpoint")]
+    export += ["--data", data, "--max-eval-rows", "200", "--latency-texts", "50"]
+    export += ["--max-accuracy-drop", "100", "--output", str(folder / "int8")]
+    subprocess.run(export, cwd=REPO, check=True)
     return folder / "int8"
 
 
-def report(results: dict, args: argparse.Namespace) -> str:
-    on, off, torch_ms = results["batching_on"], results["batching_off"], results["pytorch_fp32"]
-    int8_ms = results["onnx_int8"]
+def measure_round(texts: list[str], predictors: dict, args: argparse.Namespace) -> dict:
+    result = {
+        name: in_process_ms(predict, texts[: args.texts]) for name, predict in predictors.items()
+    }
+    for name, settings in SERVERS.items():
+        result[name] = measure_server(args.model, texts, args, **settings)
+    if args.distilbert_folder:
+        one = argparse.Namespace(**{**vars(args), "requests": args.clients})
+        result["distilbert"] = measure_server(str(args.distilbert_folder), texts, one)
+    return result
+
+
+def summarize(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """Medians over rounds of every figure, and of the per-round int8 speed-up."""
+    summary = {
+        "pytorch": median_of([r["pytorch"] for r in rounds]),
+        "int8": median_of([r["int8"] for r in rounds]),
+        "speedup": median_of(
+            [{q: r["pytorch"][q] / r["int8"][q] for q in ("p50", "p95")} for r in rounds]
+        ),
+    }
+    for name in [*SERVERS, "distilbert"]:
+        if name in rounds[0]:
+            summary[f"{name}_one"] = median_of([r[name]["one"] for r in rounds])
+            summary[f"{name}_many"] = median_of([r[name]["many"] for r in rounds])
+    return summary
+
+
+def table(s: dict, rounds: list[dict], args: argparse.Namespace) -> str:
+    def row(model: str, path: str, p: dict) -> str:
+        return f"| {model} | {path} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} |"
+
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} vCPUs; server and load "
-        "generator share them. AG News test texts, `POST /predict` over HTTP on 127.0.0.1.",
+        f"Medians over {len(rounds)} rounds. Server and load generator share the vCPUs. "
+        "AG News test texts, `POST /predict` over HTTP on 127.0.0.1.",
         "",
         "| model | path | p50 ms | p95 ms | p99 ms |",
         "| --- | --- | --- | --- | --- |",
-        f"| MiniLM-L6 | PyTorch fp32 eager, in process, batch 1 | {torch_ms['p50']:.1f} | "
-        f"{torch_ms['p95']:.1f} | {torch_ms['p99']:.1f} |",
-        f"| MiniLM-L6 | ONNX int8, in process, batch 1 | {int8_ms['p50']:.1f} | "
-        f"{int8_ms['p95']:.1f} | {int8_ms['p99']:.1f} |",
-        f"| MiniLM-L6 | ONNX int8 server, HTTP, 1 client | {off['one']['p50']:.1f} | "
-        f"{off['one']['p95']:.1f} | {off['one']['p99']:.1f} |",
+        row("MiniLM-L6", "PyTorch fp32 eager, in process, batch 1", s["pytorch"]),
+        row("MiniLM-L6", "ONNX int8, in process, batch 1", s["int8"]),
+        row("MiniLM-L6", "ONNX int8 server, HTTP, 1 client", s["default_one"]),
+        row("MiniLM-L6", "same, ONNX Runtime threads not spinning", s["no spinning_one"]),
     ]
-    if "distilbert" in results:
-        d = results["distilbert"]["one"]
+    if "distilbert_one" in s:
         lines.append(
-            f"| DistilBERT-base size (random) | ONNX int8 server, HTTP, 1 client | "
-            f"{d['p50']:.1f} | {d['p95']:.1f} | {d['p99']:.1f} |"
+            row(
+                "DistilBERT-base size (random)",
+                "ONNX int8 server, HTTP, 1 client",
+                s["distilbert_one"],
+            )
         )
+    p95_rounds = ", ".join(f"{r['default']['one']['p95']:.1f}" for r in rounds)
     lines += [
         "",
-        "int8 vs PyTorch fp32 eager, both in process: "
-        f"p95 {torch_ms['p95'] / int8_ms['p95']:.1f}x, "
-        f"p50 {torch_ms['p50'] / int8_ms['p50']:.1f}x faster. Over HTTP, the int8 server's p95 is "
-        f"{torch_ms['p95'] / off['one']['p95']:.1f}x below PyTorch's in-process p95.",
+        f"int8 vs PyTorch fp32 eager, both in process (median of per-round ratios): "
+        f"p50 {s['speedup']['p50']:.1f}x, p95 {s['speedup']['p95']:.1f}x faster. "
+        f"MiniLM server p95 per round: {p95_rounds} ms.",
         "",
-        f"{args.clients} concurrent clients, {args.requests} requests each run:",
+        f"{args.clients} concurrent clients, {args.requests} requests per run:",
         "",
-        "| micro-batching | requests/s | p50 ms | p99 ms | errors |",
+        "| server | requests/s | p50 ms | p99 ms | errors (all rounds) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, r in (("off (default)", off), ("on (window 1 ms, up to 32 texts)", on)):
-        m = r["many"]
+    names = {
+        "default": "default (threads spinning, no micro-batching)",
+        "no spinning": "ONNX Runtime threads not spinning",
+        "batching": "micro-batching on (window 1 ms, up to 32 texts)",
+    }
+    for name, label in names.items():
+        m = s[f"{name}_many"]
+        errors = sum(r[name]["many"]["errors"] for r in rounds)
         lines.append(
-            f"| {name} | {m['requests_per_s']:.0f} | {m['p50']:.1f} | {m['p99']:.1f} "
-            f"| {m['errors']} |"
+            f"| {label} | {m['requests_per_s']:.0f} | {m['p50']:.1f} | {m['p99']:.1f} | {errors} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -191,59 +174,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported int8 ONNX folder")
     parser.add_argument("--checkpoint", required=True, help="the PyTorch folder it came from")
-    parser.add_argument("--data", default="../shared/data/ag_news")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=300, help="requests in the 1-client runs")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument(
-        "--requests", type=int, default=1000, help="requests in each concurrent run"
-    )
+    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrent run")
     parser.add_argument(
         "--distilbert", action="store_true", help="also time a DistilBERT-size model"
     )
+    parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "serving.md")
-    parser.add_argument(
-        "--run-id", default="", help="MLflow run to log the table to (e.g. the export run)"
-    )
+    parser.add_argument("--run-id", default="", help="MLflow run to log to (e.g. the export run)")
     args = parser.parse_args(argv)
 
-    texts = (
-        pd.read_parquet(Path(args.data) / "test.parquet")["text"]
-        .sample(frac=1, random_state=0)
-        .tolist()
-    )
-    results = {"pytorch_fp32": pytorch_eager_ms(args.checkpoint, texts[: args.texts])}
-    results["onnx_int8"] = in_process_ms(OnnxClassifier(args.model).logits, texts[: args.texts])
-    results["batching_off"] = measure_server(args.model, texts, args)
-    results["batching_on"] = measure_server(
-        args.model, texts, args, micro_batch_size=32, micro_batch_window_ms=1
-    )
-    if args.distilbert:
-        with tempfile.TemporaryDirectory() as work:
-            folder = export_random_distilbert(Path(work), args.data)
-            one_arg = argparse.Namespace(**{**vars(args), "requests": args.clients})
-            results["distilbert"] = measure_server(str(folder), texts, one_arg)
-    text = "# Serving: latency and throughput\n\n" + report(results, args)
-    args.output.write_text(text)
-    print(text)
-
-    import mlflow
-
-    with mlflow.start_run(
-        run_id=args.run_id or None, run_name=None if args.run_id else "serving-benchmark"
-    ):
-        mlflow.set_tag("benchmark", "serving")
-        mlflow.log_text(text, "benchmarks/serving.md")
-        mlflow.log_metrics(
-            {
-                "bench_server_p95_ms": results["batching_off"]["one"]["p95"],
-                "bench_onnx_int8_p95_ms": results["onnx_int8"]["p95"],
-                "bench_pytorch_p95_ms": results["pytorch_fp32"]["p95"],
-                "bench_rps_16_clients_batching": results["batching_on"]["many"]["requests_per_s"],
-                "bench_rps_16_clients_no_batching": results["batching_off"]["many"][
-                    "requests_per_s"
-                ],
-            }
+    texts = ag_news_test_texts(args.data)
+    predictors = {
+        "pytorch": pytorch_eager(args.checkpoint),
+        "int8": OnnxClassifier(args.model).logits,
+    }
+    with tempfile.TemporaryDirectory() as work:
+        args.distilbert_folder = (
+            export_random_distilbert(Path(work), args.data) if args.distilbert else None
         )
+        rounds = [measure_round(texts, predictors, args) for _ in range(args.rounds)]
+    s = summarize(rounds)
+    metrics = {
+        "server_p95_ms": s["default_one"]["p95"],
+        "onnx_int8_p95_ms": s["int8"]["p95"],
+        "pytorch_p95_ms": s["pytorch"]["p95"],
+        "int8_speedup_p95": s["speedup"]["p95"],
+        "rps_16_clients": s["default_many"]["requests_per_s"],
+        "rps_16_clients_batching": s["batching_many"]["requests_per_s"],
+    }
+    if "distilbert_one" in s:
+        metrics["distilbert_server_p95_ms"] = s["distilbert_one"]["p95"]
+    record(
+        "serving",
+        "Serving: latency and throughput",
+        table(s, rounds, args),
+        args.output,
+        metrics,
+        run_id=args.run_id,
+        experiment=args.experiment,
+    )
     return 0
 
 

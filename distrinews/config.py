@@ -61,6 +61,9 @@ class ModelConfig:
     )
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _help("Passes over the training split.", 2)
@@ -78,8 +81,15 @@ class TrainConfig:
     )
     threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
     log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
+    precision: str = _help(
+        "Compute precision: auto (bf16 autocast where the hardware computes bf16 natively: "
+        "CUDA, or a CPU with AVX512-BF16 or AMX; else fp32), bf16, or fp32.",
+        "auto",
+    )
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         positive = ("epochs", "batch_size", "grad_accum", "log_every")
         for name in positive:
             if getattr(self, name) < 1:

@@ -13,13 +13,18 @@ from distrinews.config import DataConfig, EvaluateConfig
 from distrinews.data import TokenizedDataset, load_splits, make_loader
 from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.metrics import classification_metrics, confusion_matrix
+from distrinews.model import autocast
 from distrinews.plots import confusion_matrix_figure
 from distrinews.tracking import load_logged_model
 
 
 @torch.no_grad()
 def evaluate(
-    model: PreTrainedModel, loader: DataLoader, info: DistInfo, desc: str = "eval"
+    model: PreTrainedModel,
+    loader: DataLoader,
+    info: DistInfo,
+    desc: str = "eval",
+    precision: str = "auto",
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Loss and classification metrics over the whole split, and its confusion matrix.
 
@@ -34,7 +39,7 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False):
         batch = {key: value.to(info.device) for key, value in batch.items()}
-        with autocast(info):
+        with autocast(info.device, precision):
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
         counts += confusion_matrix(batch["labels"], logits.argmax(dim=-1), len(labels))
@@ -44,13 +49,6 @@ def evaluate(
     metrics = classification_metrics(counts.cpu(), labels)
     metrics["loss"] = (loss_sum / counts.sum().clamp(min=1)).item()
     return metrics, counts.cpu()
-
-
-def autocast(info: DistInfo) -> torch.autocast:
-    """bf16 on CUDA; on CPU, fp32 (bf16 there is slower without AMX and costs accuracy)."""
-    return torch.autocast(
-        device_type=info.device.type, dtype=torch.bfloat16, enabled=info.device.type == "cuda"
-    )
 
 
 def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:

@@ -27,6 +27,7 @@ class OnnxClassifier:
         threads: int = 0,
         max_length: int = 0,
         max_padding_share: float = 0.2,
+        spinning: bool = True,
     ):
         folder = Path(folder)
         self.folder = folder
@@ -67,10 +68,20 @@ class OnnxClassifier:
         # a container with 2 vCPUs on a 64-core host must not start 64 threads.
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
+        # Threads that spin while idle answer the next call sooner, at the
+        # cost of CPU time other processes on the host could use.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spinning else "0"
+        )
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
-                str(self.model_file), options, providers=["CPUExecutionProvider"]
+                str(self.model_file),
+                options,
+                providers=["CPUExecutionProvider"],
+                # Its CPU kernel is slower than the Add + LayerNormalization it
+                # replaces (distrinews.export says by how much).
+                disabled_optimizers=["SkipLayerNormFusion"],
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelFolderError(f"cannot load {self.model_file}: {err}") from err
@@ -92,14 +103,15 @@ class OnnxClassifier:
             tokens = sum(len(encodings[i].ids) for i in candidate)
             padded = len(candidate) * len(encodings[index].ids)  # sorted: the last is longest
             if group and padded - tokens > self.max_padding_share * padded:
-                logits[group] = self._run([encodings[i] for i in group])
+                logits[group] = self.run_encoded([encodings[i] for i in group])
                 candidate = [index]
             group = candidate
         if group:
-            logits[group] = self._run([encodings[i] for i in group])
+            logits[group] = self.run_encoded([encodings[i] for i in group])
         return logits
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def run_encoded(self, encodings: list) -> np.ndarray:
+        """Logits of tokenized texts, padded to the longest (one ONNX Runtime call)."""
         width = max(len(e.ids) for e in encodings)
         features = {
             "input_ids": _padded([e.ids for e in encodings], width, self.pad_id),
@@ -110,10 +122,15 @@ class OnnxClassifier:
         return logits
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        logits = self.logits(texts).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(self.logits(texts))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities per row, in float64."""
+    logits = logits.astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _padded(rows: list[list[int]], width: int, value: int) -> np.ndarray:

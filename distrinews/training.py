@@ -29,9 +29,9 @@ from distrinews.distributed import (
     raise_on_sigterm,
     setup_distributed,
 )
-from distrinews.evaluation import autocast, evaluate
+from distrinews.evaluation import evaluate
 from distrinews.metrics import metric_safe
-from distrinews.model import load_model_and_tokenizer
+from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
 from distrinews.plots import confusion_matrix_figure, training_curves_figure
 from distrinews.tracking import Tracker, git_commit, start_tracker
 
@@ -99,7 +99,9 @@ def _train(
             ddp_model, train_loader, optimizer, scheduler, progress, epoch, job, info, tracker
         )
         epoch_seconds = time.perf_counter() - epoch_start
-        val_metrics, _ = evaluate(model, eval_loaders["validation"], info, desc="validation")
+        val_metrics, _ = evaluate(
+            model, eval_loaders["validation"], info, "validation", job.train.precision
+        )
         progress.epoch = epoch + 1
         progress.best_val_accuracy = max(progress.best_val_accuracy, val_metrics["accuracy"])
         tracker.log_metrics(
@@ -123,7 +125,7 @@ def _train(
             job.train.output_dir, progress.epoch, model, tokenizer, training_state, info
         )
 
-    return finish(model, tokenizer, eval_loaders["test"], progress, info, tracker)
+    return finish(model, tokenizer, eval_loaders["test"], progress, info, tracker, job)
 
 
 def build_loaders(
@@ -194,7 +196,7 @@ def train_one_epoch(
         updates = (i + 1) % cfg.grad_accum == 0 or i + 1 == micro_steps
         # Between updates, skip the gradient all-reduce: gradients just accumulate locally.
         with nullcontext() if updates else ddp_model.no_sync():
-            with autocast(info):
+            with autocast(info.device, cfg.precision):
                 loss = ddp_model(**batch).loss
             (loss / cfg.grad_accum).backward()
         window[0] += loss.detach().double() * len(batch["labels"])
@@ -232,10 +234,11 @@ def finish(
     progress: Progress,
     info: DistInfo,
     tracker: Tracker,
+    job: TrainingJob,
 ) -> dict[str, float]:
     """Test evaluation, replica check, and the final artifacts."""
     log = get_logger(info)
-    test_metrics, counts = evaluate(model, test_loader, info, desc="test")
+    test_metrics, counts = evaluate(model, test_loader, info, "test", job.train.precision)
     weight_divergence = replica_divergence(model, info)
     log.info("test: %s", _fmt(test_metrics))
     tracker.log_metrics(
@@ -277,6 +280,7 @@ def run_tags(job: TrainingJob, info: DistInfo) -> dict[str, str]:
         "backend": info.backend,
         "device": info.device.type,
         "threads_per_process": str(torch.get_num_threads()),
+        "compute_dtype": str(autocast_dtype(info.device, job.train.precision) or torch.float32),
         "git_commit": git_commit(),
         "step": "train",
     }

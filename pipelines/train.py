@@ -13,6 +13,14 @@ from distrinews.distributed import DistInfo
 from distrinews.training import run_training
 
 
+def torchrun_command(nproc: int | str, **options: object) -> list[str]:
+    """`torchrun` launching this script on one machine, each option as `--key value`."""
+    command = ["torchrun", "--standalone", "--nproc-per-node", str(nproc), "-m", "pipelines.train"]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         run_training(parse_training_job(argv))

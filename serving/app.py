@@ -21,7 +21,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Loading reads and compiles the model: off the event loop. An error here
     # stops the server before it listens (uvicorn exits non-zero).
-    classifier = await asyncio.to_thread(load_classifier, settings.model, settings.threads)
+    classifier = await asyncio.to_thread(
+        load_classifier, settings.model, settings.threads, settings.spinning
+    )
     batcher = MicroBatcher(classifier, settings.micro_batch_size, settings.micro_batch_window_ms)
     batcher.start()
     app.state.batcher = batcher

@@ -30,8 +30,8 @@ def resolve_model_folder(model: str) -> Path:
     return Path(model)
 
 
-def load_classifier(model: str, threads: int) -> OnnxClassifier:
-    classifier = OnnxClassifier(resolve_model_folder(model), threads=threads)
+def load_classifier(model: str, threads: int, spinning: bool) -> OnnxClassifier:
+    classifier = OnnxClassifier(resolve_model_folder(model), threads=threads, spinning=spinning)
     if classifier.labels != LABELS:
         raise ModelFolderError(
             f"model labels {list(classifier.labels)} are not the AG News labels {list(LABELS)}"
@@ -71,7 +71,12 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def probabilities(self, texts: list[str]) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if len(texts) >= self.max_texts:
+            # Nothing could join this request (always so with batching off):
+            # skip the queue and the worker's hop.
+            return await loop.run_in_executor(self.executor, self.classifier.probabilities, texts)
+        future = loop.create_future()
         await self.queue.put((texts, future))
         return await future
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,26 +19,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Server:
-    """`python -m serving` in a subprocess on 127.0.0.1, stopped at the end."""
+class LocalServer:
+    """A server process on 127.0.0.1 at a free port, stopped at the end.
+
+    `command(port)` gives its command line; it is ready once `ready_path`
+    answers 200.
+    """
 
     def __init__(
         self,
-        model: str,
+        command: Callable[[int], list[str]],
         env: dict[str, str],
-        python: str = sys.executable,
         cwd: Path = REPO,
-        **settings: object,
+        ready_path: str = "/ready",
     ):
-        """`settings` become DISTRINEWS_<NAME> variables; `python` picks the environment."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = env | {f"DISTRINEWS_{k.upper()}": str(v) for k, v in settings.items()}
+        self.ready_path = ready_path
         # A file, not a pipe: nobody reads a pipe while the server runs, and a
         # full one would block the server's logging.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (read by output() after stop)
         self.process = subprocess.Popen(
-            [python, "-m", "serving", "--model", model, "--port", str(self.port)],
+            command(self.port),
             cwd=cwd,
             env=env,
             stdout=self.log,
@@ -55,7 +58,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited: {self.output()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -69,3 +72,21 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Server(LocalServer):
+    """`python -m serving` in a subprocess on 127.0.0.1."""
+
+    def __init__(
+        self,
+        model: str,
+        env: dict[str, str],
+        python: str = sys.executable,
+        cwd: Path = REPO,
+        **settings: object,
+    ):
+        """`settings` become DISTRINEWS_<NAME> variables; `python` picks the environment."""
+        env = env | {f"DISTRINEWS_{k.upper()}": str(v) for k, v in settings.items()}
+        super().__init__(
+            lambda port: [python, "-m", "serving", "--model", model, "--port", str(port)], env, cwd
+        )

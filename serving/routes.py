@@ -2,6 +2,7 @@
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
@@ -69,9 +70,8 @@ def check_lengths(texts: list[str], settings: Settings) -> None:
             )
 
 
-async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Prediction]:
-    rows = await batcher.probabilities(texts)
-    labels = batcher.classifier.labels
+def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[Prediction]:
+    """One Prediction per row of class probabilities."""
     return [
         Prediction(
             label=labels[int(row.argmax())],
@@ -80,6 +80,10 @@ async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Predict
         )
         for row in rows
     ]
+
+
+async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Prediction]:
+    return to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
 
 
 @router.post("/predict", response_model=Prediction)

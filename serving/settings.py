@@ -15,6 +15,11 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
+    # On: it gave lower latency and more requests/s than off on 2 vCPUs
+    # (benchmarks/serving.md); off saves CPU when the host runs other work.
+    spinning: bool = Field(
+        True, description="Let idle ONNX Runtime threads spin, waiting for the next request"
+    )
     max_batch_texts: int = Field(
         64, ge=1, description="Most texts one /predict/batch request may send"
     )

@@ -106,14 +106,6 @@ def mlflow_store(tmp_path: Path) -> MlflowStore:
     return MlflowStore(tmp_path)
 
 
-def torchrun_train_command(nproc: int, **options: object) -> list[str]:
-    """`torchrun ... -m pipelines.train --key value ...`, as a user launches it."""
-    command = ["torchrun", "--standalone", "--nproc-per-node", str(nproc), "-m", "pipelines.train"]
-    for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
-    return command
-
-
 def train_run(store: MlflowStore, experiment_id: str):
     """The one train run of an experiment."""
     (run,) = store.client.search_runs([experiment_id], "tags.step = 'train'")

@@ -1,5 +1,10 @@
-"""Benchmarks are scripts, not tests: here each runs once on a tiny configuration."""
+"""Benchmarks are scripts, not tests: here each runs once on a tiny configuration.
 
+Each must finish, write its table with every row filled, and log it to an
+MLflow run tagged `benchmark`.
+"""
+
+import re
 import subprocess
 import sys
 
@@ -10,70 +15,113 @@ from tests.conftest import REPO, MlflowStore
 pytestmark = pytest.mark.integration
 
 
-def test_train_epoch_benchmark_writes_its_table(tmp_path, tiny_bert, small_data):
-    store = MlflowStore(tmp_path)
-    store.experiment("bench")
-    output = tmp_path / "training.md"
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "train_epoch.py"),
-        "--data",
-        str(small_data),
-        "--nproc",
-        "1",
-        "--experiment",
-        "bench",
-        "--output",
-        str(output),
-        "-P",
-        f"model={tiny_bert}",
-        "-P",
-        "max_train_rows=64",
-        "-P",
-        f"output_dir={tmp_path / 'ck'}",
-    ]
-    result = subprocess.run(command, env=store.env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = output.read_text()
-    assert "| 1 |" in text and "test accuracy" in text
-    assert text.split("\n| 1 | ")[1].split(" |")[0].isdigit(), "epoch wall time recorded"
-    (run,) = store.client.search_runs(
-        [store.client.get_experiment_by_name("bench").experiment_id],
-        "tags.benchmark = 'train_epoch'",
-    )
-    assert run.info.status == "FINISHED"
-
-
-def test_serving_benchmark_writes_its_table(exported, tmp_path):
-    store, _, folder, reference = exported
-    output = tmp_path / "serving.md"
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "serving_latency.py"),
-        "--model",
-        str(folder),
-        "--checkpoint",
-        str(reference),
-        "--data",
-        str(REPO.parent / "shared" / "data" / "ag_news"),
-        "--texts",
-        "10",
-        "--clients",
-        "4",
-        "--requests",
-        "20",
-        "--output",
-        str(output),
-    ]
-    # cwd: the Default experiment keeps its artifacts under ./mlruns
+def run_benchmark(store: MlflowStore, script: str, *args: object) -> tuple[str, object]:
+    """Run benchmarks/<script>.py against `store`; its table and its MLflow run."""
+    if store.client.get_experiment_by_name("bench") is None:
+        store.experiment("bench")
+    output = store.folder / f"{script}.md"
+    command = [sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *map(str, args)]
+    command += ["--experiment", "bench", "--output", str(output)]
     result = subprocess.run(
-        command, env=store.env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+        command, env=store.env, capture_output=True, text=True, timeout=900, cwd=store.folder
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = output.read_text()
-    assert "ONNX int8 server, HTTP, 1 client" in text and "| off (default) |" in text
-    assert "| 0 |" in text, "no failed requests"
-    (run,) = store.client.search_runs(
-        [e.experiment_id for e in store.client.search_experiments()], "tags.benchmark = 'serving'"
+    assert result.returncode == 0, result.stderr[-4000:]
+    experiment_id = store.client.get_experiment_by_name("bench").experiment_id
+    runs = store.client.search_runs([experiment_id], f"tags.benchmark = '{script}'")
+    assert [r.info.status for r in runs[:1]] == ["FINISHED"]
+    return output.read_text(), runs[0]
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """Cells of the table rows whose first cell starts with `first_cell`."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
+
+
+def test_train_vs_trainer(tmp_path, tiny_bert, small_data):
+    text, _ = run_benchmark(
+        MlflowStore(tmp_path),
+        "train_vs_trainer",
+        *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--eval-rows", 32),
+        *("--batch-size", 8, "--rounds", 1),
     )
-    assert run.info.status == "FINISHED"
+    ours = table_rows(text, "ours")
+    trainer = table_rows(text, "Trainer")
+    assert len(ours) == 2 and len(trainer) == 3
+    assert [row[1] for row in ours] == ["4", "8"], "2 processes take half the steps"
+    assert {row[1] for row in trainer} == {"8"}
+    for row in ours + trainer:
+        assert float(row[2]) > 0 and float(row[5]) > 0, row  # samples/s, held-out loss
+
+
+def test_ddp_scaling(tmp_path, tiny_bert, small_data):
+    text, run = run_benchmark(
+        MlflowStore(tmp_path),
+        "ddp_scaling",
+        *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--rounds", 1),
+    )
+    assert len(table_rows(text, "nproc=")) == 3
+    efficiency = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
+    assert efficiency > 0
+    assert run.data.metrics["bench_scaling_efficiency"] == pytest.approx(efficiency, abs=0.005)
+
+
+def test_accuracy(tmp_path, tiny_bert, small_data):
+    text, run = run_benchmark(
+        MlflowStore(tmp_path),
+        "accuracy",
+        *("--model", tiny_bert, "--data", small_data, "--epochs", 2, "--curve-rows", 100),
+    )
+    epochs = table_rows(text, "1 ") + table_rows(text, "2 ")
+    assert len(epochs) == 2 and all(0 <= float(row[1]) <= 1 for row in epochs)
+    curve = table_rows(text, "100 ") + table_rows(text, "760 ")
+    assert len(curve) == 2, "2 curve points: 100 rows and all 760"
+    artifacts = MlflowStore(tmp_path).client.list_artifacts(run.info.run_id, "benchmarks")
+    assert "benchmarks/accuracy.png" in [a.path for a in artifacts]
+
+
+def test_serving_latency(exported):
+    store, _, folder, reference = exported
+    text, _ = run_benchmark(
+        store,
+        "serving_latency",
+        *("--model", folder, "--checkpoint", reference),
+        *("--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
+    )
+    assert "ONNX int8 server, HTTP, 1 client" in text
+    (default,) = table_rows(text, "default (threads spinning, no micro-batching)")
+    assert float(default[1]) > 0 and default[4] == "0", "requests/s, and no failed request"
+
+
+def test_serving_vs_mlflow(exported):
+    store, train_run_id, folder, _ = exported
+    text, _ = run_benchmark(
+        store,
+        "serving_vs_mlflow",
+        *("--run-id", train_run_id, "--model", folder),
+        *("--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
+    )
+    rows = table_rows(text, "mlflow models serve") + table_rows(text, "ours")
+    assert len(rows) == 2
+    assert [row[-1] for row in rows] == ["0", "0"], "no failed request on either server"
+
+
+def test_time_breakdown(exported, tiny_bert, small_data):
+    store, _, folder, _ = exported
+    text, _ = run_benchmark(
+        store,
+        "time_breakdown",
+        *("--model", folder, "--train-model", tiny_bert, "--data", small_data),
+        *("--rows", 256, "--steps", 4, "--requests", 20),
+    )
+    parts = ("forward |", "backward |", "gradient all-reduce", "ONNX Runtime", "tokenization |")
+    for part in parts:
+        (row,) = table_rows(text, part)
+        assert float(row[1]) >= 0, row
+    shares = [int(row[2].rstrip("%")) for row in table_rows(text, "") if row[2].endswith("%")]
+    assert 195 <= sum(shares) <= 205, "each table's shares add up to 100%"

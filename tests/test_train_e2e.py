@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews import checkpoint
-from tests.conftest import REPO, MlflowStore, torchrun_train_command, train_run
+from pipelines.train import torchrun_command
+from tests.conftest import REPO, MlflowStore, train_run
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ def test_resume_continues_the_same_run_from_the_saved_epoch(tmp_path, tiny_bert,
     run_id = train_run(store, experiment_id).info.run_id
     before = store.client.get_metric_history(run_id, "val_accuracy")
     # As a torchrun restart does: plain torchrun, same output_dir, resume on.
-    command = torchrun_train_command(2, epochs=2, resume="true", **common)
+    command = torchrun_command(2, epochs=2, resume="true", **common)
     result = subprocess.run(
         command, cwd=REPO, env=store.env, capture_output=True, text=True, timeout=600
     )

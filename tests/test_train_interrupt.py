@@ -8,7 +8,8 @@ import time
 import pytest
 
 from distrinews import checkpoint
-from tests.conftest import REPO, MlflowStore, torchrun_train_command
+from pipelines.train import torchrun_command
+from tests.conftest import REPO, MlflowStore
 from tests.test_train_e2e import processes_mentioning
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,7 @@ def start_long_training(
     store: MlflowStore, tiny_bert, small_data, output_dir, log
 ) -> subprocess.Popen:
     """Two ranks on many epochs of the tiny model: still training when interrupted."""
-    command = torchrun_train_command(
+    command = torchrun_command(
         2,
         model=tiny_bert,
         data=small_data,

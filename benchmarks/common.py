@@ -1,0 +1,160 @@
+"""What every benchmark shares: test texts, percentiles, HTTP load, and recording a table.
+
+Benchmarks run both sides of a comparison in one invocation, alternating
+rounds, and report medians over the rounds: the machine is shared and noisy.
+"""
+
+import asyncio
+import platform
+import statistics
+import time
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ag_news"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    import os
+
+    return f"Measured {date.today()} on {cpu_name()}, {len(os.sched_getaffinity(0))} vCPUs."
+
+
+def ag_news_test_texts(data: str | Path) -> list[str]:
+    """AG News test texts in a fixed shuffled order (lengths as they come)."""
+    frame = pd.read_parquet(Path(data) / "test.parquet")
+    return frame["text"].sample(frac=1, random_state=0).tolist()
+
+
+def percentiles(ms: Iterable[float]) -> dict[str, float]:
+    ms = list(ms)
+    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Key by key, the median over rounds."""
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+
+
+def one_client(url: str, texts: list[str], route: str = "/predict", body=None) -> dict:
+    """Latency of requests sent one at a time, after 10 warm-up requests."""
+    body = body or (lambda text: {"text": text})
+    timings = []
+    with httpx.Client(timeout=60) as client:
+        for text in texts[:10]:
+            client.post(f"{url}{route}", json=body(text)).raise_for_status()
+        for text in texts:
+            start = time.perf_counter()
+            response = client.post(f"{url}{route}", json=body(text))
+            timings.append(1000 * (time.perf_counter() - start))
+            response.raise_for_status()
+    return percentiles(timings)
+
+
+def many_clients(
+    url: str, texts: list[str], clients: int, requests: int, route: str = "/predict", body=None
+) -> dict:
+    """`requests` requests from `clients` concurrent connections: requests/s, latency, errors."""
+    body = body or (lambda text: {"text": text})
+
+    async def run() -> dict:
+        timings: list[float] = []
+        errors = 0
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(texts[i % len(texts)])
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal errors
+            while not queue.empty():
+                text = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    response = await client.post(f"{url}{route}", json=body(text))
+                    errors += response.status_code != 200
+                except httpx.HTTPError:
+                    errors += 1
+                timings.append(1000 * (time.perf_counter() - start))
+
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(client) for _ in range(clients)))
+            elapsed = time.perf_counter() - start
+        return {"requests_per_s": requests / elapsed, "errors": errors, **percentiles(timings)}
+
+    return asyncio.run(run())
+
+
+def record(
+    name: str,
+    title: str,
+    body: str,
+    output: Path,
+    metrics: dict[str, float],
+    plots: Iterable[Path] = (),
+    run_id: str = "",
+    experiment: str = "benchmarks",
+) -> None:
+    """Print the table, write it to `output`, and log it to an MLflow run tagged `benchmark`.
+
+    The run is `run_id` if given (e.g. the export run), else a new one named
+    after the benchmark in `experiment`.
+    """
+    import mlflow
+
+    text = f"# {title}\n\n{machine_line()}\n\n{body}"
+    output.write_text(text)
+    print(text)
+    if not run_id:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_id=run_id or None, run_name=None if run_id else f"bench-{name}"):
+        mlflow.set_tag("benchmark", name)
+        mlflow.log_text(text, f"benchmarks/{output.name}")
+        mlflow.log_metrics({f"bench_{k}": v for k, v in metrics.items()})
+        for plot in plots:
+            mlflow.log_artifact(str(plot), "benchmarks")
+
+
+def train_with_pipeline(
+    nproc: int | str, experiment: str, run_name: str, threads: int = 0, **options: object
+):
+    """Run our training pipeline under torchrun; its MLflow run and the wall time.
+
+    `options` are pipelines.train flags (max_train_rows=..., epochs=...).
+    """
+    import subprocess
+
+    import mlflow
+
+    from pipelines.train import torchrun_command
+
+    command = torchrun_command(
+        nproc, experiment=experiment, run_name=run_name, threads=threads, **options
+    )
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    wall = time.perf_counter() - start
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs(
+        [experiment_id], f"attributes.run_name = '{run_name}'", order_by=["start_time DESC"]
+    )[:1]
+    return run, wall
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}"

