@@ -45,6 +45,7 @@ def train(rows: int, args: argparse.Namespace, work: Path) -> list[dict[str, flo
         max_train_rows=rows,
         epochs=args.epochs,
         output_dir=output_dir,
+        keep_checkpoints=0,
     )
     client = mlflow.MlflowClient()
     history = {

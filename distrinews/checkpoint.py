@@ -2,7 +2,8 @@
 
 Layout of output_dir:
     epoch-3/            save_pretrained folder (weights, config with labels,
-                        tokenizer) + training_state.pt
+                        tokenizer) + training_state.pt; the newest
+                        `keep_checkpoints` epochs are kept
     latest              the name of the newest complete checkpoint folder
 
 A checkpoint is written under a temporary name and renamed when complete;
@@ -33,8 +34,12 @@ def save_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     training_state: dict[str, Any],
     info: DistInfo,
+    keep: int = 1,
 ) -> None:
-    """Fenced save: every rank arrives, global rank 0 writes, every rank leaves."""
+    """Fenced save: every rank arrives, global rank 0 writes, every rank leaves.
+
+    The newest `keep` checkpoints stay on disk (0: all).
+    """
     barrier(info)  # all ranks have applied the epoch's last update
     if info.is_main:
         output_dir = Path(output_dir)
@@ -48,9 +53,10 @@ def save_checkpoint(
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         _write_atomically(output_dir / LATEST, final.name)
-        for old in output_dir.glob("epoch-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        epochs = [p for p in output_dir.glob("epoch-*") if p.name[6:].isdigit()]
+        newest_first = sorted(epochs, key=lambda p: int(p.name[6:]), reverse=True)
+        for old in newest_first[keep:] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
     barrier(info)  # no rank reads or resumes before the write is complete
 
 

@@ -79,6 +79,7 @@ class TrainConfig:
         "Continue from the newest checkpoint in output_dir (automatic after a torchrun restart).",
         False,
     )
+    keep_checkpoints: int = _help("Newest epoch checkpoints kept in output_dir (0: all).", 1)
     threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
     log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
     precision: str = _help(
@@ -98,8 +99,9 @@ class TrainConfig:
             raise UserError(f"lr={self.lr} must be > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.threads < 0:
-            raise UserError("weight_decay, max_grad_norm and threads must be >= 0")
+        non_negative = ("weight_decay", "max_grad_norm", "threads", "keep_checkpoints")
+        if any(getattr(self, name) < 0 for name in non_negative):
+            raise UserError(f"{', '.join(non_negative)} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,13 @@ def _train(
             "run_id": tracker.run_id,
         }
         checkpoint.save_checkpoint(
-            job.train.output_dir, progress.epoch, model, tokenizer, training_state, info
+            job.train.output_dir,
+            progress.epoch,
+            model,
+            tokenizer,
+            training_state,
+            info,
+            job.train.keep_checkpoints,
         )
 
     return finish(model, tokenizer, eval_loaders["test"], progress, info, tracker, job)

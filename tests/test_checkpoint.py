@@ -36,3 +36,12 @@ def test_torn_write_is_never_picked_up(tmp_path, tiny_bert):
 
 def test_no_checkpoint_means_none(tmp_path):
     assert checkpoint.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_keep_checkpoints_keeps_the_newest(tmp_path, tiny_bert):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    for keep, folder in ((2, tmp_path / "two"), (0, tmp_path / "all")):
+        for epoch in range(1, 12):  # epoch-10 sorts before epoch-9 as text
+            checkpoint.save_checkpoint(folder, epoch, model, tokenizer, {}, SINGLE, keep)
+        kept = {p.name for p in folder.glob("epoch-*")}
+        assert kept == ({"epoch-10", "epoch-11"} if keep else {f"epoch-{e}" for e in range(1, 12)})
