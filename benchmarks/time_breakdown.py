@@ -16,6 +16,7 @@ FastAPI routing, the thread hop, the client).
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -71,7 +72,7 @@ def train_worker(args: argparse.Namespace) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     watch = Stopwatch()
     texts = train["text"].tolist()
-    batches = iter(loader)
+    batches = (batch for _ in itertools.count() for batch in loader)  # endless
     for step in range(args.steps):
         batch_texts = texts[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         with watch.part("tokenization (up front in the pipeline)"):
