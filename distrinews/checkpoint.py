@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distrinews.distributed import DistInfo, barrier
+from distrinews.distributed import DistInfo, all_gather, barrier
 
 LATEST = "latest"
 TRAINING_STATE = "training_state.pt"
@@ -38,9 +38,11 @@ def save_checkpoint(
 ) -> None:
     """Fenced save: every rank arrives, global rank 0 writes, every rank leaves.
 
-    The newest `keep` checkpoints stay on disk (0: all).
+    Every rank's RNG state is saved: ranks draw different dropout masks, and
+    a resumed run must draw the ones the uninterrupted run would have. The
+    newest `keep` checkpoints stay on disk (0: all).
     """
-    barrier(info)  # all ranks have applied the epoch's last update
+    rng_per_rank = all_gather(_rng_state(info.device), info)  # also a barrier
     if info.is_main:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +51,7 @@ def save_checkpoint(
         shutil.rmtree(temporary, ignore_errors=True)
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-        torch.save({**training_state, "rng": _rng_state()}, temporary / TRAINING_STATE)
+        torch.save({**training_state, "rng": rng_per_rank}, temporary / TRAINING_STATE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
         _write_atomically(output_dir / LATEST, final.name)
@@ -74,19 +76,27 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     return torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=False)
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    rng = state["rng"]
+def restore_rng(state: dict[str, Any], info: DistInfo) -> None:
+    """This rank's RNG state as saved, so the resumed run draws what the first would have."""
+    if len(state["rng"]) != info.world_size:
+        return  # another world size: the saved streams map onto no rank; keep the seeded ones
+    rng = state["rng"][info.rank]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], info.device)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def _write_atomically(path: Path, text: str) -> None:

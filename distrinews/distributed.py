@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,7 +84,14 @@ def setup_distributed(info: DistInfo, threads: int = 0) -> None:
     # the 30-minute default.
     timeout = timedelta(minutes=10)
     if "RANK" in os.environ:  # launched by torchrun, even with one process
-        dist.init_process_group(info.backend, timeout=timeout)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        # After a restart the workers meet in the same store as before (torch
+        # 2.13, --standalone), where the dead workers' addresses still sit
+        # under the same keys; each attempt gets keys of its own.
+        attempt = dist.PrefixStore(f"attempt-{info.restart_count}", store)
+        dist.init_process_group(
+            info.backend, store=attempt, rank=rank, world_size=world_size, timeout=timeout
+        )
     else:
         # A plain `python -m ...` run: a one-process group with an in-memory
         # store, so DDP and the collectives work the same everywhere.
@@ -117,12 +125,18 @@ def fail_together(info: DistInfo) -> Iterator[None]:
         yield
     except UserError as err:
         message = str(err)
-    messages = [message] * info.world_size
-    if info.world_size > 1:
-        dist.all_gather_object(messages, message)
+    messages = all_gather(message, info)
     for rank, failed in enumerate(messages):
         if failed is not None:
             raise UserError(failed if rank == info.rank else f"on rank {rank}: {failed}")
+
+
+def all_gather(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj` (picklable), indexed by rank, on every rank."""
+    gathered = [obj] * info.world_size
+    if info.world_size > 1:
+        dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def cleanup_distributed() -> None:

@@ -53,6 +53,15 @@ class MlflowTracker(Tracker):
 
         self._mlflow = mlflow
         self.run_id = run_id
+        # After a restart, the steps since the last checkpoint are trained
+        # again, and their metrics are already in the run (with the same
+        # values: training resumes exactly). Each key logs only later steps,
+        # so no step appears twice.
+        client = mlflow.MlflowClient()
+        self._last_step = {
+            key: max(m.step for m in client.get_metric_history(run_id, key))
+            for key in client.get_run(run_id).data.metrics
+        }
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:
@@ -76,8 +85,11 @@ class MlflowTracker(Tracker):
         self._mlflow.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        # Asynchronous, so a slow tracking server does not stall training steps.
-        self._mlflow.log_metrics(metrics, step=step, synchronous=False)
+        if step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > self._last_step.get(k, -1)}
+        if metrics:
+            # Asynchronous, so a slow tracking server does not stall training steps.
+            self._mlflow.log_metrics(metrics, step=step, synchronous=False)
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         import matplotlib.pyplot as plt

@@ -91,7 +91,7 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress = Progress(**state["progress"])
-        checkpoint.restore_rng(state)
+        checkpoint.restore_rng(state, info)
 
     for epoch in range(progress.epoch, job.train.epochs):
         epoch_start = time.perf_counter()

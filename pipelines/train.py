@@ -13,9 +13,15 @@ from distrinews.distributed import DistInfo
 from distrinews.training import run_training
 
 
-def torchrun_command(nproc: int | str, **options: object) -> list[str]:
-    """`torchrun` launching this script on one machine, each option as `--key value`."""
-    command = ["torchrun", "--standalone", "--nproc-per-node", str(nproc), "-m", "pipelines.train"]
+def torchrun_command(
+    nproc: int | str, launcher: tuple[str, ...] = ("--standalone",), **options: object
+) -> list[str]:
+    """`torchrun` launching this script, each option as `--key value`.
+
+    `launcher` holds torchrun's own flags: one machine by default; a
+    rendezvous (`--nnodes`, `--rdzv-endpoint`, ...) for several.
+    """
+    command = ["torchrun", *launcher, "--nproc-per-node", str(nproc), "-m", "pipelines.train"]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     return command

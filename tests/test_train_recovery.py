@@ -1,0 +1,153 @@
+"""A worker killed mid-epoch under `torchrun --max-restarts`, and two nodes training together."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distrinews import checkpoint
+from pipelines.train import torchrun_command
+from serving.local import free_port
+from tests.conftest import REPO, MlflowStore
+from tests.test_train_e2e import processes_mentioning
+
+pytestmark = pytest.mark.integration
+
+
+def training_options(tiny_bert, small_data, output_dir: Path, experiment: str) -> dict:
+    return {
+        "model": tiny_bert,
+        "data": small_data,
+        "epochs": 3,
+        "batch_size": 4,
+        "log_every": 1,
+        "threads": 1,
+        "output_dir": output_dir,
+        "experiment": experiment,
+    }
+
+
+def the_run(store: MlflowStore, experiment: str):
+    (run,) = store.client.search_runs(
+        [store.client.get_experiment_by_name(experiment).experiment_id]
+    )
+    return run
+
+
+def rank_pid(output_dir: Path, rank: int) -> int | None:
+    """The pid of the training worker with global rank `rank`, if it is running."""
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        worker = b"pipelines.train" in cmdline and b"torchrun" not in cmdline
+        if worker and str(output_dir).encode() in cmdline and f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint.latest_checkpoint(output_dir) / "model.safetensors")
+
+
+def test_killed_worker_resumes_into_the_same_run_exactly(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    for name in ("straight", "restarted"):
+        store.experiment(name)
+    straight_dir, restarted_dir = tmp_path / "straight", tmp_path / "restarted"
+    command = torchrun_command(
+        2, **training_options(tiny_bert, small_data, straight_dir, "straight")
+    )
+    result = subprocess.run(command, cwd=REPO, env=store.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    log_file = tmp_path / "restarted.log"
+    command = torchrun_command(
+        2,
+        ("--standalone", "--max-restarts", "1"),
+        **training_options(tiny_bert, small_data, restarted_dir, "restarted"),
+    )
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            # Epoch 1's checkpoint is complete, epoch 2 has begun: kill rank 1.
+            deadline = time.monotonic() + 180
+            while checkpoint.latest_checkpoint(restarted_dir) is None:
+                assert process.poll() is None and time.monotonic() < deadline, "no epoch 1"
+                time.sleep(0.05)
+            time.sleep(0.5)
+            assert checkpoint.latest_checkpoint(restarted_dir).name == "epoch-1"
+            os.kill(rank_pid(restarted_dir, 1), signal.SIGKILL)
+            assert process.wait(timeout=300) == 0, log_file.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log_file.read_text()
+    assert "resuming from" in output and "epoch-1" in output
+
+    straight, restarted = the_run(store, "straight"), the_run(store, "restarted")
+    assert restarted.info.status == "FINISHED", "the same run continued and finished"
+    # Every step logged once, with the values of the uninterrupted run.
+    for key in ("train_loss", "val_accuracy", "test_accuracy"):
+        expected = sorted(
+            (m.step, m.value) for m in store.client.get_metric_history(straight.info.run_id, key)
+        )
+        logged = sorted(
+            (m.step, m.value) for m in store.client.get_metric_history(restarted.info.run_id, key)
+        )
+        assert [step for step, _ in logged] == [step for step, _ in expected], key
+        assert logged == expected, key
+    # Model, optimizer, scheduler, data order and every rank's RNG resumed:
+    # the weights are bit for bit those of the uninterrupted run.
+    expected_weights, weights = final_weights(straight_dir), final_weights(restarted_dir)
+    assert expected_weights.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, expected_weights[name]), name
+    assert processes_mentioning(str(restarted_dir)) == []
+
+
+def test_two_nodes_train_one_model_into_one_run(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    store.experiment("multinode")
+    output_dir = tmp_path / "checkpoints"
+    options = training_options(tiny_bert, small_data, output_dir, "multinode") | {"epochs": 1}
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = []
+    for node_rank in (0, 1):
+        launcher = ("--nnodes", "2", "--node-rank", str(node_rank), "--rdzv-backend", "c10d")
+        launcher += ("--rdzv-endpoint", endpoint, "--rdzv-id", "test")
+        log = (tmp_path / f"node{node_rank}.log").open("w")
+        nodes.append(
+            subprocess.Popen(
+                torchrun_command(1, launcher, **options),
+                cwd=REPO,
+                env=store.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    logs = [(tmp_path / f"node{i}.log").read_text()[-2000:] for i in (0, 1)]
+    assert codes == [0, 0], logs
+    run = the_run(store, "multinode")  # one run: only global rank 0 logs
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["world_size"] == "2"
+    # Both nodes' ranks shared each epoch: half the steps of one process.
+    rows = int(run.data.params["train_rows"])
+    steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "train_loss")]
+    assert max(steps) == -(-rows // (2 * 4))
+    assert run.data.metrics["replica_weight_divergence"] == 0.0, "same weights on both nodes"
