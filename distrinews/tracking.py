@@ -19,7 +19,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from distrinews.config import TrackingConfig
+from distrinews.config import TrackingConfig, UserError
 
 
 class Tracker:
@@ -128,6 +128,33 @@ def log_new_params(params: dict[str, Any]) -> None:
 
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+
+def check_tracking_server(timeout: float = 10) -> None:
+    """Fail fast when MLFLOW_TRACKING_URI names a tracking server that does not answer.
+
+    MLflow itself would retry for minutes, and only once the first metric is
+    logged; a local store (a path, sqlite:) needs no check.
+    """
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answers (an auth proxy may refuse /health); MLflow takes it from here
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(
+            f"the MLflow tracking server {uri} does not answer ({reason}); start it, "
+            "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
+        ) from err
 
 
 def start_tracker(is_main: bool, cfg: TrackingConfig, resume_run_id: str | None = None) -> Tracker:

@@ -33,7 +33,7 @@ from distrinews.evaluation import evaluate
 from distrinews.metrics import metric_safe
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
 from distrinews.plots import confusion_matrix_figure, training_curves_figure
-from distrinews.tracking import Tracker, git_commit, start_tracker
+from distrinews.tracking import Tracker, check_tracking_server, git_commit, start_tracker
 
 
 @dataclass
@@ -57,6 +57,9 @@ def run_training(job: TrainingJob) -> dict[str, float]:
     state = checkpoint.load_training_state(resume_from) if resume_from else None
     setup_distributed(info, job.train.threads)
     try:
+        with fail_together(info):
+            if info.is_main:
+                check_tracking_server()  # before training, not after an hour of it
         with start_tracker(info.is_main, job.tracking, state and state["run_id"]) as tracker:
             return _train(job, info, tracker, resume_from, state)
     except UserError:

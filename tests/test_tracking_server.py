@@ -1,0 +1,84 @@
+"""Training against a real `mlflow server` on 127.0.0.1, and against one that is not there."""
+
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from pipelines.train import torchrun_command
+from serving.local import LocalServer, free_port
+from tests.conftest import REPO, MlflowStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def tracking_server(tmp_path):
+    """`mlflow server` with a SQLite backend and a local artifact root."""
+
+    def command(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+            *("--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"),
+        ]
+
+    server = LocalServer(command, MlflowStore(tmp_path).env, cwd=tmp_path, ready_path="/health")
+    try:
+        server.wait_ready(timeout=120)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_training_logs_to_a_tracking_server(tracking_server, tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    env = store.env | {"MLFLOW_TRACKING_URI": tracking_server.url}
+    command = torchrun_command(
+        2,
+        model=tiny_bert,
+        data=small_data,
+        epochs=1,
+        max_train_rows=128,
+        output_dir=tmp_path / "checkpoints",
+        experiment="remote",
+    )
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = mlflow.MlflowClient(tracking_server.url)
+    experiment_id = client.get_experiment_by_name("remote").experiment_id
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.status == "FINISHED"
+    assert "test_accuracy" in run.data.metrics and run.data.params["train_rows"] == "128"
+    assert "plots" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    (model,) = client.search_logged_models([experiment_id])
+    assert model.source_run_id == run.info.run_id and model.name == "model"
+    assert (tmp_path / "artifacts").is_dir(), "artifacts went through the server"
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    command = torchrun_command(
+        2, model=tiny_bert, data=small_data, output_dir=tmp_path / "checkpoints"
+    )
+    start = time.monotonic()
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env=store.env | {"MLFLOW_TRACKING_URI": nobody},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60, "fails fast, not after MLflow's retries"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: the MLflow tracking server {nobody} does not answer ([Errno 111] Connection "
+        "refused); start it, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
+    ]
+    assert not (tmp_path / "checkpoints").exists()
