@@ -13,6 +13,17 @@ from serving.settings import Settings
 router = APIRouter()
 
 
+class ErrorDetail(BaseModel):
+    detail: str | list = Field(description="What was wrong with the request")
+
+
+#: Answers besides 200 and FastAPI's own 422, documented for clients.
+NOT_LOADED = {503: {"model": ErrorDetail, "description": "The model is not loaded yet"}}
+PREDICT_ERRORS = NOT_LOADED | {
+    413: {"model": ErrorDetail, "description": "Body or batch over the configured limit"}
+}
+
+
 def validate_text(text: str, where: str = "text") -> str:
     if not text.strip():
         raise ValueError(f"{where} is empty or whitespace only")
@@ -86,7 +97,7 @@ async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Predict
     return to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
 
 
-@router.post("/predict", response_model=Prediction)
+@router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
 async def predict(
     body: PredictRequest,
     settings: Annotated[Settings, Depends(get_settings)],
@@ -97,7 +108,7 @@ async def predict(
     return prediction
 
 
-@router.post("/predict/batch", response_model=BatchPrediction)
+@router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
 async def predict_batch(
     body: BatchRequest,
     settings: Annotated[Settings, Depends(get_settings)],
@@ -117,7 +128,7 @@ async def health() -> dict[str, str]:
     return {"status": "healthy"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=NOT_LOADED)
 async def ready(request: Request) -> dict[str, bool]:
     """Readiness: 503 until the model is loaded."""
     if getattr(request.app.state, "batcher", None) is None:
@@ -125,7 +136,7 @@ async def ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/model")
+@router.get("/model", responses=NOT_LOADED)
 async def model_info(
     request: Request, batcher: Annotated[MicroBatcher, Depends(get_batcher)]
 ) -> dict:
