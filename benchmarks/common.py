@@ -64,39 +64,54 @@ def one_client(url: str, texts: list[str], route: str = "/predict", body=None) -
     return percentiles(timings)
 
 
+async def drive(
+    url: str,
+    texts: list[str],
+    clients: int,
+    requests: int,
+    route: str = "/predict",
+    body=None,
+    seconds: float = float("inf"),
+) -> dict:
+    """Up to `requests` requests from `clients` concurrent connections, for at most
+    `seconds`: requests/s, latency percentiles, errors."""
+    body = body or (lambda text: {"text": text})
+    timings: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors, sent
+        while sent < requests and time.perf_counter() < deadline:
+            text = texts[sent % len(texts)]
+            sent += 1
+            start = time.perf_counter()
+            try:
+                response = await client.post(f"{url}{route}", json=body(text))
+                errors += response.status_code != 200
+            except httpx.HTTPError:
+                errors += 1
+            timings.append(1000 * (time.perf_counter() - start))
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {
+        "requests": len(timings),
+        "requests_per_s": len(timings) / elapsed,
+        "errors": errors,
+        **percentiles(timings),
+    }
+
+
 def many_clients(
     url: str, texts: list[str], clients: int, requests: int, route: str = "/predict", body=None
 ) -> dict:
-    """`requests` requests from `clients` concurrent connections: requests/s, latency, errors."""
-    body = body or (lambda text: {"text": text})
-
-    async def run() -> dict:
-        timings: list[float] = []
-        errors = 0
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(texts[i % len(texts)])
-
-        async def worker(client: httpx.AsyncClient) -> None:
-            nonlocal errors
-            while not queue.empty():
-                text = queue.get_nowait()
-                start = time.perf_counter()
-                try:
-                    response = await client.post(f"{url}{route}", json=body(text))
-                    errors += response.status_code != 200
-                except httpx.HTTPError:
-                    errors += 1
-                timings.append(1000 * (time.perf_counter() - start))
-
-        limits = httpx.Limits(max_connections=clients)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(client) for _ in range(clients)))
-            elapsed = time.perf_counter() - start
-        return {"requests_per_s": requests / elapsed, "errors": errors, **percentiles(timings)}
-
-    return asyncio.run(run())
+    """`requests` requests from `clients` concurrent connections (see `drive`)."""
+    return asyncio.run(drive(url, texts, clients, requests, route, body))
 
 
 def record(

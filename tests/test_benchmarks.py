@@ -125,3 +125,19 @@ def test_time_breakdown(exported, tiny_bert, small_data):
         assert float(row[1]) >= 0, row
     shares = [int(row[2].rstrip("%")) for row in table_rows(text, "") if row[2].endswith("%")]
     assert 195 <= sum(shares) <= 205, "each table's shares add up to 100%"
+
+
+def test_soak(exported):
+    store, _, folder, _ = exported
+    text, run = run_benchmark(
+        store,
+        "soak",
+        *("--model", folder, "--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--seconds", 5, "--clients", 8),
+    )
+    (row,) = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[0]) > 0 and cells[1] == "0", "requests served, none failed"
+    ok, probes = map(int, cells[5].split("/"))
+    assert ok == probes >= 5, "/health answered throughout"
+    assert run.data.metrics["bench_soak_errors"] == 0

@@ -64,7 +64,11 @@ def rank_pids(output_dir) -> list[int]:
 
 @pytest.mark.parametrize(
     "fault, expected_status",
-    [("ctrl-c", {"KILLED"}), ("kill -9 one rank", {"FAILED", "KILLED"})],
+    [
+        ("ctrl-c", {"KILLED"}),
+        ("SIGTERM to the launcher", {"KILLED"}),
+        ("kill -9 one rank", {"FAILED", "KILLED"}),
+    ],
 )
 def test_interrupted_training_leaves_no_running_run(
     fault, expected_status, tmp_path, tiny_bert, small_data
@@ -78,9 +82,13 @@ def test_interrupted_training_leaves_no_running_run(
         run_id = wait_for_training_steps(store, process)
         if fault == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
+        elif fault == "SIGTERM to the launcher":
+            os.kill(process.pid, signal.SIGTERM)  # what a scheduler's preemption sends
         else:
             os.kill(max(rank_pids(output_dir)), signal.SIGKILL)
+        interrupted = time.monotonic()
         process.wait(timeout=60)
+        assert time.monotonic() - interrupted < 20, "every process gone within seconds"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
