@@ -71,6 +71,7 @@ def learning_curve_png(points: list[tuple[int, float]], path: Path) -> Path:
     ax.plot(rows, accuracy, marker="o")
     ax.set_xscale("log")
     ax.set_xticks(rows, [str(r) for r in rows])
+    ax.minorticks_off()
     ax.set_xlabel("training rows")
     ax.set_ylabel("test accuracy")
     ax.set_title("Learning curve")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
         f"Learning curve: test accuracy after {args.epochs} epochs on the first N rows "
-        "(`learning_curve.png`).",
+        f"(`{args.output.with_suffix('.png').name}`).",
         "",
         "| training rows | test accuracy | test macro-F1 |",
         "| --- | --- | --- |",

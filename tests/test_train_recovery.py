@@ -23,7 +23,7 @@ def training_options(tiny_bert, small_data, output_dir: Path, experiment: str) -
     return {
         "model": tiny_bert,
         "data": small_data,
-        "epochs": 3,
+        "epochs": 2,
         "batch_size": 4,
         "log_every": 1,
         "threads": 1,
