@@ -16,7 +16,7 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
     # On: it gave lower latency and more requests/s than off on 2 vCPUs
-    # (benchmarks/serving_latency.md); off saves CPU when the host runs other work.
+    # (benchmarks/serving.md); off saves CPU when the host runs other work.
     spinning: bool = Field(
         True, description="Let idle ONNX Runtime threads spin, waiting for the next request"
     )
@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413")
     # Off (1) by default: on 2 vCPUs a batch is no faster per text than one
-    # text alone (benchmarks/serving_latency.md), and dynamic int8 quantization scales
+    # text alone (benchmarks/serving.md), and dynamic int8 quantization scales
     # activations per batch, so a text's scores would depend on its neighbours.
     micro_batch_size: int = Field(
         1, ge=1, description="Most texts from concurrent requests combined into one inference"

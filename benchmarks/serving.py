@@ -4,9 +4,9 @@ Starts `python -m serving` on 127.0.0.1 (this process is the load generator,
 a second process) and sends AG News test texts one at a time, then from 16
 concurrent clients. Each round measures every configuration once, in the
 same order; the table gives medians over the rounds. Bounded: a fixed number
-of requests per phase. Writes benchmarks/serving_latency.md and logs it to MLflow.
+of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 
-    python benchmarks/serving_latency.py --model <int8 folder> --checkpoint <PyTorch folder> \\
+    python benchmarks/serving.py --model <int8 folder> --checkpoint <PyTorch folder> \\
         --distilbert
 """
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "--distilbert", action="store_true", help="also time a DistilBERT-size model"
     )
     parser.add_argument("--experiment", default="benchmarks")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "serving_latency.md")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "serving.md")
     parser.add_argument("--run-id", default="", help="MLflow run to log to (e.g. the export run)")
     args = parser.parse_args(argv)
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if "distilbert_one" in s:
         metrics["distilbert_server_p95_ms"] = s["distilbert_one"]["p95"]
     record(
-        "serving_latency",
+        "serving",
         "Serving: latency and throughput",
         table(s, rounds, args),
         args.output,
