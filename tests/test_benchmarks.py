@@ -83,11 +83,11 @@ def test_accuracy(tmp_path, tiny_bert, small_data):
     assert "benchmarks/accuracy.png" in [a.path for a in artifacts]
 
 
-def test_serving(exported):
+def test_serving_latency(exported):
     store, _, folder, reference = exported
     text, _ = run_benchmark(
         store,
-        "serving",
+        "serving_latency",
         *("--model", folder, "--checkpoint", reference),
         *("--data", REPO.parent / "shared" / "data" / "ag_news"),
         *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),

@@ -6,7 +6,7 @@ concurrent clients. Each round measures every configuration once, in the
 same order; the table gives medians over the rounds. Bounded: a fixed number
 of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 
-    python benchmarks/serving.py --model <int8 folder> --checkpoint <PyTorch folder> \\
+    python benchmarks/serving_latency.py --model <int8 folder> --checkpoint <PyTorch folder> \\
         --distilbert
 """
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if "distilbert_one" in s:
         metrics["distilbert_server_p95_ms"] = s["distilbert_one"]["p95"]
     record(
-        "serving",
+        "serving_latency",
         "Serving: latency and throughput",
         table(s, rounds, args),
         args.output,
