@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distrinews.config import DataConfig, ExportConfig, UserError
+from distrinews.config import LABELS, DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
 from distrinews.distributed import available_cpus, cpu_flags
-from distrinews.model import match_inputs_to_model
+from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
 from distrinews.onnx_classifier import OnnxClassifier
 from distrinews.tracking import load_logged_model, log_new_params
 
@@ -250,11 +251,25 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
 def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:
     """(source MLflow run or None, a local save_pretrained folder)."""
     if cfg.checkpoint:
-        folder = Path(cfg.checkpoint)
+        folder = Path(resolve_model_path(cfg.checkpoint))
         if not (folder / "config.json").is_file():
             raise UserError(
                 f"checkpoint {folder} has no config.json; pass a save_pretrained folder"
             )
+        labels = json.loads((folder / "config.json").read_text()).get("id2label", {})
+        if tuple(labels.values()) != LABELS:
+            # A pretrained encoder (e.g. the untrained default model, to time
+            # it): a seeded new head, saved, so ONNX and PyTorch share it.
+            print(
+                f"note: {folder} has no {len(LABELS)}-class AG News head; exporting it with a "
+                "new, untrained head (for timing; its accuracy means nothing)",
+                file=sys.stderr,
+            )
+            torch.manual_seed(0)
+            model, tokenizer = load_model_and_tokenizer(str(folder))
+            folder = work_dir / "checkpoint"
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
         return None, folder
     model, tokenizer, run = load_logged_model(cfg.run_id or newest_finished_train_run())
     folder = work_dir / "checkpoint"

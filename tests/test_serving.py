@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from distrinews.config import LABELS
 from distrinews.onnx_classifier import OnnxClassifier
 from tests.conftest import REPO, Server
 
@@ -59,6 +60,31 @@ def test_export_run_is_logged_and_linked(exported):
     }
     assert {"config.json", "tokenizer.json", "export_report.json"} <= artifacts
     assert sorted(p.name for p in folder.glob("*.onnx")) == ["model_optimized_quantized.onnx"]
+
+
+def test_a_pretrained_encoder_exports_with_a_new_head(
+    mlflow_store, tiny_bert, small_data, tmp_path
+):
+    """`-P checkpoint=` of a model without the AG News head, e.g. the default one, to time it."""
+    folder = tmp_path / "timing-model"
+    mlflow_store.experiment("timing")
+    result = mlflow_store.mlflow_run(
+        "export",
+        "timing",
+        {
+            "checkpoint": tiny_bert,
+            "data": small_data,
+            "output": folder,
+            "latency_texts": 5,
+            "max_eval_rows": 50,
+            "max_accuracy_drop": 100,  # an untrained head: its accuracy means nothing
+        },
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "new, untrained head" in result.stderr
+    labels = json.loads((folder / "config.json").read_text())["id2label"]
+    assert tuple(labels.values()) == LABELS
+    assert OnnxClassifier(folder, threads=1).logits(["a test"]).shape == (1, len(LABELS))
 
 
 def test_matmuls_are_quantized(exported):
