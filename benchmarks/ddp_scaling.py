@@ -2,9 +2,11 @@
 
 CPU (default): nproc=1 with 2 threads, nproc=1 with 1 thread, nproc=2 with
 1 thread each; scaling efficiency = samples/s(nproc=2) / (2 x samples/s(nproc=1,
-1 thread)). On a GPU machine, `--gpus` compares 1 GPU with every GPU (NCCL,
-one process per GPU). Each round runs every configuration once; the table
-gives medians over rounds.
+1 thread)). A last row runs two independent nproc=1 x 1 thread trainings side
+by side: what the cores give together with no communication at all, the
+ceiling DDP can reach on this machine. On a GPU machine, `--gpus` compares
+1 GPU with every GPU (NCCL, one process per GPU). Each round runs every
+configuration once; the table gives medians over rounds.
 
     python benchmarks/ddp_scaling.py --rows 1280 --rounds 3
     python benchmarks/ddp_scaling.py --gpus --rows 20000   # on a GPU machine
@@ -13,40 +15,64 @@ gives medians over rounds.
 import argparse
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from common import DATA, REPO, median_of, record, train_with_pipeline, unique_name
 
 
-def configurations(gpus: bool) -> dict[str, tuple[int, int]]:
-    """name -> (processes, threads per process); the last two are the scaling pair."""
+class Config(NamedTuple):
+    processes: int
+    threads: int  # per process; 0 = the pipeline's default
+    copies: int = 1  # independent trainings run side by side, no communication
+
+
+SIDE_BY_SIDE = "2 separate nproc=1 x 1 thread runs side by side (no communication)"
+
+
+def configurations(gpus: bool) -> dict[str, Config]:
+    """name -> configuration; the last two with one copy are the scaling pair."""
     if gpus:
         import torch
 
         count = torch.cuda.device_count()
-        return {"1 GPU": (1, 0), f"{count} GPUs": (count, 0)}
+        return {"1 GPU": Config(1, 0), f"{count} GPUs": Config(count, 0)}
     return {
-        "nproc=1, 2 threads": (1, 2),
-        "nproc=1, 1 thread": (1, 1),
-        "nproc=2, 1 thread each": (2, 1),
+        "nproc=1, 2 threads": Config(1, 2),
+        "nproc=1, 1 thread": Config(1, 1),
+        "nproc=2, 1 thread each": Config(2, 1),
+        SIDE_BY_SIDE: Config(1, 1, copies=2),
     }
 
 
-def measure(nproc: int, threads: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def train_once(config: Config, args: argparse.Namespace, output_dir: Path) -> tuple[float, float]:
+    """samples/s of the training loop and wall time of one run."""
     run, wall = train_with_pipeline(
-        nproc,
+        config.processes,
         args.experiment,
-        unique_name(f"ddp-scaling-{nproc}x{threads}"),
-        threads=threads,
+        unique_name(f"ddp-scaling-{config.processes}x{config.threads}"),
+        threads=config.threads,
         data=args.data,
         model=args.model,
         max_train_rows=args.rows,
         max_eval_rows=64,
         epochs=1,
         batch_size=args.batch_size,
-        output_dir=work / f"{nproc}x{threads}",
+        output_dir=output_dir,
     )
-    return {"samples_per_s": run.data.metrics["epoch_samples_per_second"], "wall_s": wall}
+    return run.data.metrics["epoch_samples_per_second"], wall
+
+
+def measure(config: Config, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Global samples/s: the sum over the copies, which start together with equal work."""
+    folders = [work / f"{config.processes}x{config.threads}-{i}" for i in range(config.copies)]
+    with ThreadPoolExecutor(config.copies) as pool:
+        results = list(pool.map(lambda folder: train_once(config, args, folder), folders))
+    return {
+        "samples_per_s": sum(sps for sps, _ in results),
+        "wall_s": max(wall for _, wall in results),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     per_config: dict[str, list[dict]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as work:
         for _ in range(args.rounds):
-            for name, (nproc, threads) in configs.items():
-                per_config[name].append(measure(nproc, threads, args, Path(work)))
+            for name, config in configs.items():
+                per_config[name].append(measure(config, args, Path(work)))
     results = {name: median_of(rounds) for name, rounds in per_config.items()}
-    single, multi = list(configs)[-2:]
-    nproc = configs[multi][0]
+    single, multi = [name for name, config in configs.items() if config.copies == 1][-2:]
+    nproc = configs[multi].processes
     efficiency = results[multi]["samples_per_s"] / (nproc * results[single]["samples_per_s"])
     lines = [
         f"Model `{args.model}`, {args.rows} training rows (one pass), batch {args.batch_size} "
@@ -85,13 +111,29 @@ def main(argv: list[str] | None = None) -> int:
         f"Scaling efficiency = samples/s({multi}) / ({nproc} x samples/s({single})) = "
         f"**{efficiency:.2f}**.",
     ]
+    metrics = {"scaling_efficiency": efficiency}
+    if SIDE_BY_SIDE in results:
+        ceiling = results[SIDE_BY_SIDE]["samples_per_s"]
+        metrics["hardware_ceiling_efficiency"] = ceiling / (2 * results[single]["samples_per_s"])
+        metrics["ddp_share_of_ceiling"] = results[multi]["samples_per_s"] / ceiling
+        lines += [
+            "",
+            f"Two separate 1-thread runs side by side, with no communication at all, reach "
+            f"{metrics['hardware_ceiling_efficiency']:.2f} of twice one run alone: the ceiling "
+            f"these cores give. DDP reaches {metrics['ddp_share_of_ceiling']:.2f} of that ceiling.",
+        ]
+    metrics |= {
+        f"samples_per_s_{c.processes}x{c.threads}" + ("_side_by_side" if c.copies > 1 else ""): (
+            results[name]["samples_per_s"]
+        )
+        for name, c in configs.items()
+    }
     record(
         "ddp_scaling",
         "DDP scaling",
         "\n".join(lines) + "\n",
         args.output,
-        {"scaling_efficiency": efficiency}
-        | {f"samples_per_s_{p}x{t}": results[n]["samples_per_s"] for n, (p, t) in configs.items()},
+        metrics,
         experiment=args.experiment,
     )
     return 0

@@ -50,12 +50,11 @@ def train_worker(args: argparse.Namespace) -> None:
     """Runs on every rank under torchrun; rank 0 writes the medians to args.result."""
     import torch
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     from distrinews.config import DataConfig, TrainConfig
     from distrinews.data import TokenizedDataset, load_splits, make_loader
-    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
-    from distrinews.model import load_model_and_tokenizer
+    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed, wrap_ddp
+    from distrinews.model import autocast, load_model_and_tokenizer
     from distrinews.training import make_optimizer
 
     info = DistInfo.from_env()
@@ -67,9 +66,11 @@ def train_worker(args: argparse.Namespace) -> None:
     train = load_splits(data, cfg.seed).train
     dataset = TokenizedDataset(train, tokenizer, data.max_length)
     loader = make_loader(dataset, tokenizer, cfg.batch_size, info.world_size, info.rank, cfg.seed)
-    ddp_model = DDP(model)
+    ddp_model, embedding_rows = wrap_ddp(model, info)
     optimizer = make_optimizer(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
+    # What DDP all-reduces whole; the word embedding goes by rows when the pipeline does so.
+    dense = [p for p in params if not embedding_rows or p is not embedding_rows.weight]
     watch = Stopwatch()
     texts = train["text"].tolist()
     batches = (batch for _ in itertools.count() for batch in loader)  # endless
@@ -80,18 +81,21 @@ def train_worker(args: argparse.Namespace) -> None:
         with watch.part("batch collation and padding"):
             batch = next(batches)
         with ddp_model.no_sync():
-            with watch.part("forward"):
+            with watch.part("forward"), autocast(info.device, cfg.precision):
                 loss = ddp_model(**batch).loss
             with watch.part("backward"):
                 loss.backward()
         with watch.part("gradient all-reduce (gloo)"):
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            flat = torch.cat([p.grad.reshape(-1) for p in dense])
             dist.all_reduce(flat)
             flat /= info.world_size
             offset = 0
-            for p in params:
+            for p in dense:
                 p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
+            if embedding_rows:
+                embedding_rows.record(batch["input_ids"])
+                embedding_rows.all_reduce()
         with watch.part("clipping and optimizer step"):
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -99,7 +103,12 @@ def train_worker(args: argparse.Namespace) -> None:
     for _ in range(args.steps):
         batch = next(batches)
         with watch.part("whole step as the pipeline runs it (DDP overlaps the all-reduce)"):
-            ddp_model(**batch).loss.backward()
+            with autocast(info.device, cfg.precision):
+                loss = ddp_model(**batch).loss
+            loss.backward()
+            if embedding_rows:
+                embedding_rows.record(batch["input_ids"])
+                embedding_rows.all_reduce()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -185,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     serving = serving_parts(args)
     lines = [
         f"Training step: `{args.train_model}`, batch 32 per process, 2 processes x 1 thread, "
-        f"gloo; medians over {args.steps - 2} steps. Shares are of the step's parts run one "
+        f"gloo, the pipeline's default precision; medians over {args.steps - 2} steps. "
+        "Shares are of the step's parts run one "
         "after another; tokenization and the real overlapped step are shown for scale.",
         "",
         *share_table("training part", training, unshared),

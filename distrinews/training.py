@@ -20,6 +20,7 @@ from distrinews.config import LABELS, TrainConfig, TrainingJob, UserError
 from distrinews.data import TokenizedDataset, load_splits, make_loader, steps_per_epoch
 from distrinews.distributed import (
     DistInfo,
+    EmbeddingRowAllReduce,
     all_reduce_sum,
     barrier,
     check_world_fits_machine,
@@ -28,6 +29,7 @@ from distrinews.distributed import (
     get_logger,
     raise_on_sigterm,
     setup_distributed,
+    wrap_ddp,
 )
 from distrinews.evaluation import evaluate
 from distrinews.metrics import metric_safe
@@ -81,7 +83,7 @@ def _train(
         model, tokenizer = load_model_and_tokenizer(str(resume_from or job.model.model))
         train_loader, eval_loaders = build_loaders(job, tokenizer, info)
     model.to(info.device)
-    ddp_model = DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    ddp_model, embedding_rows = wrap_ddp(model, info)
     optimizer = make_optimizer(model, job.train)
     total_steps = steps_per_epoch(train_loader, job.train.grad_accum) * job.train.epochs
     scheduler = get_linear_schedule_with_warmup(
@@ -99,7 +101,16 @@ def _train(
     for epoch in range(progress.epoch, job.train.epochs):
         epoch_start = time.perf_counter()
         train_one_epoch(
-            ddp_model, train_loader, optimizer, scheduler, progress, epoch, job, info, tracker
+            ddp_model,
+            embedding_rows,
+            train_loader,
+            optimizer,
+            scheduler,
+            progress,
+            epoch,
+            job,
+            info,
+            tracker,
         )
         epoch_seconds = time.perf_counter() - epoch_start
         val_metrics, _ = evaluate(
@@ -180,6 +191,7 @@ def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Opti
 
 def train_one_epoch(
     ddp_model: DDP,
+    embedding_rows: EmbeddingRowAllReduce | None,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -208,10 +220,14 @@ def train_one_epoch(
             with autocast(info.device, cfg.precision):
                 loss = ddp_model(**batch).loss
             (loss / cfg.grad_accum).backward()
+        if embedding_rows:
+            embedding_rows.record(batch["input_ids"])
         window[0] += loss.detach().double() * len(batch["labels"])
         window[1] += len(batch["labels"])
         if not updates:
             continue
+        if embedding_rows:
+            embedding_rows.all_reduce()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.max_grad_norm)
         optimizer.step()

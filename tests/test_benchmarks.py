@@ -64,9 +64,15 @@ def test_ddp_scaling(tmp_path, tiny_bert, small_data):
         *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--rounds", 1),
     )
     assert len(table_rows(text, "nproc=")) == 3
+    (side_by_side,) = table_rows(text, "2 separate nproc=1")
+    assert float(side_by_side[1]) > 0
     efficiency = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
     assert efficiency > 0
     assert run.data.metrics["bench_scaling_efficiency"] == pytest.approx(efficiency, abs=0.005)
+    ceiling = run.data.metrics["bench_samples_per_s_1x1_side_by_side"]
+    assert run.data.metrics["bench_ddp_share_of_ceiling"] == pytest.approx(
+        run.data.metrics["bench_samples_per_s_2x1"] / ceiling
+    )
 
 
 def test_accuracy(tmp_path, tiny_bert, small_data):
