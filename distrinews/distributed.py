@@ -201,7 +201,8 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> tuple[DDP, EmbeddingRowA
         and model.get_output_embeddings() is None
     ):
         name = next(n for n, p in model.named_parameters() if p is embedding)
-        DDP._set_params_and_buffers_to_ignore_for_model(model, [name])  # torch's own hook for this
+        # A private but long-standing torch entry point: parameters DDP leaves alone.
+        DDP._set_params_and_buffers_to_ignore_for_model(model, [name])
         rows = EmbeddingRowAllReduce(embedding, info.world_size)
     device_ids = [info.local_rank] if info.device.type == "cuda" else None
     # Gradients live in DDP's buckets: no copy in and out of them every step.
