@@ -114,6 +114,10 @@ def train_worker(args: argparse.Namespace) -> None:
             optimizer.zero_grad(set_to_none=True)
     if info.is_main:
         Path(args.result).write_text(json.dumps(watch.medians(skip=2)))
+    # DDP first: the process group freed from DDP's side keeps the GIL while
+    # it waits for gloo's threads, which may need the GIL (a hang; the
+    # pipeline frees DDP when _train returns, before this teardown too).
+    del ddp_model, embedding_rows
     cleanup_distributed()
 
 
