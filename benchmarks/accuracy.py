@@ -5,7 +5,7 @@ epoch's checkpoint on the full test split (test accuracy and macro-F1 per
 epoch), then trains on the first 2k, 5k and 10k rows the same way and plots
 test accuracy against the number of training rows.
 
-    python benchmarks/accuracy.py --epochs 2
+    python -m benchmarks.accuracy --epochs 2
 """
 
 import argparse
@@ -13,12 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATA, REPO, record, train_with_pipeline, unique_name
-
+from benchmarks.common import DATA, REPO, record, train_with_pipeline, unique_name
 from distrinews.config import DEFAULT_MODEL, DataConfig, TrainConfig
-from distrinews.data import TokenizedDataset, load_splits, make_loader
-from distrinews.distributed import DistInfo
-from distrinews.evaluation import evaluate
+from distrinews.data import load_splits
+from distrinews.evaluation import evaluate_frame
 from distrinews.model import load_model_and_tokenizer
 
 
@@ -26,8 +24,8 @@ def test_metrics(checkpoint: Path, data: str) -> dict[str, float]:
     """Accuracy and macro-F1 of a checkpoint on the whole test split, in this process."""
     model, tokenizer = load_model_and_tokenizer(str(checkpoint))
     cfg = DataConfig(data=data)
-    test = TokenizedDataset(load_splits(cfg, TrainConfig.seed).test, tokenizer, cfg.max_length)
-    metrics, _ = evaluate(model, make_loader(test, tokenizer, 64, 1, 0), DistInfo.from_env())
+    test = load_splits(cfg, TrainConfig.seed).test
+    metrics, _ = evaluate_frame(model, tokenizer, test, cfg.max_length)
     return metrics
 
 

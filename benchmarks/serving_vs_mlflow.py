@@ -6,7 +6,7 @@ exported from that run. Both on 127.0.0.1, driven from this process: AG News
 test texts one at a time (p50/p95/p99), then from 16 concurrent clients
 (requests/s). Rounds alternate the two servers; the table gives medians.
 
-    python benchmarks/serving_vs_mlflow.py --run-id <train run> --model <int8 folder>
+    python -m benchmarks.serving_vs_mlflow --run-id <train run> --model <int8 folder>
 """
 
 import argparse
@@ -14,9 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from common import DATA, REPO, ag_news_test_texts, many_clients, median_of, one_client, record
-
-from serving.local import LocalServer, Server
+from benchmarks.common import (
+    DATA,
+    REPO,
+    ag_news_test_texts,
+    many_clients,
+    median_of,
+    one_client,
+    record,
+)
+from tests.servers import LocalServer, Server
 
 
 def mlflow_server(run_id: str) -> LocalServer:

@@ -5,7 +5,7 @@ Starts `python -m serving` on 127.0.0.1 and drives it from this process with
 calls `/health` every half second. Reports errors, p50/p99, the server's
 memory before and after, and how `/health` answered throughout.
 
-    python benchmarks/soak.py --model <int8 folder> --seconds 60 --clients 32
+    python -m benchmarks.soak --model <int8 folder> --seconds 60 --clients 32
 """
 
 import argparse
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import httpx
-from common import DATA, REPO, ag_news_test_texts, drive, percentiles, record
 
-from serving.local import Server
+from benchmarks.common import DATA, REPO, ag_news_test_texts, drive, percentiles, record
+from tests.servers import Server
 
 #: Largest memory growth (MB) over the soak that the table calls bounded.
 MEMORY_BOUND_MB = 100

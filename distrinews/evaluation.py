@@ -3,13 +3,14 @@
 import os
 from dataclasses import replace
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distrinews.config import DataConfig, EvaluateConfig
+from distrinews.config import DataConfig, EvaluateConfig, TrainConfig
 from distrinews.data import TokenizedDataset, load_splits, make_loader
 from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.metrics import classification_metrics, confusion_matrix
@@ -51,6 +52,21 @@ def evaluate(
     return metrics, counts.cpu()
 
 
+def evaluate_frame(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    frame: pd.DataFrame,
+    max_length: int,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Tokenize a split, batch it by length and score it, in this one process."""
+    info = DistInfo.from_env()
+    loader = make_loader(
+        TokenizedDataset(frame, tokenizer, max_length), tokenizer, batch_size, 1, 0
+    )
+    return evaluate(model.to(info.device), loader, replace(info, world_size=1), desc="test")
+
+
 def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:
     """Score a train run's logged model on the test split; log to it and to this run.
 
@@ -64,11 +80,8 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     # Same truncation and the same split seed as the training run.
     params = train_run.data.params
     data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))
-    test = load_splits(data_cfg, seed=int(params.get("seed", 42))).test
-    loader = make_loader(
-        TokenizedDataset(test, tokenizer, data_cfg.max_length), tokenizer, cfg.batch_size, 1, 0
-    )
-    metrics, counts = evaluate(model, loader, DistInfo.from_env(), desc="test")
+    test = load_splits(data_cfg, seed=int(params.get("seed", TrainConfig.seed))).test
+    metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)
 
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     test_metrics = {f"test_{k}": v for k, v in metrics.items()}

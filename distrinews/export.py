@@ -6,7 +6,6 @@ The int8 model is only accepted if its test accuracy stays within
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -20,21 +19,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distrinews.config import LABELS, DataConfig, ExportConfig, UserError
+from distrinews.config import DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
-from distrinews.distributed import available_cpus, cpu_flags
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
-from distrinews.onnx_classifier import OnnxClassifier
+from distrinews.runtime.cpu import available_cpus, detect_target
+from distrinews.runtime.labels import LABELS
+from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.tracking import load_logged_model, log_new_params
-
-TARGETS = ("avx512_vnni", "avx2", "arm64")
-
-
-def detect_target() -> str:
-    """The quantization target this machine runs best (x86 flags from /proc/cpuinfo)."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "arm64"
-    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
 
 
 def quantize_to_int8(

@@ -12,8 +12,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from distrinews.config import DEFAULT_MODEL, LABELS, UserError
-from distrinews.distributed import cpu_flags
+from distrinews.config import DEFAULT_MODEL, UserError
+from distrinews.runtime.cpu import cpu_flags
+from distrinews.runtime.labels import LABELS
 
 
 def resolve_model_path(name: str) -> str:

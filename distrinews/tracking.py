@@ -43,8 +43,8 @@ class Tracker:
 
     def log_transformers_model(self, model: Any, tokenizer: Any) -> None: ...
 
-    def metric_history(self, key: str) -> list[tuple[int, float]]:
-        return []
+    def metric_histories(self, keys: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+        return {key: [] for key in keys}
 
 
 class MlflowTracker(Tracker):
@@ -111,10 +111,16 @@ class MlflowTracker(Tracker):
             ],
         )
 
-    def metric_history(self, key: str) -> list[tuple[int, float]]:
+    def metric_histories(self, keys: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+        """(step, value) pairs of each key as logged so far, oldest first."""
+        # One flush for all keys: each waits for the asynchronous logger's next
+        # batch (about a second here).
         self._mlflow.flush_async_logging()
-        history = self._mlflow.MlflowClient().get_metric_history(self.run_id, key)
-        return sorted((m.step, m.value) for m in history)
+        client = self._mlflow.MlflowClient()
+        return {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(self.run_id, key))
+            for key in keys
+        }
 
 
 def log_new_params(params: dict[str, Any]) -> None:

@@ -4,10 +4,13 @@ python -m serving --model <folder or MLflow URI> --host 127.0.0.1 --port 8000
 """
 
 import argparse
-import os
 import sys
 
 import uvicorn
+from pydantic import ValidationError
+
+from serving.app import create_app
+from serving.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,19 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    if args.model:
-        os.environ["DISTRINEWS_MODEL"] = args.model
-    from serving.settings import Settings
-
     try:
-        settings = Settings()
-    except ValueError as err:  # a bad DISTRINEWS_* value
+        # --model wins over DISTRINEWS_MODEL; every other setting comes from the environment.
+        settings = Settings(**({"model": args.model} if args.model else {}))
+    except ValidationError as err:  # a bad DISTRINEWS_* value
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    # Imported only now: serving.app builds its module-level app from the
-    # environment, which must have been checked first.
-    from serving.app import create_app
-
     config = uvicorn.Config(
         create_app(settings), host=args.host, port=args.port, access_log=settings.access_log
     )

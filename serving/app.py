@@ -1,6 +1,9 @@
 """The FastAPI application: settings, model loaded at start-up, routes.
 
-DISTRINEWS_MODEL=<folder or MLflow URI> uvicorn serving.app:app --host 127.0.0.1 --port 8000
+`create_app` builds it from settings (the environment by default), so nothing
+is built at import time:
+
+    DISTRINEWS_MODEL=<folder or MLflow URI> uvicorn --factory serving.app:create_app --port 8000
 """
 
 import asyncio
@@ -84,6 +87,7 @@ class LimitBodySize:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory)."""
     settings = settings or Settings()
     app = FastAPI(
         title="DistriNews",
@@ -95,6 +99,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
     return app
-
-
-app = create_app()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distrinews.config import LABELS
-from distrinews.onnx_classifier import ModelFolderError, OnnxClassifier
+from distrinews.runtime.labels import LABELS
+from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
 
 log = logging.getLogger("serving")
 

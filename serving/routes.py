@@ -6,7 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from distrinews.onnx_classifier import OnnxClassifier
+from distrinews.runtime.onnx_classifier import OnnxClassifier
 from serving.inference import MicroBatcher, export_report
 from serving.settings import Settings
 
@@ -71,6 +71,11 @@ def get_batcher(request: Request) -> MicroBatcher:
     return batcher
 
 
+# Each dependency declared once; routes take them as plain typed arguments.
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+
+
 def check_lengths(texts: list[str], settings: Settings) -> None:
     for i, text in enumerate(texts):
         if len(text) > settings.max_text_chars:
@@ -100,8 +105,8 @@ async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Predict
 @router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
 async def predict(
     body: PredictRequest,
-    settings: Annotated[Settings, Depends(get_settings)],
-    batcher: Annotated[MicroBatcher, Depends(get_batcher)],
+    settings: SettingsDep,
+    batcher: BatcherDep,
 ) -> Prediction:
     check_lengths([body.text], settings)
     (prediction,) = await predict_texts([body.text], batcher)
@@ -111,8 +116,8 @@ async def predict(
 @router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
 async def predict_batch(
     body: BatchRequest,
-    settings: Annotated[Settings, Depends(get_settings)],
-    batcher: Annotated[MicroBatcher, Depends(get_batcher)],
+    settings: SettingsDep,
+    batcher: BatcherDep,
 ) -> BatchPrediction:
     if len(body.texts) > settings.max_batch_texts:
         raise HTTPException(
@@ -137,13 +142,11 @@ async def ready(request: Request) -> dict[str, bool]:
 
 
 @router.get("/model", responses=NOT_LOADED)
-async def model_info(
-    request: Request, batcher: Annotated[MicroBatcher, Depends(get_batcher)]
-) -> dict:
+async def model_info(settings: SettingsDep, batcher: BatcherDep) -> dict:
     classifier: OnnxClassifier = batcher.classifier
     report = export_report(classifier)
     return {
-        "source": request.app.state.settings.model,
+        "source": settings.model,
         "source_run_id": report.get("source_run_id"),
         "quantization": f"dynamic int8 ({report['target']})" if "target" in report else "unknown",
         "onnx_file": classifier.model_file.name,

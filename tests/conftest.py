@@ -1,41 +1,30 @@
-"""Shared fixtures: tiny random-init models, a small slice of AG News, a temp MLflow store."""
+"""Shared fixtures: tiny random-init models, a tiny int8 ONNX model, a small slice of AG News,
+a temp MLflow store, and one real training run and export for the end-to-end tests."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
-from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
+import torch
 
 from distrinews import checkpoint
-from distrinews.config import DEFAULT_MODEL
-from distrinews.model import resolve_model_path
-from serving.local import Server  # noqa: F401  (re-exported for the tests)
+from tests.helpers import (
+    E2E_TRAINING,
+    SHARED_DATA,
+    MlflowStore,
+    export_tiny_onnx,
+    make_tiny_model,
+    train_run,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "ag_news"
 
-
-def make_tiny_model(folder: Path, architecture: str = "bert") -> Path:
-    """A 2-layer, 32-wide encoder with random weights and the real MiniLM tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
-    common = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 128}
-    if architecture == "bert":
-        config = BertConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            **common,
-        )
-    else:
-        config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
-    AutoModel.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip themselves on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +35,12 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"), "distilbert")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """An untrained tiny BERT through the export step's int8 conversion (2 s)."""
+    return export_tiny_onnx(tiny_bert, tmp_path_factory.mktemp("tiny-onnx"))
 
 
 @pytest.fixture(scope="session")
@@ -66,50 +61,14 @@ def small_data(tmp_path_factory: pytest.TempPathFactory, ag_news_dir: Path) -> P
     return folder
 
 
-class MlflowStore:
-    """A fresh SQLite tracking store with its artifact root in a temp folder."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.uri = f"sqlite:///{folder / 'mlflow.db'}"
-        self.client = mlflow.MlflowClient(self.uri)
-        # Environment for subprocesses: this store, offline, no inherited run.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        self.env.update(
-            MLFLOW_TRACKING_URI=self.uri,
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            PYTHONUNBUFFERED="1",
-            PATH=f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}",
-        )
-
-    def experiment(self, name: str) -> str:
-        """Create an experiment whose artifacts stay in the temp folder (not ./mlruns)."""
-        return self.client.create_experiment(name, artifact_location=str(self.folder / name))
-
-    def runs(self, experiment_id: str) -> list:
-        return self.client.search_runs([experiment_id])
-
-    def mlflow_run(self, entry: str, experiment: str, params: dict, timeout: int = 600):
-        """`mlflow run <repo> -e <entry> --env-manager local`, as a user types it."""
-        command = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
-        command += ["--experiment-name", experiment]
-        for key, value in params.items():
-            command += ["-P", f"{key}={value}"]
-        return subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.folder
-        )
+@pytest.fixture(scope="session")
+def texts(small_data: Path) -> list[str]:
+    return pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:40]
 
 
 @pytest.fixture()
 def mlflow_store(tmp_path: Path) -> MlflowStore:
     return MlflowStore(tmp_path)
-
-
-def train_run(store: MlflowStore, experiment_id: str):
-    """The one train run of an experiment."""
-    (run,) = store.client.search_runs([experiment_id], "tags.step = 'train'")
-    return run
 
 
 @pytest.fixture(scope="session")
@@ -118,20 +77,8 @@ def trained_run(tmp_path_factory, tiny_bert, small_data):
     store = MlflowStore(tmp_path_factory.mktemp("train-e2e"))
     experiment_id = store.experiment("e2e")
     output_dir = store.folder / "checkpoints"
-    result = store.mlflow_run(
-        "train",
-        "e2e",
-        {
-            "nproc": 2,
-            "model": tiny_bert,
-            "data": small_data,
-            "epochs": 3,
-            "batch_size": 16,
-            "lr": 3e-3,
-            "output_dir": output_dir,
-            "log_every": 2,
-        },
-    )
+    params = E2E_TRAINING | {"model": tiny_bert, "data": small_data, "output_dir": output_dir}
+    result = store.mlflow_run("train", "e2e", params)
     assert result.returncode == 0, result.stderr[-4000:]
     return store, experiment_id, output_dir, result
 
@@ -140,7 +87,7 @@ def trained_run(tmp_path_factory, tiny_bert, small_data):
 def exported(trained_run, small_data, tmp_path_factory):
     store, experiment_id, output_dir, _ = trained_run
     folder = tmp_path_factory.mktemp("onnx") / "model"
-    run_id = store.client.search_runs([experiment_id], "tags.step = 'train'")[0].info.run_id
+    run_id = train_run(store, experiment_id).info.run_id
     result = store.mlflow_run(
         "export",
         "e2e",
@@ -149,15 +96,10 @@ def exported(trained_run, small_data, tmp_path_factory):
             "data": small_data,
             "output": folder,
             "latency_texts": 20,
-            # A 2-layer random-init model has small logit margins, so int8 noise
-            # flips more of its borderline labels than a trained MiniLM's.
+            # A 2-layer model trained for seconds has small logit margins, so
+            # int8 noise flips more of its borderline labels than a MiniLM's.
             "max_accuracy_drop": 5,
         },
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return store, run_id, folder, checkpoint.latest_checkpoint(output_dir)
-
-
-@pytest.fixture(scope="session")
-def texts(small_data) -> list[str]:
-    return pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:40]

@@ -10,20 +10,22 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, MlflowStore
+from tests.helpers import REPO, SHARED_DATA, MlflowStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def run_benchmark(store: MlflowStore, script: str, *args: object) -> tuple[str, object]:
-    """Run benchmarks/<script>.py against `store`; its table and its MLflow run."""
+    """`python -m benchmarks.<script>` against `store`; its table and its MLflow run."""
     if store.client.get_experiment_by_name("bench") is None:
         store.experiment("bench")
     output = store.folder / f"{script}.md"
-    command = [sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *map(str, args)]
+    command = [sys.executable, "-m", f"benchmarks.{script}", *map(str, args)]
     command += ["--experiment", "bench", "--output", str(output)]
+    # Run from the temp folder (its mlruns/ stays there), the repository on the path.
+    env = store.env | {"PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        command, env=store.env, capture_output=True, text=True, timeout=900, cwd=store.folder
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=store.folder
     )
     assert result.returncode == 0, result.stderr[-4000:]
     experiment_id = store.client.get_experiment_by_name("bench").experiment_id
@@ -95,7 +97,7 @@ def test_serving_latency(exported):
         store,
         "serving_latency",
         *("--model", folder, "--checkpoint", reference),
-        *("--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--data", SHARED_DATA),
         *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
     )
     assert "ONNX int8 server, HTTP, 1 client" in text
@@ -109,7 +111,7 @@ def test_serving_vs_mlflow(exported):
         store,
         "serving_vs_mlflow",
         *("--run-id", train_run_id, "--model", folder),
-        *("--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--data", SHARED_DATA),
         *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
     )
     rows = table_rows(text, "mlflow models serve") + table_rows(text, "ours")
@@ -138,7 +140,7 @@ def test_soak(exported):
     text, run = run_benchmark(
         store,
         "soak",
-        *("--model", folder, "--data", REPO.parent / "shared" / "data" / "ag_news"),
+        *("--model", folder, "--data", SHARED_DATA),
         *("--seconds", 5, "--clients", 8),
     )
     (row,) = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]

@@ -25,11 +25,16 @@ def test_save_then_latest_round_trips(tmp_path, tiny_bert):
 def test_torn_write_is_never_picked_up(tmp_path, tiny_bert):
     model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
     checkpoint.save_checkpoint(tmp_path, 1, model, tokenizer, {"step": 1}, SINGLE)
-    # A crash while writing epoch 2: a temp folder without training state,
-    # and even a final-named folder the pointer does not name.
+    # A crash while writing epoch 2: a temp folder without training state...
     (tmp_path / ".epoch-2.tmp-999").mkdir()
     (tmp_path / ".epoch-2.tmp-999" / "config.json").write_text("{")
     assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "epoch-1"
+    # ...or one renamed into place before the crash, so the pointer was never moved to it.
+    (tmp_path / ".epoch-2.tmp-999").rename(tmp_path / "epoch-2")
+    assert checkpoint.latest_checkpoint(tmp_path) == tmp_path / "epoch-1"
+    # A pointer to a folder without training state names no checkpoint at all.
+    (tmp_path / "latest").write_text("epoch-2")
+    assert checkpoint.latest_checkpoint(tmp_path) is None
     (tmp_path / "latest").write_text("epoch-7")
     assert checkpoint.latest_checkpoint(tmp_path) is None
 

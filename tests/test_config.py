@@ -1,17 +1,21 @@
-import dataclasses
+"""Settings: one definition per setting (the dataclasses), and everything else built from it."""
+
 import re
+import shlex
 
 import pytest
 import yaml
 
+from distrinews import mlproject
 from distrinews.config import (
-    DataConfig,
-    ModelConfig,
-    TrainConfig,
+    STEPS,
     UserError,
+    build_parser,
+    field_type,
     parse_training_job,
+    step_fields,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_mlflow_style_strings_are_parsed_to_typed_fields():
@@ -25,11 +29,26 @@ def test_mlflow_style_strings_are_parsed_to_typed_fields():
     assert parse_training_job(["--resume", "True"]).train.resume is True
 
 
-def test_params_are_flat_and_complete():
-    params = parse_training_job([]).as_params()
-    for cls in (DataConfig, ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            assert f.name in params
+def other_value(default: object, kind: type) -> object:
+    """A valid value other than the default, of the field's type."""
+    if kind is bool:
+        return not default
+    if kind is int:
+        return default + 1
+    if kind is float:
+        return default / 2
+    return {"auto": "fp32"}.get(default, f"other{default}")
+
+
+def test_every_training_setting_reaches_its_field_and_the_logged_params():
+    expected, argv = {}, []
+    for config_class, only in STEPS["train"].groups:
+        for f in step_fields(config_class, only):
+            value = other_value(f.default, field_type(config_class, f.name))
+            expected[f.name] = value
+            argv += [f"--{f.name.replace('_', '-')}", str(value)]
+    params = parse_training_job(argv).as_params()
+    assert params == expected, "each flag sets its own field, typed"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +59,7 @@ def test_params_are_flat_and_complete():
         (["--val-fraction", "0.9"], "val_fraction"),
         (["--max-length", "4"], "max_length"),
         (["--grad-accum", "0"], "grad_accum"),
+        (["--precision", "fp8"], "precision='fp8'"),
     ],
 )
 def test_bad_values_raise_a_user_error(argv, message):
@@ -55,16 +75,48 @@ def test_unparseable_value_is_one_line(capsys):
     assert err.count("\n") == 1 and "--lr" in err
 
 
-def test_mlproject_train_parameters_match_the_dataclass_defaults():
-    """MLproject repeats each default; this keeps it equal to config.py, the source of truth."""
-    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train"]
-    parameters, command = entry["parameters"], entry["command"]
-    for cls in (DataConfig, ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            assert f.name in parameters, f"MLproject lacks parameter {f.name}"
-            default = parameters[f.name]["default"]
-            if isinstance(f.default, bool):
-                assert str(default).lower() == str(f.default).lower(), f.name
-            else:
-                assert type(f.default)(default) == f.default, f.name
-            assert f"--{f.name.replace('_', '-')} {{{f.name}}}" in command, f.name
+def test_mlproject_is_rendered_from_the_dataclasses():
+    assert (REPO / "MLproject").read_text() == mlproject.render(), (
+        "MLproject is out of date: run `python -m distrinews.mlproject`"
+    )
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_each_entry_point_command_gives_the_steps_defaults(step):
+    """What `mlflow run` runs with the MLproject defaults parses to the dataclass defaults."""
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][step]
+    values = {
+        name: spec.get("default", "some-run-id") for name, spec in entry["parameters"].items()
+    }
+    command = entry["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+    arguments = shlex.split(command.split(f"-m {STEPS[step].module}", 1)[1])
+    required = ["--run-id", "some-run-id"] if step == "evaluate" else []
+    assert build_parser(step).parse_args(arguments) == build_parser(step).parse_args(required)
+
+
+def readme_parameter_table() -> dict[str, str]:
+    """README's train parameter table as {parameter: default as written}."""
+    section = (REPO / "README.md").read_text().split("### Parameters", 1)[1].split("\n### ")[0]
+    table = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        names = re.findall(r"`(\w+)`", cells[0]) if line.startswith("| `") else []
+        defaults = [re.sub(r"`| \(.*\)", "", d) for d in cells[1].split(", ")] if names else []
+        if len(defaults) == 1:  # one default for the whole row
+            defaults *= len(names)
+        assert len(defaults) == len(names), line
+        table.update(zip(names, defaults, strict=True))
+    return table
+
+
+def test_readme_parameter_table_lists_every_train_parameter_with_its_default():
+    table = readme_parameter_table()
+    parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train"][
+        "parameters"
+    ]
+    assert set(table) == set(parameters), "README's table and `mlflow run -e train` agree"
+    defaults = vars(build_parser("train").parse_args([]))
+    defaults |= {name: spec[1] for name, spec in mlproject.TORCHRUN_PARAMETERS.items()}
+    for name, written in table.items():
+        value = defaults[name]
+        assert written.lower() == str(value).lower() or float(written) == value, name

@@ -4,14 +4,21 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO, MlflowStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def test_embedding_row_sync_matches_dense_all_reduce(tmp_path, tiny_bert):
     result = tmp_path / "result.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "2", "-m", "tests.workers.embedding_rows"]
-    subprocess.run(command + [str(tiny_bert), str(result)], cwd=REPO, check=True, timeout=300)
+    env = MlflowStore(tmp_path).env  # CPU ranks (gloo), whatever the machine has
+    subprocess.run(
+        command + [str(tiny_bert), str(result)], cwd=REPO, env=env, check=True, timeout=300
+    )
     report = json.loads(result.read_text())
     # Both ranks' rows arrive: rank 0 alone used fewer than end up with gradient.
     assert 0 < report["rows_used_here"] < report["embedding_rows_with_gradient"]

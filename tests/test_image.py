@@ -7,7 +7,8 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import REPO, Server
+from tests.helpers import REPO
+from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_image_install_serves_without_torch(exported, tmp_path, texts):
     store, _, folder, _ = exported
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = store.env | {
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "VIRTUAL_ENV": str(venv),
@@ -32,7 +33,9 @@ def test_image_install_serves_without_torch(exported, tmp_path, texts):
     assert install.returncode == 0, install.stderr[-3000:]
     python = str(venv / "bin" / "python")
     for heavy in ("torch", "transformers"):
-        probe = subprocess.run([python, "-c", f"import {heavy}"], env=env, capture_output=True)
+        probe = subprocess.run(
+            [python, "-c", f"import {heavy}"], env=env, capture_output=True, timeout=60
+        )
         assert probe.returncode != 0, f"{heavy} must not be in the server image"
     server = Server(str(app_model), env, python=python, cwd=tmp_path)
     try:

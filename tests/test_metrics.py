@@ -2,8 +2,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from distrinews.config import LABELS
 from distrinews.metrics import classification_metrics, confusion_matrix
+from distrinews.runtime.labels import LABELS
 
 
 def test_metrics_match_scikit_learn():

@@ -1,9 +1,10 @@
-"""Export a trained tiny model, serve it with a real uvicorn on 127.0.0.1, and call it."""
+"""End to end: export a trained tiny model, serve it with a real uvicorn on 127.0.0.1, call it.
+
+Route and validation tests run in process on a tiny model: test_serving_routes.py.
+"""
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distrinews.config import LABELS
-from distrinews.onnx_classifier import OnnxClassifier
-from tests.conftest import REPO, Server
+from distrinews.runtime.labels import LABELS
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from tests.servers import Server
+from tests.test_serving_routes import broken_copy
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(exported):
     store, _, folder, _ = exported
-    server = Server(
-        str(folder), store.env, max_batch_texts=8, max_text_chars=2000, max_body_bytes=20_000
-    )
+    server = Server(str(folder), store.env)
     try:
         server.wait_ready()
         yield server
@@ -132,15 +132,6 @@ def test_server_agrees_with_the_models(server, exported, texts):
     assert agreement >= 0.85
 
 
-def test_batch_endpoint_matches_the_model(server, exported, texts):
-    _, _, folder, _ = exported
-    batch = httpx.post(f"{server.url}/predict/batch", json={"texts": texts[:8]}, timeout=10)
-    assert batch.status_code == 200
-    local = OnnxClassifier(folder)  # same threads as the server: same float sums
-    expected = [local.labels[i] for i in local.logits(texts[:8]).argmax(axis=1)]
-    assert [p["label"] for p in batch.json()["predictions"]] == expected
-
-
 def test_micro_batching_answers_each_request_with_its_own_rows(exported, texts):
     store, _, folder, _ = exported
     server = Server(str(folder), store.env, micro_batch_size=32, micro_batch_window_ms=20)
@@ -171,69 +162,6 @@ def test_micro_batching_answers_each_request_with_its_own_rows(exported, texts):
         )
 
 
-def test_health_ready_model_and_docs(server):
-    assert httpx.get(f"{server.url}/health").json() == {"status": "healthy"}
-    assert httpx.get(f"{server.url}/ready").json() == {"ready": True}
-    info = httpx.get(f"{server.url}/model").json()
-    assert info["labels"] == ["World", "Sports", "Business", "Sci/Tech"]
-    assert info["quantization"].startswith("dynamic int8") and info["source_run_id"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
-    assert "/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
-
-
-BAD_REQUESTS = {
-    "empty text": ({"json": {"text": ""}}, 422),
-    "whitespace only": ({"json": {"text": "   \n\t"}}, 422),
-    "text not a string": ({"json": {"text": 123}}, 422),
-    "text is null": ({"json": {"text": None}}, 422),
-    "missing field": ({"json": {"body": "x"}}, 422),
-    "malformed json": (
-        {"content": b'{"text": "unterminated', "headers": {"content-type": "application/json"}},
-        422,
-    ),
-    "json array": ({"json": ["text"]}, 422),
-    "nul byte": ({"json": {"text": "a\x00b"}}, 422),
-    "text over the length limit": ({"json": {"text": "word " * 1000}}, 422),
-    "body over the size limit": ({"json": {"text": "x" * 30_000}}, 413),
-    "wrong content type": (
-        {
-            "content": b"text=hello",
-            "headers": {"content-type": "application/x-www-form-urlencoded"},
-        },
-        422,
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_bad_input_gets_a_4xx_with_a_message(server, case):
-    kwargs, status = BAD_REQUESTS[case]
-    response = httpx.post(f"{server.url}/predict", timeout=10, **kwargs)
-    assert response.status_code == status, response.text
-    assert response.json()["detail"]
-    assert httpx.get(f"{server.url}/health").status_code == 200
-
-
-@pytest.mark.parametrize(
-    "body, status",
-    [
-        ({"texts": []}, 422),
-        ({"texts": ["ok"] * 9}, 413),
-        ({"texts": ["ok", ""]}, 422),
-        ({"texts": ["ok", 5]}, 422),
-        ({"texts": "not a list"}, 422),
-    ],
-)
-def test_bad_batches_get_a_4xx(server, body, status):
-    response = httpx.post(f"{server.url}/predict/batch", json=body, timeout=10)
-    assert response.status_code == status, response.text
-
-
-def test_long_text_within_the_limit_is_truncated_not_refused(server):
-    response = httpx.post(f"{server.url}/predict", json={"text": "market " * 280}, timeout=10)
-    assert response.status_code == 200
-
-
 def test_serves_from_an_mlflow_runs_uri(exported, texts):
     store, train_run_id, folder, _ = exported
     (run,) = store.client.search_runs(
@@ -249,61 +177,46 @@ def test_serves_from_an_mlflow_runs_uri(exported, texts):
         server.stop()
 
 
-@pytest.mark.parametrize("problem", ["missing folder", "corrupt onnx", "wrong labels"])
-def test_bad_model_fails_fast(problem, exported, tmp_path):
-    store, _, folder, _ = exported
-    broken = tmp_path / "model"
-    if problem != "missing folder":
-        subprocess.run(["cp", "-r", str(folder), str(broken)], check=True)
-    if problem == "corrupt onnx":
-        next(broken.glob("*.onnx")).write_bytes(b"not an onnx model")
-    if problem == "wrong labels":
-        config = json.loads((broken / "config.json").read_text())
-        config["id2label"] = {"0": "neg", "1": "pos"}
-        (broken / "config.json").write_text(json.dumps(config))
+def test_a_bad_model_stops_the_server_fast_with_an_error(tiny_onnx, tmp_path):
+    broken = broken_copy(tiny_onnx, tmp_path, "corrupt onnx")
     started = time.monotonic()
-    server = Server(str(broken), store.env)
-    server.process.wait(timeout=60)
-    output = server.output()
+    server = Server(str(broken), {"PATH": "/usr/bin:/bin"})
+    try:
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
     assert server.process.returncode != 0
     assert time.monotonic() - started < 30
-    assert {
-        "missing folder": "does not exist",
-        "corrupt onnx": "cannot load",
-        "wrong labels": "not the AG News labels",
-    }[problem] in output
+    assert "cannot load" in server.output()
 
 
-def test_bad_setting_is_one_error_line(exported):
-    store, _, folder, _ = exported
-    result = subprocess.run(
-        [sys.executable, "-m", "serving", "--model", str(folder)],
-        env=store.env | {"DISTRINEWS_THREADS": "many"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "threads" in result.stderr
+def test_export_fails_when_int8_loses_accuracy(exported, mlflow_store, small_data, tmp_path):
+    """A checkpoint whose int8 model is useless: a FAILED export run, exit 2, one error line.
 
-
-def test_a_tokenizer_with_fixed_padding_is_not_padded(exported, tmp_path, texts):
-    """The packaged MiniLM's tokenizer.json pads every text to 128 tokens; serving must not."""
-    _, _, folder, _ = exported
-    padded = tmp_path / "model"
-    subprocess.run(["cp", "-r", str(folder), str(padded)], check=True)
-    tokenizer_json = json.loads((padded / "tokenizer.json").read_text())
-    tokenizer_json["padding"] = {
-        "strategy": {"Fixed": 128},
-        "direction": "Right",
-        "pad_to_multiple_of": None,
-        "pad_id": 0,
-        "pad_type_id": 0,
-        "pad_token": "[PAD]",
-    }
-    (padded / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    classifier = OnnxClassifier(padded, threads=1)
-    assert len(classifier.tokenizer.encode("stocks rally").ids) == 4  # [CLS] stocks rally [SEP]
-    reference = OnnxClassifier(folder, threads=1)
-    np.testing.assert_allclose(classifier.logits(texts[:4]), reference.logits(texts[:4]), rtol=1e-5)
+    One pooler unit is switched off (weights and bias 0: its output is exactly
+    0) and the classifier weight reading it set to 1000. PyTorch fp32 is
+    unchanged but for that unit; per-tensor int8 must then use a scale of
+    1000/127, which rounds every other classifier weight to 0, so int8
+    predicts one class for every text.
+    """
+    _, _, _, reference = exported
+    model = AutoModelForSequenceClassification.from_pretrained(reference)
+    with torch.no_grad():
+        model.bert.pooler.dense.weight[0].zero_()
+        model.bert.pooler.dense.bias[0] = 0.0
+        model.classifier.weight[0, 0] = 1000.0
+    model.save_pretrained(tmp_path / "fragile")
+    AutoTokenizer.from_pretrained(reference).save_pretrained(tmp_path / "fragile")
+    experiment_id = mlflow_store.experiment("fragile")
+    params = {"checkpoint": tmp_path / "fragile", "data": small_data, "latency_texts": 5}
+    params["output"] = tmp_path / "output"
+    result = mlflow_store.mlflow_run("export", "fragile", params | {"max_accuracy_drop": 0})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "int8 accuracy" in errors[0], result.stderr[-3000:]
+    runs = [r for r in mlflow_store.runs(experiment_id) if r.data.tags.get("step") == "export"]
+    assert [r.info.status for r in runs] == ["FAILED"]
+    metrics = runs[0].data.metrics
+    assert metrics["accuracy_onnx_int8"] < metrics["accuracy_pytorch_fp32"]
+    assert "int8 accuracy" in runs[0].data.tags["error"]
+    assert not (tmp_path / "output").exists()

@@ -3,6 +3,7 @@
 Every request goes to a server this test starts on 127.0.0.1, in bounded numbers.
 """
 
+import os
 import socket
 import threading
 import time
@@ -20,16 +21,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Server
+from tests.servers import Server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(exported):
+def server(tiny_onnx):
     """Default limits: 1 MB bodies, 10,000 characters a text, 64 texts a batch."""
-    store, _, folder, _ = exported
-    server = Server(str(folder), store.env, access_log=False)
+    server = Server(str(tiny_onnx), dict(os.environ), access_log=False)
     try:
         server.wait_ready()
         yield server

@@ -1,17 +1,17 @@
 """Training against a real `mlflow server` on 127.0.0.1, and against one that is not there."""
 
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from pipelines.train import torchrun_command
-from serving.local import LocalServer, free_port
-from tests.conftest import REPO, MlflowStore
+from tests.helpers import REPO, MlflowStore
+from tests.servers import LocalServer, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def tracking_server(tmp_path):
 
 def test_training_logs_to_a_tracking_server(tracking_server, tmp_path, tiny_bert, small_data):
     store = MlflowStore(tmp_path)
-    env = store.env | {"MLFLOW_TRACKING_URI": tracking_server.url}
+    store.env |= {"MLFLOW_TRACKING_URI": tracking_server.url}
     command = torchrun_command(
         2,
         model=tiny_bert,
@@ -45,7 +45,7 @@ def test_training_logs_to_a_tracking_server(tracking_server, tmp_path, tiny_bert
         output_dir=tmp_path / "checkpoints",
         experiment="remote",
     )
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    result = store.run(command)
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = mlflow.MlflowClient(tracking_server.url)
@@ -56,7 +56,14 @@ def test_training_logs_to_a_tracking_server(tracking_server, tmp_path, tiny_bert
     assert "plots" in {a.path for a in client.list_artifacts(run.info.run_id)}
     (model,) = client.search_logged_models([experiment_id])
     assert model.source_run_id == run.info.run_id and model.name == "model"
-    assert (tmp_path / "artifacts").is_dir(), "artifacts went through the server"
+    # The files went through the server into its artifact store, none into a local mlruns/.
+    stored = {p.name: p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()}
+    assert {"confusion_matrix.png", "training_curves.png", "model.safetensors"} <= set(stored)
+    assert stored["confusion_matrix.png"].read_bytes().startswith(b"\x89PNG")
+    downloaded = client.download_artifacts(run.info.run_id, "plots", str(tmp_path / "download"))
+    png = Path(downloaded) / "confusion_matrix.png"
+    assert png.read_bytes() == stored["confusion_matrix.png"].read_bytes()
+    assert not (REPO / "mlruns" / experiment_id).exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_unreachable_tracking_server_fails_before_training(tmp_path, tiny_bert, small_data):
@@ -66,14 +73,8 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, tiny_bert, 
         2, model=tiny_bert, data=small_data, output_dir=tmp_path / "checkpoints"
     )
     start = time.monotonic()
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env=store.env | {"MLFLOW_TRACKING_URI": nobody},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    store.env |= {"MLFLOW_TRACKING_URI": nobody}
+    result = store.run(command, timeout=120)
     assert result.returncode != 0
     assert time.monotonic() - start < 60, "fails fast, not after MLflow's retries"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

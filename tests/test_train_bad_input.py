@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from tests.conftest import MlflowStore
-from tests.test_train_e2e import processes_mentioning
+from distrinews.runtime.cpu import available_cpus
+from tests.helpers import MlflowStore, processes_mentioning
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def data_folder(root, name: str, train: pd.DataFrame | None):
@@ -45,7 +45,10 @@ CASES = {
         lambda root: {"model": "no-such-org/no-such-model"},
         "cannot load model 'no-such-org/no-such-model'",
     ),
-    "more processes than cores": (lambda root: {"nproc": 8}, "nproc=8 but only"),
+    "more processes than cores": (
+        lambda root: {"nproc": available_cpus() + 1},
+        f"nproc={available_cpus() + 1} but only {available_cpus()} CPU core(s)",
+    ),
 }
 
 

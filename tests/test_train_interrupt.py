@@ -1,23 +1,26 @@
-"""Ctrl-C and crashes under plain torchrun: the run ends KILLED or FAILED, never RUNNING."""
+"""Ctrl-C, kills and crashes under plain torchrun: the run ends KILLED or FAILED, never RUNNING,
+and the newest checkpoint stays complete."""
 
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from transformers import AutoModelForSequenceClassification
 
 from distrinews import checkpoint
 from pipelines.train import torchrun_command
-from tests.conftest import REPO, MlflowStore
-from tests.test_train_e2e import processes_mentioning
+from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+#: 760 training rows, batch 16 per rank, 2 ranks: 24 optimizer steps an epoch.
+STEPS_PER_EPOCH = 24
 
 
-def start_long_training(
-    store: MlflowStore, tiny_bert, small_data, output_dir, log
-) -> subprocess.Popen:
+def start_long_training(store: MlflowStore, tiny_bert, small_data, output_dir: Path, log):
     """Two ranks on many epochs of the tiny model: still training when interrupted."""
     command = torchrun_command(
         2,
@@ -27,6 +30,7 @@ def start_long_training(
         batch_size=16,
         output_dir=output_dir,
         log_every=1,
+        keep_checkpoints=0,
         experiment="interrupt",
     )
     # A session of its own, like a terminal's foreground job: Ctrl-C reaches every process.
@@ -40,26 +44,28 @@ def start_long_training(
     )
 
 
-def wait_for_training_steps(store: MlflowStore, process: subprocess.Popen, timeout: float = 120):
+def wait_for_step(store: MlflowStore, process: subprocess.Popen, step: int, timeout: float = 180):
+    """The run id, once a train_loss at `step` or later has been logged."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "training exited early"
         experiment = store.client.get_experiment_by_name("interrupt")
         runs = store.client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and store.client.get_metric_history(runs[0].info.run_id, "train_loss"):
-            return runs[0].info.run_id
-        time.sleep(0.5)
-    raise AssertionError("training did not start")
+        if runs:
+            history = store.client.get_metric_history(runs[0].info.run_id, "train_loss")
+            if history and max(m.step for m in history) >= step:
+                return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"training did not reach step {step}")
 
 
-def rank_pids(output_dir) -> list[int]:
-    return [
-        int(line.split()[0])
-        for line in subprocess.run(
-            ["pgrep", "-af", f"pipelines.train.*{output_dir}"], capture_output=True, text=True
-        ).stdout.splitlines()
-        if "torchrun" not in line
-    ]
+def interrupt(fault: str, process: subprocess.Popen, output_dir: Path) -> None:
+    if fault == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    elif fault == "SIGTERM to the launcher":
+        os.kill(process.pid, signal.SIGTERM)  # what a scheduler's preemption sends
+    else:
+        os.kill(rank_pid(output_dir, 1), signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +73,7 @@ def rank_pids(output_dir) -> list[int]:
     [
         ("ctrl-c", {"KILLED"}),
         ("SIGTERM to the launcher", {"KILLED"}),
-        ("kill -9 one rank", {"FAILED", "KILLED"}),
+        ("kill -9 rank 1", {"FAILED", "KILLED"}),
     ],
 )
 def test_interrupted_training_leaves_no_running_run(
@@ -79,13 +85,9 @@ def test_interrupted_training_leaves_no_running_run(
     log = (tmp_path / "training.log").open("w")
     process = start_long_training(store, tiny_bert, small_data, output_dir, log)
     try:
-        run_id = wait_for_training_steps(store, process)
-        if fault == "ctrl-c":
-            os.killpg(process.pid, signal.SIGINT)
-        elif fault == "SIGTERM to the launcher":
-            os.kill(process.pid, signal.SIGTERM)  # what a scheduler's preemption sends
-        else:
-            os.kill(max(rank_pids(output_dir)), signal.SIGKILL)
+        # Epoch 1's checkpoint is written and epoch 2 is under way.
+        run_id = wait_for_step(store, process, STEPS_PER_EPOCH + 2)
+        interrupt(fault, process, output_dir)
         interrupted = time.monotonic()
         process.wait(timeout=60)
         assert time.monotonic() - interrupted < 20, "every process gone within seconds"
@@ -95,7 +97,28 @@ def test_interrupted_training_leaves_no_running_run(
     assert process.returncode != 0
     assert store.client.get_run(run_id).info.status in expected_status
     assert processes_mentioning(str(output_dir)) == []
-    # Whatever epoch it reached, `latest` names only a complete checkpoint.
+    # Wherever the interruption fell, even mid-write, `latest` names a complete checkpoint.
     latest = checkpoint.latest_checkpoint(output_dir)
-    if (output_dir / "latest").exists():
-        assert latest is not None and (latest / "model.safetensors").is_file()
+    assert latest is not None and latest.name.startswith("epoch-")
+    assert checkpoint.load_training_state(latest)["progress"]["epoch"] == int(latest.name[6:])
+    AutoModelForSequenceClassification.from_pretrained(latest)  # loads: weights complete
+
+
+def test_a_crash_in_a_worker_leaves_the_run_failed(tmp_path, tiny_bert, small_data):
+    """Rank 0 raises while saving epoch 1 (a file stands where the checkpoint goes)."""
+    store = MlflowStore(tmp_path)
+    experiment_id = store.experiment("crash")
+    output_dir = tmp_path / "checkpoints"
+    output_dir.mkdir()
+    (output_dir / "epoch-1").write_text("not a folder")
+    command = torchrun_command(
+        2, model=tiny_bert, data=small_data, epochs=2, batch_size=16, output_dir=output_dir
+    )
+    result = store.run(command + ["--experiment", "crash"], timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr, "an unexpected error keeps its traceback"
+    (run,) = store.runs(experiment_id)
+    assert run.info.status == "FAILED"
+    assert "Error" in run.data.tags["error"] and "epoch-1" in run.data.tags["error"]
+    assert checkpoint.latest_checkpoint(output_dir) is None, "no half-written checkpoint"
+    assert processes_mentioning(str(output_dir)) == []

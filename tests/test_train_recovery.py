@@ -12,11 +12,13 @@ from safetensors.torch import load_file
 
 from distrinews import checkpoint
 from pipelines.train import torchrun_command
-from serving.local import free_port
-from tests.conftest import REPO, MlflowStore
-from tests.test_train_e2e import processes_mentioning
+from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
+from tests.servers import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+#: 760 training rows, batch 4 per rank, 2 ranks: 95 optimizer steps an epoch.
+STEPS_PER_EPOCH = 95
 
 
 def training_options(tiny_bert, small_data, output_dir: Path, experiment: str) -> dict:
@@ -39,18 +41,21 @@ def the_run(store: MlflowStore, experiment: str):
     return run
 
 
-def rank_pid(output_dir: Path, rank: int) -> int | None:
-    """The pid of the training worker with global rank `rank`, if it is running."""
-    for pid in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        worker = b"pipelines.train" in cmdline and b"torchrun" not in cmdline
-        if worker and str(output_dir).encode() in cmdline and f"RANK={rank}".encode() in environ:
-            return int(pid)
-    return None
+def wait_for_epoch_2(store: MlflowStore, process: subprocess.Popen, output_dir: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before epoch 2 was observed"
+        if checkpoint.latest_checkpoint(output_dir) is not None:
+            experiment = store.client.get_experiment_by_name("restarted")
+            runs = store.client.search_runs([experiment.experiment_id])
+            steps = [
+                m.step for m in store.client.get_metric_history(runs[0].info.run_id, "train_loss")
+            ]
+            if steps and max(steps) > STEPS_PER_EPOCH:
+                assert checkpoint.latest_checkpoint(output_dir).name == "epoch-1"
+                return
+        time.sleep(0.05)
+    raise AssertionError("no epoch-2 step within 180 s")
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -65,7 +70,7 @@ def test_killed_worker_resumes_into_the_same_run_exactly(tmp_path, tiny_bert, sm
     command = torchrun_command(
         2, **training_options(tiny_bert, small_data, straight_dir, "straight")
     )
-    result = subprocess.run(command, cwd=REPO, env=store.env, capture_output=True, text=True)
+    result = store.run(command)
     assert result.returncode == 0, result.stderr[-3000:]
 
     log_file = tmp_path / "restarted.log"
@@ -79,13 +84,9 @@ def test_killed_worker_resumes_into_the_same_run_exactly(tmp_path, tiny_bert, sm
             command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            # Epoch 1's checkpoint is complete, epoch 2 has begun: kill rank 1.
-            deadline = time.monotonic() + 180
-            while checkpoint.latest_checkpoint(restarted_dir) is None:
-                assert process.poll() is None and time.monotonic() < deadline, "no epoch 1"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            assert checkpoint.latest_checkpoint(restarted_dir).name == "epoch-1"
+            # Kill rank 1 once epoch 1's checkpoint is complete and a step of
+            # epoch 2 has been logged: the restart must resume mid-run.
+            wait_for_epoch_2(store, process, restarted_dir)
             os.kill(rank_pid(restarted_dir, 1), signal.SIGKILL)
             assert process.wait(timeout=300) == 0, log_file.read_text()[-3000:]
         finally:

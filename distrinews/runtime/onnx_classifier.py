@@ -8,12 +8,14 @@ A model folder holds one `*.onnx` file, `tokenizer.json` and `config.json`
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from distrinews.runtime.cpu import available_cpus
+from distrinews.runtime.labels import labels_from_config
 
 
 class ModelFolderError(ValueError):
@@ -46,8 +48,7 @@ class OnnxClassifier:
                 )
         self.model_file = models[0]
         config = json.loads((folder / "config.json").read_text())
-        id2label = config.get("id2label") or {}
-        self.labels = tuple(id2label[str(i)] for i in range(len(id2label)))
+        self.labels = labels_from_config(config)
         # Truncate where training did (the export stores it as model_max_length).
         tokenizer_config_file = folder / "tokenizer_config.json"
         tokenizer_config = (
@@ -66,7 +67,7 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         # Threads from this process's CPU share, not the host's core count:
         # a container with 2 vCPUs on a 64-core host must not start 64 threads.
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or available_cpus()
         options.inter_op_num_threads = 1
         # Threads that spin while idle answer the next call sooner, at the
         # cost of CPU time other processes on the host could use.

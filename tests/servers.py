@@ -1,4 +1,4 @@
-"""`python -m serving` in a subprocess on 127.0.0.1: the server tests and benchmarks start."""
+"""Server processes on 127.0.0.1 for the tests and benchmarks: `python -m serving` and others."""
 
 import socket
 import subprocess

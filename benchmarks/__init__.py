@@ -1,0 +1,1 @@
+"""Benchmark scripts, each run as a module: `python -m benchmarks.<name>` (see README.md)."""

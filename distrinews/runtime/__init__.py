@@ -1,0 +1,7 @@
+"""What the server needs at run time, and nothing heavier.
+
+Every module in this package imports neither torch nor transformers: the
+server image installs only ONNX Runtime, tokenizers and NumPy, and the export
+step checks its model with the same code. `tests/test_runtime.py` proves the
+contract by importing the server in a fresh interpreter.
+"""
