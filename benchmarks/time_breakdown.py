@@ -26,9 +26,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.common import DATA, REPO, ag_news_test_texts, one_client, record
 from distrinews.config import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # torch loads only in the workers
+    from distrinews.training import TrainState
 
 #: The step exactly as training runs it: `distrinews.training.train_step`.
 WHOLE_STEP = "whole step as the pipeline runs it (train_step; DDP overlaps the all-reduce)"
@@ -53,12 +57,11 @@ class Stopwatch:
 def train_worker(args: argparse.Namespace) -> None:
     """Runs on every rank under torchrun; rank 0 writes the medians to args.result."""
     import torch
-    import torch.distributed as dist
 
     from distrinews.config import DataConfig, TrainConfig
     from distrinews.data import TokenizedDataset, load_splits, make_loader
     from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
-    from distrinews.model import autocast, load_model_and_tokenizer
+    from distrinews.model import load_model_and_tokenizer
     from distrinews.training import make_train_state, train_step
 
     info = DistInfo.from_env()
@@ -72,40 +75,17 @@ def train_worker(args: argparse.Namespace) -> None:
     loader = make_loader(dataset, tokenizer, cfg.batch_size, info.world_size, info.rank, cfg.seed)
     # The pipeline's own set-up: DDP wrapping, row sync, AdamW, schedule.
     state = make_train_state(model, cfg, info, total_steps=2 * args.steps)
-    ddp_model, embedding_rows, optimizer = state.ddp_model, state.embedding_rows, state.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
-    # What DDP all-reduces whole; the word embedding goes by rows when the pipeline does so.
-    dense = [p for p in params if not embedding_rows or p is not embedding_rows.weight]
-    watch = Stopwatch()
     texts = train["text"].tolist()
     batches = (batch for _ in itertools.count() for batch in loader)  # endless
+    watch = Stopwatch()
     for step in range(args.steps):
         batch_texts = texts[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         with watch.part("tokenization (up front in the pipeline)"):
             tokenizer(batch_texts, truncation=True, max_length=data.max_length)
         with watch.part("batch collation and padding"):
             batch = next(batches)
-        with ddp_model.no_sync():
-            with watch.part("forward"), autocast(info.device, cfg.precision):
-                loss = ddp_model(**batch).loss
-            with watch.part("backward"):
-                loss.backward()
-        with watch.part("gradient all-reduce (gloo)"):
-            flat = torch.cat([p.grad.reshape(-1) for p in dense])
-            dist.all_reduce(flat)
-            flat /= info.world_size
-            offset = 0
-            for p in dense:
-                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-            if embedding_rows:
-                embedding_rows.record(batch["input_ids"])
-                embedding_rows.all_reduce()
-        with watch.part("clipping and optimizer step"):
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
-    optimizer.zero_grad(set_to_none=True)
+        step_in_parts(state, batch, watch)
+    state.optimizer.zero_grad(set_to_none=True)
     for _ in range(args.steps):
         batch = next(batches)
         with watch.part(WHOLE_STEP):
@@ -115,8 +95,41 @@ def train_worker(args: argparse.Namespace) -> None:
     # DDP first: the process group freed from DDP's side keeps the GIL while
     # it waits for gloo's threads, which may need the GIL (a hang; the
     # pipeline frees DDP when _train returns, before this teardown too).
-    del state, ddp_model, embedding_rows
+    del state
     cleanup_distributed()
+
+
+def step_in_parts(state: "TrainState", batch: dict, watch: Stopwatch) -> None:
+    """`train_step`'s work, part by part: the all-reduce taken out of backward and timed alone."""
+    import torch
+    import torch.distributed as dist
+
+    from distrinews.model import autocast
+
+    info, cfg, rows = state.info, state.cfg, state.embedding_rows
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    # What DDP all-reduces whole; the word embedding goes by rows when the pipeline does so.
+    dense = [p for p in params if not rows or p is not rows.weight]
+    with state.ddp_model.no_sync():
+        with watch.part("forward"), autocast(info.device, cfg.precision):
+            loss = state.ddp_model(**batch).loss
+        with watch.part("backward"):
+            loss.backward()
+    with watch.part("gradient all-reduce (gloo)"):
+        flat = torch.cat([p.grad.reshape(-1) for p in dense])
+        dist.all_reduce(flat)
+        flat /= info.world_size
+        offset = 0
+        for p in dense:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        if rows:
+            rows.record(batch["input_ids"])
+            rows.all_reduce()
+    with watch.part("clipping and optimizer step"):
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=False)
 
 
 def training_parts(args: argparse.Namespace) -> dict[str, float]:

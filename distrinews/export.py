@@ -25,7 +25,7 @@ from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, re
 from distrinews.runtime.cpu import available_cpus, detect_target
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.tracking import load_logged_model, log_new_params
+from distrinews.tracking import load_logged_model, log_new_params, tag_errors
 
 
 def quantize_to_int8(
@@ -182,61 +182,69 @@ def _size_mb(folder: Path, pattern: str) -> float:
 
 
 def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
-    """The export step: resolve the source, quantize, check, log, and write the output."""
+    """The export step: resolve the source, then export and check it in a run of its own."""
     import mlflow
 
     target = detect_target() if cfg.target == "auto" else cfg.target
     with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
         work_dir = Path(work)
         source_run, checkpoint = resolve_checkpoint(cfg, work_dir)
-        source_run_id = source_run.info.run_id if source_run else None
-        if source_run is not None:  # truncate as the model was trained
+        tags = {"step": "export", "quantization": f"dynamic int8 ({target})"}
+        experiment_id = None
+        if source_run is not None:
+            # Truncate as the model was trained; nest under the train run.
             max_length = int(source_run.data.params.get("max_length", data_cfg.max_length))
             data_cfg = replace(data_cfg, max_length=max_length)
-        # Under `mlflow run`, its run; else a run in the train run's experiment.
-        experiment_id = None
-        if source_run is not None and not os.environ.get("MLFLOW_RUN_ID"):
-            experiment_id = source_run.info.experiment_id
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{target}") as run:
-            tags = {"step": "export", "quantization": f"dynamic int8 ({target})"}
-            if source_run_id:
-                tags["mlflow.parentRunId"] = source_run_id
+            tags["mlflow.parentRunId"] = source_run.info.run_id
+            # Under `mlflow run`, its run; else a run in the train run's experiment.
+            if not os.environ.get("MLFLOW_RUN_ID"):
+                experiment_id = source_run.info.experiment_id
+        with (
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{target}") as run,
+            tag_errors(),
+        ):
             mlflow.set_tags(tags)
-            test = load_splits(data_cfg, seed=0).test
-            log_new_params(
-                asdict(cfg)
-                | {
-                    "resolved_target": target,
-                    "test_rows": len(test),
-                    "max_length": data_cfg.max_length,
-                }
-            )
-            fp32_dir, int8_dir = quantize_to_int8(
-                checkpoint, work_dir / "onnx", target, data_cfg.max_length
-            )
-            texts, labels = test["text"].tolist(), test["label"].to_numpy()
-            report = compare_with_pytorch(
-                checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts
-            )
-            drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
-            report["int8_accuracy_drop_points"] = drop_points
-            (int8_dir / "export_report.json").write_text(
-                json.dumps({"target": target, "source_run_id": source_run_id, **report}, indent=2)
-            )
-            mlflow.log_metrics(report)
-            mlflow.log_artifacts(str(int8_dir), "onnx_model")
+            int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, target, work_dir)
             report["export_run_id"] = run.info.run_id
-            if drop_points > cfg.max_accuracy_drop:
-                raise UserError(
-                    f"int8 accuracy {report['accuracy_onnx_int8']:.4f} is {drop_points:.2f} points "
-                    f"below PyTorch's {report['accuracy_pytorch_fp32']:.4f} (limit "
-                    f"{cfg.max_accuracy_drop}); try another target or raise max_accuracy_drop"
-                )
         if cfg.output:
             output = Path(cfg.output)
             shutil.rmtree(output, ignore_errors=True)
             shutil.copytree(int8_dir, output)
     return report
+
+
+def export_and_check(
+    cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str, work_dir: Path
+) -> tuple[Path, dict[str, float]]:
+    """Quantize, score against PyTorch, log it all to the active run; fail on a large drop."""
+    import mlflow
+
+    test = load_splits(data_cfg, seed=0).test
+    log_new_params(
+        asdict(cfg)
+        | {"resolved_target": target, "test_rows": len(test), "max_length": data_cfg.max_length}
+    )
+    fp32_dir, int8_dir = quantize_to_int8(
+        checkpoint, work_dir / "onnx", target, data_cfg.max_length
+    )
+    texts, labels = test["text"].tolist(), test["label"].to_numpy()
+    report = compare_with_pytorch(checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts)
+    drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
+    report["int8_accuracy_drop_points"] = drop_points
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    source_run_id = run.data.tags.get("mlflow.parentRunId")
+    (int8_dir / "export_report.json").write_text(
+        json.dumps({"target": target, "source_run_id": source_run_id, **report}, indent=2)
+    )
+    mlflow.log_metrics(report)
+    mlflow.log_artifacts(str(int8_dir), "onnx_model")
+    if drop_points > cfg.max_accuracy_drop:
+        raise UserError(
+            f"int8 accuracy {report['accuracy_onnx_int8']:.4f} is {drop_points:.2f} points "
+            f"below PyTorch's {report['accuracy_pytorch_fp32']:.4f} (limit "
+            f"{cfg.max_accuracy_drop}); try another target or raise max_accuracy_drop"
+        )
+    return int8_dir, report
 
 
 def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:

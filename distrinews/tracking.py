@@ -13,6 +13,8 @@ SIGTERM) or FAILED (any other exception).
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,7 @@ class MlflowTracker(Tracker):
         previous_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             if exc_type is not None:
-                self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:500]})
+                self.set_tags(error_tag(exc))
             self._mlflow.end_run(status)
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -121,6 +123,23 @@ class MlflowTracker(Tracker):
             key: sorted((m.step, m.value) for m in client.get_metric_history(self.run_id, key))
             for key in keys
         }
+
+
+def error_tag(exc: BaseException) -> dict[str, str]:
+    """The `error` tag a FAILED run carries, so the UI says why it failed."""
+    return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+@contextmanager
+def tag_errors() -> Iterator[None]:
+    """Tag the active run with any exception leaving the block (start_run marks it FAILED)."""
+    import mlflow
+
+    try:
+        yield
+    except Exception as err:
+        mlflow.set_tags(error_tag(err))
+        raise
 
 
 def log_new_params(params: dict[str, Any]) -> None:

@@ -31,26 +31,13 @@ class OnnxClassifier:
         max_padding_share: float = 0.2,
         spinning: bool = True,
     ):
-        folder = Path(folder)
-        self.folder = folder
+        self.folder = Path(folder)
         self.max_padding_share = max_padding_share
-        if not folder.is_dir():
-            raise ModelFolderError(f"model folder {folder} does not exist")
-        models = sorted(folder.glob("*.onnx"))
-        if len(models) != 1:
-            raise ModelFolderError(
-                f"{folder} must hold exactly one .onnx file, found {len(models)}"
-            )
-        for needed in ("tokenizer.json", "config.json"):
-            if not (folder / needed).is_file():
-                raise ModelFolderError(
-                    f"{folder} lacks {needed}; export the model with pipelines.export"
-                )
-        self.model_file = models[0]
-        config = json.loads((folder / "config.json").read_text())
+        self.model_file = _check_folder(self.folder)
+        config = json.loads((self.folder / "config.json").read_text())
         self.labels = labels_from_config(config)
         # Truncate where training did (the export stores it as model_max_length).
-        tokenizer_config_file = folder / "tokenizer_config.json"
+        tokenizer_config_file = self.folder / "tokenizer_config.json"
         tokenizer_config = (
             json.loads(tokenizer_config_file.read_text()) if tokenizer_config_file.is_file() else {}
         )
@@ -58,34 +45,13 @@ class OnnxClassifier:
             tokenizer_config.get("model_max_length", 512),
             config.get("max_position_embeddings", 512),
         )
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_length)
         # Padding is ours (per length group); a tokenizer.json may carry a
         # fixed padding of its own (the packaged MiniLM pads every text to 128).
         self.tokenizer.no_padding()
         self.pad_id = config.get("pad_token_id") or 0
-        options = ort.SessionOptions()
-        # Threads from this process's CPU share, not the host's core count:
-        # a container with 2 vCPUs on a 64-core host must not start 64 threads.
-        options.intra_op_num_threads = threads or available_cpus()
-        options.inter_op_num_threads = 1
-        # Threads that spin while idle answer the next call sooner, at the
-        # cost of CPU time other processes on the host could use.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if spinning else "0"
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(
-                str(self.model_file),
-                options,
-                providers=["CPUExecutionProvider"],
-                # Its CPU kernel is slower than the Add + LayerNormalization it
-                # replaces (distrinews.export says by how much).
-                disabled_optimizers=["SkipLayerNormFusion"],
-            )
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise ModelFolderError(f"cannot load {self.model_file}: {err}") from err
+        self.session = _session(self.model_file, threads, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, texts: list[str]) -> np.ndarray:
@@ -124,6 +90,44 @@ class OnnxClassifier:
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts))
+
+
+def _check_folder(folder: Path) -> Path:
+    """The folder's one .onnx file, once the files the classifier reads are there."""
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist")
+    models = sorted(folder.glob("*.onnx"))
+    if len(models) != 1:
+        raise ModelFolderError(f"{folder} must hold exactly one .onnx file, found {len(models)}")
+    for needed in ("tokenizer.json", "config.json"):
+        if not (folder / needed).is_file():
+            raise ModelFolderError(
+                f"{folder} lacks {needed}; export the model with pipelines.export"
+            )
+    return models[0]
+
+
+def _session(model_file: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # Threads from this process's CPU share, not the host's core count:
+    # a container with 2 vCPUs on a 64-core host must not start 64 threads.
+    options.intra_op_num_threads = threads or available_cpus()
+    options.inter_op_num_threads = 1
+    # Threads that spin while idle answer the next call sooner, at the
+    # cost of CPU time other processes on the host could use.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(
+            str(model_file),
+            options,
+            providers=["CPUExecutionProvider"],
+            # Its CPU kernel is slower than the Add + LayerNormalization it
+            # replaces (distrinews.export says by how much).
+            disabled_optimizers=["SkipLayerNormFusion"],
+        )
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelFolderError(f"cannot load {model_file}: {err}") from err
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
