@@ -17,19 +17,23 @@ from tests.helpers import (
     train_run,
 )
 
-
 #: Session fixtures that cost a real training run: the tests using them share one
 #: pytest-xdist worker, so the run happens once (each worker has its own session).
 SHARED_RUNS = {"trained_run", "exported"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Group the tests of the shared training run (before xdist reads the groups)."""
+    if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.xdist_group("trained_run"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests of the shared training run; skip `gpu` tests without CUDA."""
+    """Tests marked `gpu` skip themselves on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
     for item in items:
-        if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("trained_run"))
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
