@@ -1,18 +1,30 @@
-"""Figures logged as PNG artifacts: confusion matrix and training curves."""
+"""Figures logged as PNG artifacts: confusion matrix and training curves.
+
+matplotlib loads on the first figure drawn: only the main process draws, and
+the other ranks start faster without it.
+"""
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")  # no display on training nodes
-
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training nodes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str], title: str) -> "Figure":
     """Rows: true class, columns: predicted; cells show counts, colour shows row share."""
+    plt = _pyplot()
     counts = counts.cpu()
     shares = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -37,8 +49,9 @@ def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str], title: 
     return fig
 
 
-def training_curves_figure(series: dict[str, list[tuple[int, float]]]) -> Figure:
+def training_curves_figure(series: dict[str, list[tuple[int, float]]]) -> "Figure":
     """One panel per metric, x = optimizer step; `series` maps name -> [(step, value)]."""
+    plt = _pyplot()
     names = [name for name, points in series.items() if points]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.5))
     axes = [axes] if len(names) <= 1 else list(axes)

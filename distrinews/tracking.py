@@ -13,15 +13,16 @@ SIGTERM) or FAILED (any other exception).
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from distrinews.config import TrackingConfig, UserError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Tracker:
@@ -41,7 +42,8 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
-    def log_figure(self, figure: Figure, artifact_file: str) -> None: ...
+    def log_figure(self, draw: "Callable[[], Figure]", artifact_file: str) -> None:
+        """Log the figure `draw()` makes; only the main process draws it."""
 
     def log_transformers_model(self, model: Any, tokenizer: Any) -> None: ...
 
@@ -93,9 +95,10 @@ class MlflowTracker(Tracker):
             # Asynchronous, so a slow tracking server does not stall training steps.
             self._mlflow.log_metrics(metrics, step=step, synchronous=False)
 
-    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+    def log_figure(self, draw: "Callable[[], Figure]", artifact_file: str) -> None:
         import matplotlib.pyplot as plt
 
+        figure = draw()
         self._mlflow.log_figure(figure, artifact_file)
         plt.close(figure)
 

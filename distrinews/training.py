@@ -296,10 +296,10 @@ def finish(state: TrainState, tokenizer: Any, test_loader: DataLoader) -> dict[s
     )
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     tracker.log_figure(
-        confusion_matrix_figure(counts, labels, "test split"), "plots/confusion_matrix.png"
+        lambda: confusion_matrix_figure(counts, labels, "test split"), "plots/confusion_matrix.png"
     )
     curves = tracker.metric_histories(("train_loss", "learning_rate", "val_loss", "val_accuracy"))
-    tracker.log_figure(training_curves_figure(curves), "plots/training_curves.png")
+    tracker.log_figure(lambda: training_curves_figure(curves), "plots/training_curves.png")
     tracker.log_transformers_model(model, tokenizer)
     return test_metrics
 

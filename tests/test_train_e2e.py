@@ -13,8 +13,7 @@ from distrinews import checkpoint
 from distrinews.config import DataConfig, TrainConfig, parse_bool
 from distrinews.runtime.cpu import available_cpus
 from distrinews.tracking import git_commit
-from pipelines.train import torchrun_command
-from tests.helpers import E2E_TRAINING, MlflowStore, processes_mentioning, train_run
+from tests.helpers import E2E_TRAINING, processes_mentioning, train_run
 
 pytestmark = pytest.mark.integration
 
@@ -156,34 +155,3 @@ def test_evaluate_entry_point_logs_to_the_train_run(trained_run, small_data):
     assert "test_macro_f1" in children[0].data.metrics
     plots = {a.path for a in store.client.list_artifacts(source.info.run_id, "plots")}
     assert "plots/evaluate_confusion_matrix.png" in plots
-
-
-def test_resume_continues_the_same_run_from_the_saved_epoch(tmp_path, tiny_bert, small_data):
-    store = MlflowStore(tmp_path)
-    experiment_id = store.experiment("resume")
-    output_dir = tmp_path / "checkpoints"
-    common = {
-        "model": tiny_bert,
-        "data": small_data,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "output_dir": output_dir,
-        "log_every": 2,
-    }
-    first = store.mlflow_run("train", "resume", {"nproc": 2, "epochs": 1} | common)
-    assert first.returncode == 0, first.stderr[-3000:]
-    run_id = train_run(store, experiment_id).info.run_id
-    before = store.client.get_metric_history(run_id, "val_accuracy")
-    # As a torchrun restart does: plain torchrun, same output_dir, resume on.
-    command = torchrun_command(2, epochs=2, resume="true", **common)
-    result = store.run(command)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "resuming from" in result.stderr and "epoch-1" in result.stderr
-    assert "epoch 1/2" not in result.stderr and "epoch 2/2" in result.stderr
-    assert train_run(store, experiment_id).info.run_id == run_id, "the checkpoint's run continues"
-    after = store.client.get_metric_history(run_id, "val_accuracy")
-    assert len(after) == 2
-    assert (after[0].step, after[0].value) == (before[0].step, before[0].value)
-    assert after[1].step > before[0].step
-    assert store.client.get_run(run_id).info.status == "FINISHED"
-    assert checkpoint.latest_checkpoint(output_dir).name == "epoch-2"

@@ -62,7 +62,9 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint.latest_checkpoint(output_dir) / "model.safetensors")
 
 
-def test_killed_worker_resumes_into_the_same_run_exactly(tmp_path, tiny_bert, small_data):
+def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
+    tmp_path, tiny_bert, small_data
+):
     store = MlflowStore(tmp_path)
     for name in ("straight", "restarted"):
         store.experiment(name)
@@ -114,6 +116,23 @@ def test_killed_worker_resumes_into_the_same_run_exactly(tmp_path, tiny_bert, sm
     for name, tensor in weights.items():
         assert torch.equal(tensor, expected_weights[name]), name
     assert processes_mentioning(str(restarted_dir)) == []
+
+    # Later, by hand (-P resume=true), the finished run goes on to a third epoch.
+    def val_accuracy() -> list:
+        history = store.client.get_metric_history(restarted.info.run_id, "val_accuracy")
+        return sorted((m.step, m.value) for m in history)
+
+    before = val_accuracy()
+    options = training_options(tiny_bert, small_data, restarted_dir, "restarted")
+    result = store.run(torchrun_command(2, **options | {"epochs": 3, "resume": "true"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and "epoch-2" in result.stderr
+    assert "epoch 2/3" not in result.stderr and "epoch 3/3" in result.stderr
+    resumed = the_run(store, "restarted")  # still the one run: the checkpoint's
+    assert resumed.info.run_id == restarted.info.run_id and resumed.info.status == "FINISHED"
+    after = val_accuracy()
+    assert after[:2] == before and len(after) == 3 and after[2][0] > before[-1][0]
+    assert checkpoint.latest_checkpoint(restarted_dir).name == "epoch-3"
 
 
 def test_two_nodes_train_one_model_into_one_run(tmp_path, tiny_bert, small_data):
