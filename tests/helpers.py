@@ -102,24 +102,22 @@ class MlflowStore:
         return self.client.search_runs([experiment_id])
 
     def run(
-        self, command: list[str], timeout: float = PROCESS_TIMEOUT
+        self, command: list[str], timeout: float = PROCESS_TIMEOUT, cwd: Path = REPO
     ) -> subprocess.CompletedProcess:
-        """`command` in the repository with this store's environment; output captured."""
+        """`command` with this store's environment, output captured, bounded in time."""
         return subprocess.run(
-            command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+            command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
     def mlflow_run(
         self, entry: str, experiment: str, params: dict, timeout: float = PROCESS_TIMEOUT
-    ):
+    ) -> subprocess.CompletedProcess:
         """`mlflow run <repo> -e <entry> --env-manager local`, as a user types it."""
         command = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
         command += ["--experiment-name", experiment]
         for key, value in params.items():
             command += ["-P", f"{key}={value}"]
-        return subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.folder
-        )
+        return self.run(command, timeout, cwd=self.folder)  # its mlruns/ stays in the temp folder
 
 
 def train_run(store: MlflowStore, experiment_id: str):
