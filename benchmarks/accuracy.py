@@ -46,9 +46,14 @@ def train(rows: int, args: argparse.Namespace, work: Path) -> list[dict[str, flo
         keep_checkpoints=0,
     )
     client = mlflow.MlflowClient()
+    logged = {
+        "val_accuracy": "val/accuracy",
+        "epoch_seconds": "train/epoch_seconds",
+        "epoch_samples_per_second": "train/epoch_samples_per_second",
+    }
     history = {
-        key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
-        for key in ("val_accuracy", "epoch_seconds", "epoch_samples_per_second")
+        name: [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        for name, key in logged.items()
     }
     return [
         test_metrics(output_dir / f"epoch-{epoch}", args.data)

@@ -62,7 +62,7 @@ def train_once(config: Config, args: argparse.Namespace, output_dir: Path) -> tu
         batch_size=args.batch_size,
         output_dir=output_dir,
     )
-    return run.data.metrics["epoch_samples_per_second"], wall
+    return run.data.metrics["train/epoch_samples_per_second"], wall
 
 
 def measure(config: Config, args: argparse.Namespace, work: Path) -> dict[str, float]:

@@ -23,6 +23,7 @@ from benchmarks.common import (
     one_client,
     record,
 )
+from distrinews.tracking import logged_model_id
 from tests.servers import LocalServer, Server
 
 
@@ -35,7 +36,7 @@ def mlflow_server(run_id: str) -> LocalServer:
             "models",
             "serve",
             "-m",
-            f"runs:/{run_id}/model",
+            f"models:/{logged_model_id(run_id)}",
             "--env-manager",
             "local",
             "-h",

@@ -74,7 +74,7 @@ def train_worker(args: argparse.Namespace) -> None:
     dataset = TokenizedDataset(train, tokenizer, data.max_length)
     loader = make_loader(dataset, tokenizer, cfg.batch_size, info.world_size, info.rank, cfg.seed)
     # The pipeline's own set-up: DDP wrapping, row sync, AdamW, schedule.
-    state = make_train_state(model, cfg, info, total_steps=2 * args.steps)
+    state = make_train_state(model, cfg, info, steps_per_epoch=args.steps)
     texts = train["text"].tolist()
     batches = (batch for _ in itertools.count() for batch in loader)  # endless
     watch = Stopwatch()

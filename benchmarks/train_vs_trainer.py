@@ -135,11 +135,11 @@ def run_ours(nproc: int, threads: int, args: argparse.Namespace, work: Path) -> 
     )
     metrics = run.data.metrics
     return {
-        "samples_per_s": metrics["epoch_samples_per_second"],
+        "samples_per_s": metrics["train/epoch_samples_per_second"],
         "wall_s": wall,
         "steps": -(-args.rows // (args.batch_size * nproc)),
-        "test_loss": metrics["test_loss"],
-        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test/loss"],
+        "test_accuracy": metrics["test/accuracy"],
     }
 
 

@@ -106,10 +106,22 @@ class TrainConfig:
 class TrackingConfig:
     experiment: str = _help(
         "MLflow experiment for runs started by plain torchrun (under `mlflow run`, "
-        "use its --experiment-name).",
+        "use its --experiment-name); MLFLOW_EXPERIMENT_NAME overrides the default.",
         "distrinews",
     )
-    run_name: str = _help("MLflow run name for runs started by plain torchrun.", "")
+    run_name: str = _help(
+        "MLflow run name for runs started by plain torchrun (empty: one made from the "
+        "model, learning rate, batch and epochs).",
+        "",
+    )
+    system_metrics: bool = _help(
+        "Record CPU, memory, disk, network (and GPU) use in the run, as system/* metrics.", True
+    )
+
+
+#: Settings of plain torchrun launches: `mlflow run` names the experiment and the
+#: run itself (--experiment-name, --run-name). Neither MLproject parameters nor params.
+TORCHRUN_ONLY = ("experiment", "run_name")
 
 
 @dataclass(frozen=True)
@@ -122,13 +134,21 @@ class TrainingJob:
     tracking: TrackingConfig
 
     def as_params(self) -> dict[str, Any]:
-        """Flat dict for mlflow.log_params; field names are unique across groups."""
-        return {k: v for group in asdict(self).values() for k, v in group.items()}
+        """Flat dict for mlflow.log_params; field names are unique across groups.
+
+        The experiment and run name are not params: the run's place and name say them.
+        """
+        return {
+            k: v
+            for group in asdict(self).values()
+            for k, v in group.items()
+            if k not in TORCHRUN_ONLY
+        }
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    run_id: str = _help("MLflow run whose logged model ('runs:/<run_id>/model') is evaluated.")
+    run_id: str = _help("Train run whose logged model is evaluated.")
     batch_size: int = _help("Examples per forward pass.", 64)
 
     def __post_init__(self) -> None:

@@ -1,13 +1,11 @@
 """Evaluation on every rank, reduced across ranks, reported once."""
 
-import os
 from dataclasses import replace
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distrinews.config import DataConfig, EvaluateConfig, TrainConfig
@@ -16,7 +14,8 @@ from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.metrics import classification_metrics, confusion_matrix
 from distrinews.model import autocast
 from distrinews.plots import confusion_matrix_figure
-from distrinews.tracking import load_logged_model
+from distrinews.progress import progress_bar
+from distrinews.tracking import load_logged_model, log_split, logged_model_id, step_run
 
 
 @torch.no_grad()
@@ -38,12 +37,15 @@ def evaluate(
     model.eval()
     counts = torch.zeros(len(labels), len(labels), dtype=torch.int64, device=info.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
-    for batch in tqdm(loader, desc=desc, disable=not info.is_main, leave=False):
+    bar = progress_bar(len(loader), desc, info.is_main, leave=False)
+    for batch in loader:
         batch = {key: value.to(info.device) for key, value in batch.items()}
         with autocast(info.device, precision):
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
         counts += confusion_matrix(batch["labels"], logits.argmax(dim=-1), len(labels))
+        bar.update()
+    bar.close()
     all_reduce_sum(counts, info)
     all_reduce_sum(loss_sum, info)
     model.train(was_training)
@@ -70,9 +72,9 @@ def evaluate_frame(
 def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:
     """Score a train run's logged model on the test split; log to it and to this run.
 
-    The results go to the train run (as evaluate_test_* metrics and a
-    confusion matrix) and to a run of this step, nested under the train run
-    in the MLflow UI.
+    This step's run (nested under the train run in the MLflow UI) gets the
+    test/* metrics, linked to the logged model and the test dataset; the train
+    run gets them as evaluate/* metrics and a confusion matrix.
     """
     import mlflow
 
@@ -84,21 +86,23 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)
 
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    test_metrics = {f"test_{k}": v for k, v in metrics.items()}
-    experiment = None if os.environ.get("MLFLOW_RUN_ID") else train_run.info.experiment_id
-    with mlflow.start_run(experiment_id=experiment, run_name=f"evaluate-{cfg.run_id[:8]}"):
-        mlflow.set_tags({"mlflow.parentRunId": cfg.run_id, "step": "evaluate"})
+    with step_run("evaluate", f"evaluate {train_run.info.run_name}", train_run):
+        dataset = log_split(test, data_cfg.data, "test")
         mlflow.log_params({"source_run_id": cfg.run_id, "test_rows": len(test)})
-        mlflow.log_metrics(test_metrics)
+        mlflow.log_metrics(
+            {f"test/{k}": v for k, v in metrics.items()},
+            model_id=logged_model_id(cfg.run_id),
+            dataset=dataset,
+        )
         mlflow.log_figure(
-            confusion_matrix_figure(counts, labels, "test split"), "plots/confusion_matrix.png"
+            confusion_matrix_figure(counts, labels, "test split"), "confusion_matrix.png"
         )
     client = mlflow.MlflowClient()
-    for key, value in test_metrics.items():
-        client.log_metric(cfg.run_id, f"evaluate_{key}", value)
+    for key, value in metrics.items():
+        client.log_metric(cfg.run_id, f"evaluate/{key}", value)
     client.log_figure(
         cfg.run_id,
         confusion_matrix_figure(counts, labels, "test split (evaluate step)"),
-        "plots/evaluate_confusion_matrix.png",
+        "evaluate_confusion_matrix.png",
     )
     return metrics

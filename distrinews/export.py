@@ -5,7 +5,6 @@ The int8 model is only accepted if its test accuracy stays within
 """
 
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, re
 from distrinews.runtime.cpu import available_cpus, detect_target
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.tracking import load_logged_model, log_new_params, tag_errors
+from distrinews.tracking import load_logged_model, log_new_params, log_split, step_run
 
 
 def quantize_to_int8(
@@ -183,27 +182,19 @@ def _size_mb(folder: Path, pattern: str) -> float:
 
 def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
     """The export step: resolve the source, then export and check it in a run of its own."""
-    import mlflow
-
     target = detect_target() if cfg.target == "auto" else cfg.target
     with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
         work_dir = Path(work)
         source_run, checkpoint = resolve_checkpoint(cfg, work_dir)
-        tags = {"step": "export", "quantization": f"dynamic int8 ({target})"}
-        experiment_id = None
         if source_run is not None:
-            # Truncate as the model was trained; nest under the train run.
+            # Truncate as the model was trained.
             max_length = int(source_run.data.params.get("max_length", data_cfg.max_length))
             data_cfg = replace(data_cfg, max_length=max_length)
-            tags["mlflow.parentRunId"] = source_run.info.run_id
-            # Under `mlflow run`, its run; else a run in the train run's experiment.
-            if not os.environ.get("MLFLOW_RUN_ID"):
-                experiment_id = source_run.info.experiment_id
-        with (
-            mlflow.start_run(experiment_id=experiment_id, run_name=f"export-{target}") as run,
-            tag_errors(),
-        ):
-            mlflow.set_tags(tags)
+        source = source_run.info.run_name if source_run else Path(cfg.checkpoint).name
+        with step_run("export", f"export {source} int8-{target}", source_run) as run:
+            import mlflow
+
+            mlflow.set_tags({"quantization": f"dynamic int8 ({target})"})
             int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, target, work_dir)
             report["export_run_id"] = run.info.run_id
         if cfg.output:
@@ -220,6 +211,7 @@ def export_and_check(
     import mlflow
 
     test = load_splits(data_cfg, seed=0).test
+    log_split(test, data_cfg.data, "test")
     log_new_params(
         asdict(cfg)
         | {"resolved_target": target, "test_rows": len(test), "max_length": data_cfg.max_length}
@@ -232,11 +224,11 @@ def export_and_check(
     drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
     report["int8_accuracy_drop_points"] = drop_points
     run = mlflow.get_run(mlflow.active_run().info.run_id)
-    source_run_id = run.data.tags.get("mlflow.parentRunId")
+    source_run_id = run.data.tags.get("source_run_id")
     (int8_dir / "export_report.json").write_text(
         json.dumps({"target": target, "source_run_id": source_run_id, **report}, indent=2)
     )
-    mlflow.log_metrics(report)
+    mlflow.log_metrics({f"export/{key}": value for key, value in report.items()})
     mlflow.log_artifacts(str(int8_dir), "onnx_model")
     if drop_points > cfg.max_accuracy_drop:
         raise UserError(

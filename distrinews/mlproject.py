@@ -12,10 +12,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from distrinews.config import STEPS, TrackingConfig, field_type, step_fields
-
-#: `mlflow run` names the experiment and the run itself (--experiment-name, --run-name).
-NOT_IN_MLPROJECT = (TrackingConfig,)
+from distrinews.config import STEPS, TORCHRUN_ONLY, field_type, step_fields
 
 #: torchrun's own options for the train step: (MLflow type, default, description).
 TORCHRUN_PARAMETERS = {
@@ -57,9 +54,9 @@ def entry_point(step: str) -> list[str]:
     """The lines of one entry point: its parameters, then its command."""
     parameters, flags = [], []
     for config_class, only in STEPS[step].groups:
-        if config_class in NOT_IN_MLPROJECT:
-            continue
         for f in step_fields(config_class, only):
+            if f.name in TORCHRUN_ONLY:
+                continue
             kind = MLFLOW_TYPES[field_type(config_class, f.name)]
             parameters.append(parameter_line(f.name, kind, f.default, f.metadata["help"]))
             flags.append(f"--{f.name.replace('_', '-')} {{{f.name}}}")

@@ -49,17 +49,37 @@ def confusion_matrix_figure(counts: torch.Tensor, labels: Sequence[str], title: 
     return fig
 
 
-def training_curves_figure(series: dict[str, list[tuple[int, float]]]) -> "Figure":
-    """One panel per metric, x = optimizer step; `series` maps name -> [(step, value)]."""
+#: The metric histories the training-curves figure draws.
+CURVES = ("train/loss", "val/loss", "val/accuracy", "train/learning_rate")
+
+
+def training_curves_figure(
+    series: dict[str, list[tuple[int, float]]], steps_per_epoch: int
+) -> "Figure":
+    """Loss (train and validation on shared axes) and validation accuracy with the
+    learning rate, against epochs; `series` maps each CURVES key to [(step, value)]."""
     plt = _pyplot()
-    names = [name for name, points in series.items() if points]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.5))
-    axes = [axes] if len(names) <= 1 else list(axes)
-    for ax, name in zip(axes, names, strict=False):
-        steps, values = zip(*series[name], strict=True)
-        ax.plot(steps, values, marker="o" if len(steps) < 20 else None)
-        ax.set_title(name)
-        ax.set_xlabel("optimizer step")
+    plt.rcParams.update({"font.size": 12})
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    def draw(ax, key: str, label: str, **style) -> None:
+        if series.get(key):
+            steps, values = zip(*series[key], strict=True)
+            ax.plot([s / steps_per_epoch for s in steps], values, label=label, **style)
+
+    draw(loss_ax, "train/loss", "train (running)", color="tab:blue", alpha=0.8)
+    draw(loss_ax, "val/loss", "validation", color="tab:orange", marker="o", linewidth=2)
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    draw(acc_ax, "val/accuracy", "validation accuracy", color="tab:green", marker="o", linewidth=2)
+    acc_ax.set(title="Validation accuracy and learning rate", xlabel="epoch", ylabel="accuracy")
+    lr_ax = acc_ax.twinx()
+    draw(lr_ax, "train/learning_rate", "learning rate", color="tab:gray", linestyle="--")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
+    loss_ax.legend()
+    handles = [h for ax in (acc_ax, lr_ax) for h in ax.get_legend_handles_labels()[0]]
+    acc_ax.legend(handles=handles, loc="lower right")
     fig.tight_layout()
     return fig

@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from distrinews import checkpoint
-from distrinews.config import TrainConfig, TrainingJob, UserError
-from distrinews.data import TokenizedDataset, load_splits, make_loader, steps_per_epoch
+from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob, UserError
+from distrinews.data import Splits, TokenizedDataset, load_splits, make_loader, steps_per_epoch
 from distrinews.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
@@ -35,8 +34,17 @@ from distrinews.distributed import (
 from distrinews.evaluation import evaluate
 from distrinews.metrics import metric_safe
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
-from distrinews.plots import confusion_matrix_figure, training_curves_figure
-from distrinews.tracking import Tracker, check_tracking_server, git_commit, start_tracker
+from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
+from distrinews.progress import progress_bar
+from distrinews.tracking import (
+    ModelCard,
+    Tracker,
+    check_tracking_server,
+    data_name,
+    git_commit,
+    short_model_name,
+    start_tracker,
+)
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Progress:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
+    samples_seen: int = 0  # training samples, all ranks together
     best_val_accuracy: float = 0.0
 
 
@@ -59,8 +68,17 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     cfg: TrainConfig
     info: DistInfo
+    steps_per_epoch: int
     tracker: Tracker = field(default_factory=Tracker)
     progress: Progress = field(default_factory=Progress)
+
+    def x_axes(self) -> dict[str, float]:
+        """Logged beside every step metric: the UI can then plot runs of different
+        sizes against epochs or samples seen instead of optimizer steps."""
+        return {
+            "train/epoch": self.progress.step / self.steps_per_epoch,
+            "train/samples_seen": self.progress.samples_seen,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs besides the weights to resume exactly."""
@@ -79,16 +97,19 @@ class TrainState:
 
 
 def make_train_state(
-    model: PreTrainedModel, cfg: TrainConfig, info: DistInfo, total_steps: int
+    model: PreTrainedModel, cfg: TrainConfig, info: DistInfo, steps_per_epoch: int
 ) -> TrainState:
     """Model on its device, wrapped for DDP, with AdamW and a linear warm-up/decay schedule."""
     model.to(info.device)
     ddp_model, embedding_rows = wrap_ddp(model, info)
     optimizer = make_optimizer(model, cfg)
+    total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(
         optimizer, round(cfg.warmup_ratio * total_steps), total_steps
     )
-    return TrainState(model, ddp_model, embedding_rows, optimizer, scheduler, cfg, info)
+    return TrainState(
+        model, ddp_model, embedding_rows, optimizer, scheduler, cfg, info, steps_per_epoch
+    )
 
 
 def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -136,7 +157,8 @@ def run_training(job: TrainingJob) -> dict[str, float]:
         with fail_together(info):
             if info.is_main:
                 check_tracking_server()  # before training, not after an hour of it
-        with start_tracker(info.is_main, job.tracking, saved and saved["run_id"]) as tracker:
+        name = default_run_name(job, info.world_size)
+        with start_tracker(info.is_main, job.tracking, saved and saved["run_id"], name) as tracker:
             return _train(job, info, tracker, resume_from, saved)
     except UserError:
         # torchrun stops every rank once one exits with an error: wait until
@@ -154,25 +176,27 @@ def _train(
     with fail_together(info):
         check_world_fits_machine(info)
         model, tokenizer = load_model_and_tokenizer(str(resume_from or job.model.model))
-        train_loader, eval_loaders = build_loaders(job, tokenizer, info)
-    total_steps = steps_per_epoch(train_loader, job.train.grad_accum) * job.train.epochs
-    state = make_train_state(model, job.train, info, total_steps)
+        splits = load_splits(job.data, job.train.seed)
+        train_loader, eval_loaders = build_loaders(job, splits, tokenizer, info)
+    state = make_train_state(
+        model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
+    )
     state.tracker = tracker
-    tracker.log_params(job.as_params() | {"train_rows": len(train_loader.dataset)})
-    tracker.set_tags(run_tags(job, info) | {"resumed_from": str(resume_from or "")})
+    tracker.log_params(job.as_params() | effective_params(job, info, splits))
+    tracker.set_tags(run_tags(job, info, resume_from))
+    tracker.log_datasets(vars(splits), job.data.data)
     if saved is not None:
         state.load_state_dict(saved)
     for epoch in range(state.progress.epoch, job.train.epochs):
         train_one_epoch(state, train_loader, epoch)
         end_epoch(state, eval_loaders["validation"], tokenizer)
-    return finish(state, tokenizer, eval_loaders["test"])
+    return finish(state, tokenizer, eval_loaders["test"], model_card(job, splits, model))
 
 
 def build_loaders(
-    job: TrainingJob, tokenizer: PreTrainedTokenizerBase, info: DistInfo
+    job: TrainingJob, splits: Splits, tokenizer: PreTrainedTokenizerBase, info: DistInfo
 ) -> tuple[DataLoader, dict[str, DataLoader]]:
     """Tokenized train loader (length-grouped, sharded) and validation/test loaders."""
-    splits = load_splits(job.data, job.train.seed)
     datasets = {
         name: TokenizedDataset(getattr(splits, name), tokenizer, job.data.max_length)
         for name in ("train", "validation", "test")
@@ -226,38 +250,45 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> None:
     cfg, info, progress = state.cfg, state.info, state.progress
     state.ddp_model.train()
     loader.sampler.set_epoch(epoch)  # a new, rank-consistent shuffle each epoch
-    bar = tqdm(
-        total=steps_per_epoch(loader, cfg.grad_accum),
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not info.is_main,
-    )
+    bar = progress_bar(state.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", info.is_main)
     window = torch.zeros(2, dtype=torch.float64, device=info.device)  # loss sum, samples
     window_start = epoch_start = time.perf_counter()
     for micro_batches in micro_batch_groups(loader, cfg.grad_accum):
         window += train_step(state, micro_batches)
         bar.update()
         if progress.step % cfg.log_every == 0:
-            loss_sum, samples = all_reduce_sum(window, info).tolist()
-            metrics = {
-                "train_loss": loss_sum / samples,
-                "learning_rate": state.scheduler.get_last_lr()[0],
-                "samples_per_second": samples / (time.perf_counter() - window_start),
-            }
-            state.tracker.log_metrics(metrics, step=progress.step)
+            metrics = log_train_window(state, window, time.perf_counter() - window_start)
             bar.set_postfix(
-                loss=f"{metrics['train_loss']:.4f}", sps=f"{metrics['samples_per_second']:.0f}"
+                loss=f"{metrics['train/loss']:.4f}",
+                sps=f"{metrics['train/samples_per_second']:.0f}",
             )
             window.zero_()
             window_start = time.perf_counter()
     bar.close()
+    # The steps since the last log count as seen too.
+    progress.samples_seen += round(all_reduce_sum(window, info)[1].item())
     epoch_seconds = time.perf_counter() - epoch_start
     state.tracker.log_metrics(
         {
-            "epoch_seconds": epoch_seconds,
-            "epoch_samples_per_second": len(loader.dataset) / epoch_seconds,
-        },
+            "train/epoch_seconds": epoch_seconds,
+            "train/epoch_samples_per_second": len(loader.dataset) / epoch_seconds,
+        }
+        | state.x_axes(),
         step=progress.step,
     )
+
+
+def log_train_window(state: TrainState, window: torch.Tensor, seconds: float) -> dict[str, float]:
+    """Log the train loss and speed over the steps since the last log (all ranks)."""
+    loss_sum, samples = all_reduce_sum(window, state.info).tolist()
+    state.progress.samples_seen += round(samples)
+    metrics = {
+        "train/loss": loss_sum / samples,
+        "train/learning_rate": state.scheduler.get_last_lr()[0],
+        "train/samples_per_second": samples / seconds,
+    }
+    state.tracker.log_metrics(metrics | state.x_axes(), step=state.progress.step)
+    return metrics
 
 
 def end_epoch(state: TrainState, val_loader: DataLoader, tokenizer: Any) -> None:
@@ -267,8 +298,9 @@ def end_epoch(state: TrainState, val_loader: DataLoader, tokenizer: Any) -> None
     progress.epoch += 1
     progress.best_val_accuracy = max(progress.best_val_accuracy, val_metrics["accuracy"])
     state.tracker.log_metrics(
-        {f"val_{k}": v for k, v in val_metrics.items()}
-        | {"best_val_accuracy": progress.best_val_accuracy, "epoch": progress.epoch},
+        {f"val/{k}": v for k, v in val_metrics.items()}
+        | {"val/best_accuracy": progress.best_val_accuracy}
+        | state.x_axes(),
         step=progress.step,
     )
     get_logger(info).info("epoch %d: validation %s", progress.epoch, _fmt(val_metrics))
@@ -283,25 +315,45 @@ def end_epoch(state: TrainState, val_loader: DataLoader, tokenizer: Any) -> None
     )
 
 
-def finish(state: TrainState, tokenizer: Any, test_loader: DataLoader) -> dict[str, float]:
-    """Test evaluation, replica check, and the final artifacts."""
-    model, info, tracker = state.model, state.info, state.tracker
+def finish(
+    state: TrainState, tokenizer: Any, test_loader: DataLoader, card: ModelCard
+) -> dict[str, float]:
+    """Test evaluation, replica check, figures, and the logged model with its test metrics."""
+    model, info, tracker, step = state.model, state.info, state.tracker, state.progress.step
     test_metrics, counts = evaluate(model, test_loader, info, "test", state.cfg.precision)
     weight_divergence = replica_divergence(model, info)
     get_logger(info).info("test: %s", _fmt(test_metrics))
-    tracker.log_metrics(
-        {f"test_{k}": v for k, v in test_metrics.items()}
-        | {"replica_weight_divergence": weight_divergence},
-        step=state.progress.step,
-    )
+    tracker.log_metrics({"train/replica_weight_divergence": weight_divergence}, step=step)
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    # At the artifact root: the compare view of runs shows only root files.
     tracker.log_figure(
-        lambda: confusion_matrix_figure(counts, labels, "test split"), "plots/confusion_matrix.png"
+        lambda: confusion_matrix_figure(counts, labels, "test split"), "confusion_matrix.png"
     )
-    curves = tracker.metric_histories(("train_loss", "learning_rate", "val_loss", "val_accuracy"))
-    tracker.log_figure(lambda: training_curves_figure(curves), "plots/training_curves.png")
-    tracker.log_transformers_model(model, tokenizer)
+    curves = tracker.metric_histories(CURVES)
+    tracker.log_figure(
+        lambda: training_curves_figure(curves, state.steps_per_epoch), "training_curves.png"
+    )
+    tracker.log_transformers_model(model, tokenizer, card, step)
+    tracker.log_model_metrics({f"test/{k}": v for k, v in test_metrics.items()}, step, "test")
     return test_metrics
+
+
+def model_card(job: TrainingJob, splits: Splits, model: PreTrainedModel) -> ModelCard:
+    """Name, source and README of the model the run logs."""
+    source = job.model.model
+    if Path(source).expanduser().exists():
+        source = Path(source).name  # a local folder: its name, not this machine's path
+    labels = ", ".join(model.config.id2label[i] for i in range(model.config.num_labels))
+    data = data_name(job.data.data)
+    return ModelCard(
+        name=f"{short_model_name(job.model.model)}-{data}",
+        source=source,
+        input_example=splits.test["text"].head(2).tolist(),
+        description=f"{source} fine-tuned with DistriNews to classify news topics ({labels}) "
+        f"on {len(splits.train)} rows of {data}.",
+        # The default model's license (all-MiniLM-L6-v2); others' are the user's to state.
+        license="apache-2.0" if job.model.model == DEFAULT_MODEL else None,
+    )
 
 
 def replica_divergence(model: PreTrainedModel, info: DistInfo) -> float:
@@ -319,17 +371,39 @@ def replica_divergence(model: PreTrainedModel, info: DistInfo) -> float:
     return max((g - gathered[0]).abs().max().item() for g in gathered)
 
 
-def run_tags(job: TrainingJob, info: DistInfo) -> dict[str, str]:
-    return {
+def run_tags(job: TrainingJob, info: DistInfo, resume_from: Path | None) -> dict[str, str]:
+    tags = {
         "model": job.model.model,
-        "world_size": str(info.world_size),
         "backend": info.backend,
         "device": info.device.type,
-        "threads_per_process": str(torch.get_num_threads()),
-        "compute_dtype": str(autocast_dtype(info.device, job.train.precision) or torch.float32),
         "git_commit": git_commit(),
         "step": "train",
     }
+    return tags | ({"resumed_from": str(resume_from)} if resume_from else {})
+
+
+def effective_params(job: TrainingJob, info: DistInfo, splits: Splits) -> dict[str, Any]:
+    """What the requested settings came to on this launch (rows, processes, threads, dtype)."""
+    dtype = autocast_dtype(info.device, job.train.precision)
+    return {
+        "train_rows": len(splits.train),
+        "validation_rows": len(splits.validation),
+        "test_rows": len(splits.test),
+        "world_size": info.world_size,
+        "threads_per_process": torch.get_num_threads(),
+        "global_batch_size": job.train.batch_size * info.world_size * job.train.grad_accum,
+        "compute_precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+    }
+
+
+def default_run_name(job: TrainingJob, world_size: int) -> str:
+    """A name that says the run's key settings, e.g. 'minilm-l6 lr1e-4 b32x2 e2'."""
+    t = job.train
+    mantissa, exponent = f"{t.lr:e}".split("e")
+    lr = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    batch = f"b{t.batch_size}x{world_size}" + (f"x{t.grad_accum}" if t.grad_accum > 1 else "")
+    rows = f" n{job.data.max_train_rows}" if job.data.max_train_rows else ""
+    return f"{short_model_name(job.model.model)} lr{lr} {batch} e{t.epochs}{rows}"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

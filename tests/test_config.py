@@ -47,8 +47,10 @@ def test_every_training_setting_reaches_its_field_and_the_logged_params():
             value = other_value(f.default, field_type(config_class, f.name))
             expected[f.name] = value
             argv += [f"--{f.name.replace('_', '-')}", str(value)]
-    params = parse_training_job(argv).as_params()
-    assert params == expected, "each flag sets its own field, typed"
+    job = parse_training_job(argv)
+    assert vars(job.tracking) == {name: expected.pop(name) for name in vars(job.tracking)}
+    # The experiment and run name are where the run is and what it is called, not params.
+    assert job.as_params() == expected | {"system_metrics": job.tracking.system_metrics}
 
 
 @pytest.mark.parametrize(

@@ -36,11 +36,11 @@ def gpu_run(tmp_path_factory, tiny_bert, small_data):
 
 def test_training_on_gpus_uses_nccl_and_bf16(gpu_run):
     store, run, _, nproc = gpu_run
-    tags = run.data.tags
-    assert (tags["backend"], tags["device"], tags["world_size"]) == ("nccl", "cuda", str(nproc))
-    assert tags["compute_dtype"] == "torch.bfloat16", "precision=auto picks bf16 on CUDA"
-    assert run.data.metrics["replica_weight_divergence"] == 0.0
-    val_loss = [m.value for m in store.client.get_metric_history(run.info.run_id, "val_loss")]
+    tags, params = run.data.tags, run.data.params
+    assert (tags["backend"], tags["device"], params["world_size"]) == ("nccl", "cuda", str(nproc))
+    assert params["compute_precision"] == "bf16", "precision=auto picks bf16 on CUDA"
+    assert run.data.metrics["train/replica_weight_divergence"] == 0.0
+    val_loss = [m.value for m in store.client.get_metric_history(run.info.run_id, "val/loss")]
     assert val_loss[-1] < val_loss[0], "it learns"
 
 

@@ -40,21 +40,28 @@ def test_export_run_is_logged_and_linked(exported):
         [store.client.get_run(train_run_id).info.experiment_id], "tags.step = 'export'"
     )
     assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.parentRunId"] == train_run_id
+    assert run.data.tags["mlflow.parentRunId"] == run.data.tags["source_run_id"] == train_run_id
+    # It says what it is and where it came from.
+    train_name = store.client.get_run(train_run_id).info.run_name
+    assert run.info.run_name.startswith(f"export {train_name} int8-")
+    (dataset,) = run.inputs.dataset_inputs
+    assert [t.value for t in dataset.tags if t.key == "mlflow.data.context"] == ["test"]
     metrics = run.data.metrics
     for key in (
-        "accuracy_pytorch_fp32",
-        "accuracy_onnx_fp32",
-        "accuracy_onnx_int8",
-        "int8_agreement_with_pytorch",
-        "latency_p50_ms_onnx_int8",
-        "latency_p95_ms_pytorch_fp32",
-        "size_mb_onnx_int8",
+        "export/accuracy_pytorch_fp32",
+        "export/accuracy_onnx_fp32",
+        "export/accuracy_onnx_int8",
+        "export/int8_agreement_with_pytorch",
+        "export/latency_p50_ms_onnx_int8",
+        "export/latency_p95_ms_pytorch_fp32",
+        "export/size_mb_onnx_int8",
     ):
         assert key in metrics, key
     # fp32 ONNX is the same function as PyTorch: same accuracy to a text or so.
-    assert abs(metrics["accuracy_onnx_fp32"] - metrics["accuracy_pytorch_fp32"]) <= 0.01
-    assert metrics["size_mb_onnx_int8"] < metrics["size_mb_onnx_fp32"]
+    assert (
+        abs(metrics["export/accuracy_onnx_fp32"] - metrics["export/accuracy_pytorch_fp32"]) <= 0.01
+    )
+    assert metrics["export/size_mb_onnx_int8"] < metrics["export/size_mb_onnx_fp32"]
     artifacts = {
         Path(a.path).name for a in store.client.list_artifacts(run.info.run_id, "onnx_model")
     }
@@ -217,6 +224,6 @@ def test_export_fails_when_int8_loses_accuracy(exported, mlflow_store, small_dat
     runs = [r for r in mlflow_store.runs(experiment_id) if r.data.tags.get("step") == "export"]
     assert [r.info.status for r in runs] == ["FAILED"]
     metrics = runs[0].data.metrics
-    assert metrics["accuracy_onnx_int8"] < metrics["accuracy_pytorch_fp32"]
+    assert metrics["export/accuracy_onnx_int8"] < metrics["export/accuracy_pytorch_fp32"]
     assert "int8 accuracy" in runs[0].data.tags["error"]
     assert not (tmp_path / "output").exists()

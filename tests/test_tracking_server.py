@@ -52,16 +52,23 @@ def test_training_logs_to_a_tracking_server(tracking_server, tmp_path, tiny_bert
     experiment_id = client.get_experiment_by_name("remote").experiment_id
     (run,) = client.search_runs([experiment_id])
     assert run.info.status == "FINISHED"
-    assert "test_accuracy" in run.data.metrics and run.data.params["train_rows"] == "128"
-    assert "plots" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "test/accuracy" in run.data.metrics and run.data.params["train_rows"] == "128"
+    # Not named on the command line: named after its settings.
+    assert run.info.run_name == f"{tiny_bert.name} lr1e-4 b32x2 e1 n128"
     (model,) = client.search_logged_models([experiment_id])
-    assert model.source_run_id == run.info.run_id and model.name == "model"
+    assert (
+        model.source_run_id == run.info.run_id
+        and model.name == f"{tiny_bert.name}-{small_data.name}"
+    )
     # The files went through the server into its artifact store.
     stored = {p.name: p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()}
     assert {"confusion_matrix.png", "training_curves.png", "model.safetensors"} <= set(stored)
     assert stored["confusion_matrix.png"].read_bytes().startswith(b"\x89PNG")
-    downloaded = client.download_artifacts(run.info.run_id, "plots", str(tmp_path / "download"))
-    png = Path(downloaded) / "confusion_matrix.png"
+    png = Path(
+        client.download_artifacts(
+            run.info.run_id, "confusion_matrix.png", str(tmp_path / "download")
+        )
+    )
     assert png.read_bytes() == stored["confusion_matrix.png"].read_bytes()
 
 

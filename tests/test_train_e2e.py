@@ -1,6 +1,8 @@
 """End to end: the real `mlflow run . -e train` with 2 torchrun processes (gloo)."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -12,8 +14,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distrinews import checkpoint
 from distrinews.config import DataConfig, TrainConfig, parse_bool
 from distrinews.runtime.cpu import available_cpus
-from distrinews.tracking import git_commit
-from tests.helpers import E2E_TRAINING, processes_mentioning, train_run
+from distrinews.tracking import git_commit, logged_model_id
+from tests.helpers import E2E_TRAINING, REPO, processes_mentioning, train_run
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +41,96 @@ def test_exactly_one_finished_run_with_params_and_tags(trained_run, tiny_bert):
                 default = getattr(group, f.name)
                 parse = parse_bool if isinstance(default, bool) else type(default)
                 assert parse(params[f.name]) == default, f.name
-    # Worked out by the pipeline, not passed: 800 rows less the 5% validation share.
-    assert params["train_rows"] == "760"
-    tags = run.data.tags
-    assert tags["world_size"] == "2" and tags["backend"] == "gloo" and tags["device"] == "cpu"
+    # What the settings came to, beside them: 800 rows less the 5% validation share, ...
+    effective = {k: params[k] for k in ("train_rows", "validation_rows", "test_rows")}
+    assert effective == {"train_rows": "760", "validation_rows": "40", "test_rows": "200"}
+    assert params["world_size"] == "2" and params["global_batch_size"] == "32"
     # Each rank takes its share of the cores, at least one.
-    assert tags["threads_per_process"] == str(max(1, available_cpus() // 2))
+    assert params["threads_per_process"] == str(max(1, available_cpus() // 2))
+    assert params["compute_precision"] in ("bf16", "fp32")
+    assert not [k for k, v in params.items() if v.strip("'\" ") == ""], "no empty params"
+    assert not {"experiment", "run_name"} & set(params)
+    tags = run.data.tags
+    assert tags["backend"] == "gloo" and tags["device"] == "cpu"
     assert tags["model"] == str(tiny_bert)
     assert tags["git_commit"] == git_commit() != "unknown"
+
+
+def test_run_is_named_after_its_settings_in_its_experiment(trained_run, tiny_bert):
+    store, experiment_id, _, _ = trained_run
+    run = train_run(store, experiment_id)
+    assert store.client.get_experiment(run.info.experiment_id).name == "e2e"
+    assert run.info.run_name == f"{tiny_bert.name} lr3e-3 b16x2 e3"
+
+
+def test_metrics_are_in_sections_with_epoch_and_samples_axes(trained_run):
+    store, experiment_id, _, _ = trained_run
+    run = train_run(store, experiment_id)
+    keys = set(run.data.metrics)
+    assert {"train/loss", "train/learning_rate", "val/accuracy", "val/best_accuracy"} <= keys
+    assert {"test/accuracy", "test/macro_f1", "test/f1_sci_tech", "train/epoch"} <= keys
+    sections = {key.split("/")[0] for key in keys if "/" in key}
+    assert all("/" in key for key in keys) and sections <= {"train", "val", "test", "system"}, keys
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in store.client.get_metric_history(run.info.run_id, key)}
+
+    epoch, seen = history("train/epoch"), history("train/samples_seen")
+    step_metrics = history("train/loss").keys() | history("val/accuracy").keys()
+    assert step_metrics <= epoch.keys() == seen.keys(), "an x value at every step metric's step"
+    assert [epoch[s] for s in sorted(history("val/accuracy"))] == [1.0, 2.0, 3.0]
+    # 760 rows an epoch, every one seen once per epoch over the two ranks.
+    assert seen[max(seen)] == 3 * 760
+    assert all(0 < epoch[s] <= 3 for s in epoch) and list(epoch.values()) == sorted(epoch.values())
+
+
+def test_splits_are_logged_as_datasets(trained_run, small_data):
+    store, experiment_id, _, _ = trained_run
+    inputs = train_run(store, experiment_id).inputs.dataset_inputs
+    logged = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs
+    }
+    assert set(logged) == {"train", "validation", "test"}
+    rows = {"train": 760, "validation": 40, "test": 200}
+    for split, dataset in logged.items():
+        assert dataset.name == f"{small_data.name}-{split}" and dataset.digest
+        assert json.loads(dataset.profile)["num_rows"] == rows[split]
+        assert json.loads(dataset.source)["uri"] == str(small_data)
+        columns = {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
+        assert columns == {"text", "label"}
+    assert len({d.digest for d in logged.values()}) == 3
+
+
+def test_system_metrics_are_sampled(trained_run):
+    store, experiment_id, _, _ = trained_run
+    metrics = train_run(store, experiment_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_logged_model_has_its_test_metrics_and_an_input_example(trained_run, tiny_bert, small_data):
+    store, experiment_id, _, _ = trained_run
+    run = train_run(store, experiment_id)
+    (model,) = store.client.search_logged_models([experiment_id])
+    assert model.source_run_id == run.info.run_id
+    assert model.name == f"{tiny_bert.name}-{small_data.name}"
+    linked = {m.key: m for m in model.metrics if m.key.startswith("test/")}
+    assert linked["test/accuracy"].value == run.data.metrics["test/accuracy"]
+    assert {m.dataset_name for m in linked.values()} == {f"{small_data.name}-test"}
+    assert {m.step for m in linked.values()} == {max(m.step for m in model.metrics)} != {0}
+    mlflow.set_tracking_uri(store.uri)
+    info = mlflow.models.get_model_info(f"models:/{model.model_id}")
+    assert info.signature.inputs.to_dict() == [{"type": "string", "required": True}]
+    assert info.saved_input_example_info["artifact_path"] == "input_example.json"
+    # Its metadata names the model it came from, not a path on this machine.
+    assert info.flavors["transformers"]["source_model_name"] == tiny_bert.name
+    requirements = Path(model.artifact_location, "requirements.txt").read_text().split()
+    assert [r.split("==")[0] for r in requirements] == [
+        "mlflow",
+        "torch",
+        "transformers",
+        "tokenizers",
+    ]
 
 
 def test_test_metrics_are_those_of_the_final_model(trained_run, small_data):
@@ -68,45 +152,47 @@ def test_test_metrics_are_those_of_the_final_model(trained_run, small_data):
         predictions = model(**inputs).logits.argmax(-1).numpy()
     labels = test["label"].to_numpy()
     # Up to a borderline text or two, whose logits move with the batch's padding.
-    assert metrics["test_accuracy"] == pytest.approx(accuracy_score(labels, predictions), abs=0.01)
-    assert metrics["test_macro_f1"] == pytest.approx(
+    assert metrics["test/accuracy"] == pytest.approx(accuracy_score(labels, predictions), abs=0.01)
+    assert metrics["test/macro_f1"] == pytest.approx(
         f1_score(labels, predictions, average="macro"), abs=0.02
     )
-    per_class = [metrics[f"test_f1_{name}"] for name in ("world", "sports", "business", "sci_tech")]
-    assert metrics["test_macro_f1"] == pytest.approx(sum(per_class) / 4)
+    per_class = [metrics[f"test/f1_{name}"] for name in ("world", "sports", "business", "sci_tech")]
+    assert metrics["test/macro_f1"] == pytest.approx(sum(per_class) / 4)
 
 
 def test_metrics_curves_and_plots_are_logged(trained_run):
     store, experiment_id, _, _ = trained_run
     run = train_run(store, experiment_id)
     client = store.client
-    loss = client.get_metric_history(run.info.run_id, "train_loss")
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
     steps = [m.step for m in loss]
     assert steps == sorted(steps) and len(set(steps)) == len(steps) >= 4
-    assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == len(loss)
+    assert len(client.get_metric_history(run.info.run_id, "train/learning_rate")) == len(loss)
     assert all(
-        m.value > 0 for m in client.get_metric_history(run.info.run_id, "samples_per_second")
+        m.value > 0 for m in client.get_metric_history(run.info.run_id, "train/samples_per_second")
     )
-    val = client.get_metric_history(run.info.run_id, "val_accuracy")
+    val = client.get_metric_history(run.info.run_id, "val/accuracy")
     assert len(val) == 3, "one validation per epoch"
-    best = client.get_metric_history(run.info.run_id, "best_val_accuracy")
+    best = client.get_metric_history(run.info.run_id, "val/best_accuracy")
     assert best[-1].value == max(m.value for m in val)
-    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == 3
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/confusion_matrix.png", "plots/training_curves.png"} <= artifacts
+    assert len(client.get_metric_history(run.info.run_id, "val/macro_f1")) == 3
+    # At the artifact root, where the UI's compare view finds them.
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "training_curves.png"} <= artifacts
 
 
 def test_both_ranks_ended_with_identical_weights(trained_run):
     store, experiment_id, _, _ = trained_run
-    assert train_run(store, experiment_id).data.metrics["replica_weight_divergence"] == 0.0
+    metrics = train_run(store, experiment_id).data.metrics
+    assert metrics["train/replica_weight_divergence"] == 0.0
 
 
 def test_tiny_model_learned_something(trained_run):
     store, experiment_id, _, _ = trained_run
     run_id = train_run(store, experiment_id).info.run_id
-    loss = [m.value for m in store.client.get_metric_history(run_id, "train_loss")]
+    loss = [m.value for m in store.client.get_metric_history(run_id, "train/loss")]
     assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.02, "training loss falls"
-    val_loss = [m.value for m in store.client.get_metric_history(run_id, "val_loss")]
+    val_loss = [m.value for m in store.client.get_metric_history(run_id, "val/loss")]
     assert val_loss[-1] < val_loss[0], "validation loss falls"
 
 
@@ -119,13 +205,14 @@ def test_logged_model_predicts_like_the_checkpoint(trained_run, small_data):
     assert folder is not None and folder.name == "epoch-3"
     reference = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    logged = mlflow.transformers.load_model(f"runs:/{run_id}/model", return_type="components")
+    uri = f"models:/{logged_model_id(run_id)}"
+    logged = mlflow.transformers.load_model(uri, return_type="components")
     inputs = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.no_grad():
         expected = reference(**inputs).logits
         actual = logged["model"].eval()(**inputs).logits
     torch.testing.assert_close(actual, expected)
-    predictions = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(texts)
+    predictions = mlflow.pyfunc.load_model(uri).predict(texts)
     expected_labels = [reference.config.id2label[i] for i in expected.argmax(-1).tolist()]
     assert list(predictions["label"]) == expected_labels
 
@@ -138,7 +225,9 @@ def test_no_orphan_processes(trained_run):
 def test_rank0_alone_reports_progress(trained_run):
     _, _, _, result = trained_run
     assert "[rank 0]" in result.stderr and "[rank 1] " not in result.stderr
-    assert "epoch 3/3" in result.stderr  # tqdm
+    assert "epoch 3/3" in result.stderr
+    # Not a terminal: progress lines, not carriage-return bars.
+    assert "\r" not in result.stderr
 
 
 def test_evaluate_entry_point_logs_to_the_train_run(trained_run, small_data):
@@ -149,9 +238,30 @@ def test_evaluate_entry_point_logs_to_the_train_run(trained_run, small_data):
     train_metrics = store.client.get_run(source.info.run_id).data.metrics
     # Same model, same 200 test rows: the same accuracy (up to one borderline
     # text whose logits move with the batch's padding).
-    assert abs(train_metrics["evaluate_test_accuracy"] - train_metrics["test_accuracy"]) <= 1 / 200
+    assert abs(train_metrics["evaluate/accuracy"] - train_metrics["test/accuracy"]) <= 1 / 200
     children = [r for r in store.runs(experiment_id) if r.data.tags.get("step") == "evaluate"]
     assert len(children) == 1 and children[0].info.status == "FINISHED"
-    assert "test_macro_f1" in children[0].data.metrics
-    plots = {a.path for a in store.client.list_artifacts(source.info.run_id, "plots")}
-    assert "plots/evaluate_confusion_matrix.png" in plots
+    assert children[0].info.run_name == f"evaluate {source.info.run_name}"
+    assert "test/macro_f1" in children[0].data.metrics
+    plots = {a.path for a in store.client.list_artifacts(source.info.run_id)}
+    assert "evaluate_confusion_matrix.png" in plots
+
+
+def test_mlflow_experiment_name_and_run_name_are_honoured(mlflow_store, tiny_bert, small_data):
+    """MLFLOW_EXPERIMENT_NAME picks the experiment, --run-name wins; system metrics off."""
+    mlflow_store.env["MLFLOW_EXPERIMENT_NAME"] = "news"
+    command = ["mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local"]
+    command += ["--run-name", "baseline"]
+    params = {"nproc": 1, "model": tiny_bert, "data": small_data, "epochs": 1}
+    params |= {"max_train_rows": 64, "max_eval_rows": 32, "system_metrics": "false"}
+    params |= {"output_dir": mlflow_store.folder / "checkpoints"}
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = mlflow_store.run(command, cwd=mlflow_store.folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Default experiment" not in result.stderr
+    experiment = mlflow_store.client.get_experiment_by_name("news")
+    (run,) = mlflow_store.runs(experiment.experiment_id)
+    assert run.info.run_name == "baseline" and run.info.status == "FINISHED"
+    assert "test/accuracy" in run.data.metrics
+    assert not [key for key in run.data.metrics if key.startswith("system/")]

@@ -45,14 +45,14 @@ def start_long_training(store: MlflowStore, tiny_bert, small_data, output_dir: P
 
 
 def wait_for_step(store: MlflowStore, process: subprocess.Popen, step: int, timeout: float = 180):
-    """The run id, once a train_loss at `step` or later has been logged."""
+    """The run id, once a train/loss at `step` or later has been logged."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "training exited early"
         experiment = store.client.get_experiment_by_name("interrupt")
         runs = store.client.search_runs([experiment.experiment_id]) if experiment else []
         if runs:
-            history = store.client.get_metric_history(runs[0].info.run_id, "train_loss")
+            history = store.client.get_metric_history(runs[0].info.run_id, "train/loss")
             if history and max(m.step for m in history) >= step:
                 return runs[0].info.run_id
         time.sleep(0.2)

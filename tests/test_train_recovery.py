@@ -49,7 +49,7 @@ def wait_for_epoch_2(store: MlflowStore, process: subprocess.Popen, output_dir: 
             experiment = store.client.get_experiment_by_name("restarted")
             runs = store.client.search_runs([experiment.experiment_id])
             steps = [
-                m.step for m in store.client.get_metric_history(runs[0].info.run_id, "train_loss")
+                m.step for m in store.client.get_metric_history(runs[0].info.run_id, "train/loss")
             ]
             if steps and max(steps) > STEPS_PER_EPOCH:
                 assert checkpoint.latest_checkpoint(output_dir).name == "epoch-1"
@@ -100,7 +100,7 @@ def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
     straight, restarted = the_run(store, "straight"), the_run(store, "restarted")
     assert restarted.info.status == "FINISHED", "the same run continued and finished"
     # Every step logged once, with the values of the uninterrupted run.
-    for key in ("train_loss", "val_accuracy", "test_accuracy"):
+    for key in ("train/loss", "val/accuracy", "test/accuracy"):
         expected = sorted(
             (m.step, m.value) for m in store.client.get_metric_history(straight.info.run_id, key)
         )
@@ -119,7 +119,7 @@ def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
 
     # Later, by hand (-P resume=true), the finished run goes on to a third epoch.
     def val_accuracy() -> list:
-        history = store.client.get_metric_history(restarted.info.run_id, "val_accuracy")
+        history = store.client.get_metric_history(restarted.info.run_id, "val/accuracy")
         return sorted((m.step, m.value) for m in history)
 
     before = val_accuracy()
@@ -165,9 +165,9 @@ def test_two_nodes_train_one_model_into_one_run(tmp_path, tiny_bert, small_data)
     assert codes == [0, 0], logs
     run = the_run(store, "multinode")  # one run: only global rank 0 logs
     assert run.info.status == "FINISHED"
-    assert run.data.tags["world_size"] == "2"
+    assert run.data.params["world_size"] == "2"
     # Both nodes' ranks shared each epoch: half the steps of one process.
     rows = int(run.data.params["train_rows"])
-    steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "train_loss")]
+    steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "train/loss")]
     assert max(steps) == -(-rows // (2 * 4))
-    assert run.data.metrics["replica_weight_divergence"] == 0.0, "same weights on both nodes"
+    assert run.data.metrics["train/replica_weight_divergence"] == 0.0, "same weights on both nodes"

@@ -1,0 +1,130 @@
+"""Screenshots of the MLflow UI for the README, taken in a real headless Chromium.
+
+    python docs/screenshots.py                 # trains two short runs first (~6 min on 2 vCPUs)
+    python docs/screenshots.py --store DIR     # reuse the runs a previous call left in DIR
+
+Trains two short runs of the default MiniLM that differ in learning rate
+(`mlflow run . -e train`, as the README does, in the experiment
+`distrinews`), evaluates and exports the first, starts `mlflow ui` on
+127.0.0.1, and saves the runs table, the chart view, the compare view of the
+two runs and the logged model's page as PNGs in docs/. Needs Debian's
+`chromium` and `chromium-driver` and `pip install selenium`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import mlflow
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.servers import LocalServer  # noqa: E402
+
+EXPERIMENT = "distrinews"
+#: Two short runs that differ in one setting, as a user comparing them would train.
+RUNS = ({"lr": "1e-4"}, {"lr": "3e-4"})
+COMMON = {"nproc": "2", "max_train_rows": "2000", "max_eval_rows": "600", "epochs": "2"}
+
+
+def mlflow_run(entry: str, params: dict[str, str], store: Path, env: dict[str, str]) -> None:
+    """`mlflow run . -e <entry>` as the README gives it, in the store's folder."""
+    command = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    command += ["--experiment-name", EXPERIMENT]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    print("+", " ".join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, cwd=store, env=env, check=True, timeout=1800)
+
+
+def make_runs(store: Path, data: str, env: dict[str, str]) -> None:
+    for i, change in enumerate(RUNS):
+        params = COMMON | change | {"data": data, "output_dir": str(store / f"checkpoints-{i}")}
+        mlflow_run("train", params, store, env)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    first = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])[0]
+    evaluate = {"run_id": first.info.run_id, "data": data, "max_eval_rows": COMMON["max_eval_rows"]}
+    mlflow_run("evaluate", evaluate, store, env)
+    mlflow_run("export", evaluate | {"latency_texts": "100"}, store, env)
+
+
+def browser(width: int = 1600, height: int = 1000):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.add_argument(f"--window-size={width},{height}")
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def shoot(driver, url: str, wait_for: str, path: Path, settle: float = 3.0) -> None:
+    """Open `url`, wait until the page shows `wait_for`, let charts draw, save a PNG."""
+    driver.get(url)
+    deadline = time.monotonic() + 60
+    while wait_for not in driver.find_element("tag name", "body").text:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never showed {wait_for!r}")
+        time.sleep(0.5)
+    time.sleep(settle)
+    driver.save_screenshot(str(path))
+    print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)
+
+
+def pages(client: mlflow.MlflowClient, base: str) -> list[tuple[str, str, str]]:
+    """(file name, URL, text to wait for) of each screenshot."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = experiment.experiment_id
+    train_runs = client.search_runs([exp_id], "tags.step = 'train'", order_by=["start_time ASC"])
+    names = [r.info.run_name for r in train_runs]
+    ids = json.dumps([r.info.run_id for r in train_runs])
+    compare = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
+    (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
+    return [
+        ("mlflow-runs.png", f"{base}/#/experiments/{exp_id}/runs", names[-1]),
+        ("mlflow-charts.png", f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART", "val"),
+        ("mlflow-compare.png", f"{base}/#/compare-runs?{compare}", names[0]),
+        ("mlflow-model.png", f"{base}/#/experiments/{exp_id}/models/{model.model_id}", model.name),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="folder of a store this script filled before")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ag_news"))
+    args = parser.parse_args()
+    store = (args.store or Path(tempfile.mkdtemp(prefix="distrinews-screens-"))).resolve()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}")
+    if args.store is None:
+        make_runs(store, args.data, env)
+    ui = LocalServer(
+        lambda port: ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        cwd=store,
+        ready_path="/health",
+    )
+    driver = None
+    try:
+        ui.wait_ready(timeout=120)
+        driver = browser()
+        for name, url, wait_for in pages(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), ui.url):
+            shoot(driver, url, wait_for, REPO / "docs" / name)
+    finally:
+        if driver is not None:
+            driver.quit()
+        ui.stop()
+    print(f"runs kept in {store} (--store {store} reuses them)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
