@@ -70,11 +70,12 @@ def evaluate_frame(
 
 
 def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:
-    """Score a train run's logged model on the test split; log to it and to this run.
+    """Score a train run's logged model on the test split, in a run of this step.
 
-    This step's run (nested under the train run in the MLflow UI) gets the
-    test/* metrics, linked to the logged model and the test dataset; the train
-    run gets them as evaluate/* metrics and a confusion matrix.
+    The run is nested under the train run in the MLflow UI; its test/*
+    metrics are linked to the logged model (whose page lists them beside the
+    train run's) and to the test dataset. The train run itself is left as
+    training left it.
     """
     import mlflow
 
@@ -97,12 +98,4 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
         mlflow.log_figure(
             confusion_matrix_figure(counts, labels, "test split"), "confusion_matrix.png"
         )
-    client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        client.log_metric(cfg.run_id, f"evaluate/{key}", value)
-    client.log_figure(
-        cfg.run_id,
-        confusion_matrix_figure(counts, labels, "test split (evaluate step)"),
-        "evaluate_confusion_matrix.png",
-    )
     return metrics

@@ -75,11 +75,12 @@ def training_curves_figure(
     lr_ax = acc_ax.twinx()
     draw(lr_ax, "train/learning_rate", "learning rate", color="tab:gray", linestyle="--")
     lr_ax.set_ylabel("learning rate")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    # "1e-04" on each tick: matplotlib's shared offset label would sit on the title.
+    lr_ax.yaxis.set_major_formatter(lambda value, _: f"{value:.1e}")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
     loss_ax.legend()
     handles = [h for ax in (acc_ax, lr_ax) for h in ax.get_legend_handles_labels()[0]]
-    acc_ax.legend(handles=handles, loc="lower right")
+    acc_ax.legend(handles=handles, loc="center right")
     fig.tight_layout()
     return fig

@@ -164,6 +164,7 @@ class MlflowTracker(Tracker):
             task="text-classification",
             input_example=card.input_example,
             model_card=card.hub_card(),  # else MLflow looks the source up on the Hub
+            tags={"mlflow.note.content": card.description},  # the model page's Description
             step=step,
             # Named explicitly: MLflow's inference of requirements probes
             # optional packages (torchvision) and fails where they are absent.

@@ -8,7 +8,8 @@ Trains two short runs of the default MiniLM that differ in learning rate
 `distrinews`), evaluates and exports the first, starts `mlflow ui` on
 127.0.0.1, and saves the runs table, the chart view, the compare view of the
 two runs and the logged model's page as PNGs in docs/. Needs Debian's
-`chromium` and `chromium-driver` and `pip install selenium`.
+`chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`)
+and the dev extra (selenium).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -55,7 +57,7 @@ def make_runs(store: Path, data: str, env: dict[str, str]) -> None:
     mlflow_run("export", evaluate | {"latency_texts": "100"}, store, env)
 
 
-def browser(width: int = 1600, height: int = 1000):
+def browser(width: int = 1700, height: int = 1000):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -67,21 +69,54 @@ def browser(width: int = 1600, height: int = 1000):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def shoot(driver, url: str, wait_for: str, path: Path, settle: float = 3.0) -> None:
-    """Open `url`, wait until the page shows `wait_for`, let charts draw, save a PNG."""
-    driver.get(url)
-    deadline = time.monotonic() + 60
-    while wait_for not in driver.find_element("tag name", "body").text:
+def wait_for_text(driver, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in driver.find_element("tag name", "body").text:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} never showed {wait_for!r}")
+            raise RuntimeError(f"{driver.current_url} never showed {text!r}")
         time.sleep(0.5)
-    time.sleep(settle)
-    driver.save_screenshot(str(path))
-    print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)
 
 
-def pages(client: mlflow.MlflowClient, base: str) -> list[tuple[str, str, str]]:
-    """(file name, URL, text to wait for) of each screenshot."""
+@dataclass
+class Page:
+    """A screenshot: where, what to wait for, and what to do before taking it."""
+
+    file: str
+    url: str
+    wait_for: str
+    search: tuple[str, str] | None = None  # (placeholder of a search box, text to type)
+    click: str | None = None  # the element showing this text is clicked
+    scroll_to: str | None = None  # then the element showing this text is scrolled to the top
+    height: int = 1000  # window height
+
+
+def shoot(driver, page: Page, settle: float = 3.0) -> None:
+    driver.set_window_size(1700, page.height)
+    driver.get("about:blank")  # a fresh page: a changed #fragment alone would not reload it
+    driver.get(page.url)
+    wait_for_text(driver, page.wait_for)
+    for button in driver.find_elements("css selector", "button[aria-label='Close']"):
+        button.click()  # the MLflow Assistant panel: a third of the window otherwise
+    time.sleep(settle)  # the rest of the page loads after the text shows
+    if page.search:
+        placeholder, text = page.search
+        box = driver.find_element("css selector", f"input[placeholder='{placeholder}']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.send_keys(text)
+    if page.click:
+        target = driver.find_element("xpath", f"//*[text()='{page.click}']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", target)
+        time.sleep(1)  # the click lands where the element is once scrolling ends
+        target.click()
+    if page.scroll_to:
+        target = driver.find_element("xpath", f"//*[text()='{page.scroll_to}']")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", target)
+    time.sleep(settle)  # charts and images draw
+    driver.save_screenshot(str(REPO / "docs" / page.file))
+    print(f"wrote docs/{page.file}", file=sys.stderr)
+
+
+def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     exp_id = experiment.experiment_id
     train_runs = client.search_runs([exp_id], "tags.step = 'train'", order_by=["start_time ASC"])
@@ -89,11 +124,31 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[tuple[str, str, str]]:
     ids = json.dumps([r.info.run_id for r in train_runs])
     compare = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
     (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
+    runs_url = f"{base}/#/experiments/{exp_id}/runs"
     return [
-        ("mlflow-runs.png", f"{base}/#/experiments/{exp_id}/runs", names[-1]),
-        ("mlflow-charts.png", f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART", "val"),
-        ("mlflow-compare.png", f"{base}/#/compare-runs?{compare}", names[0]),
-        ("mlflow-model.png", f"{base}/#/experiments/{exp_id}/models/{model.model_id}", model.name),
+        Page("mlflow-runs.png", runs_url, names[-1], height=420),
+        # Searching "loss" shows one chart per section: train, validation and test loss.
+        Page(
+            "mlflow-charts.png",
+            f"{runs_url}?compareRunsMode=CHART",
+            "val",
+            search=("Search metric charts", "loss"),
+            height=1900,
+        ),
+        Page(
+            "mlflow-compare.png",
+            f"{base}/#/compare-runs?{compare}",
+            names[0],
+            click="training_curves.png",
+            scroll_to="Artifacts",
+            height=640,
+        ),
+        Page(
+            "mlflow-model.png",
+            f"{base}/#/experiments/{exp_id}/models/{model.model_id}",
+            model.name,
+            search=("Search metrics", "test/"),
+        ),
     ]
 
 
@@ -107,7 +162,16 @@ def main() -> int:
     if args.store is None:
         make_runs(store, args.data, env)
     ui = LocalServer(
-        lambda port: ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)],
+        lambda port: [
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            env["MLFLOW_TRACKING_URI"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env,
         cwd=store,
         ready_path="/health",
@@ -116,8 +180,8 @@ def main() -> int:
     try:
         ui.wait_ready(timeout=120)
         driver = browser()
-        for name, url, wait_for in pages(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), ui.url):
-            shoot(driver, url, wait_for, REPO / "docs" / name)
+        for page in pages(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), ui.url):
+            shoot(driver, page)
     finally:
         if driver is not None:
             driver.quit()

@@ -190,10 +190,16 @@ def test_both_ranks_ended_with_identical_weights(trained_run):
 def test_tiny_model_learned_something(trained_run):
     store, experiment_id, _, _ = trained_run
     run_id = train_run(store, experiment_id).info.run_id
-    loss = [m.value for m in store.client.get_metric_history(run_id, "train/loss")]
-    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.02, "training loss falls"
-    val_loss = [m.value for m in store.client.get_metric_history(run_id, "val/loss")]
-    assert val_loss[-1] < val_loss[0], "validation loss falls"
+
+    def values(key: str) -> list[float]:
+        """In step order: the store returns a history in no set order."""
+        history = store.client.get_metric_history(run_id, key)
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    loss = values("train/loss")
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.02, f"training loss falls: {loss}"
+    val_loss = values("val/loss")
+    assert val_loss[-1] < val_loss[0], f"validation loss falls: {val_loss}"
 
 
 def test_logged_model_predicts_like_the_checkpoint(trained_run, small_data):
@@ -230,21 +236,26 @@ def test_rank0_alone_reports_progress(trained_run):
     assert "\r" not in result.stderr
 
 
-def test_evaluate_entry_point_logs_to_the_train_run(trained_run, small_data):
+def test_evaluate_entry_point_scores_the_logged_model(trained_run, small_data):
     store, experiment_id, _, _ = trained_run
     source = train_run(store, experiment_id)
     result = store.mlflow_run("evaluate", "e2e", {"run_id": source.info.run_id, "data": small_data})
     assert result.returncode == 0, result.stderr[-3000:]
-    train_metrics = store.client.get_run(source.info.run_id).data.metrics
+    (child,) = [r for r in store.runs(experiment_id) if r.data.tags.get("step") == "evaluate"]
+    assert child.info.status == "FINISHED"
+    assert child.info.run_name == f"evaluate {source.info.run_name}"
+    assert child.data.tags["mlflow.parentRunId"] == source.info.run_id
     # Same model, same 200 test rows: the same accuracy (up to one borderline
     # text whose logits move with the batch's padding).
-    assert abs(train_metrics["evaluate/accuracy"] - train_metrics["test/accuracy"]) <= 1 / 200
-    children = [r for r in store.runs(experiment_id) if r.data.tags.get("step") == "evaluate"]
-    assert len(children) == 1 and children[0].info.status == "FINISHED"
-    assert children[0].info.run_name == f"evaluate {source.info.run_name}"
-    assert "test/macro_f1" in children[0].data.metrics
-    plots = {a.path for a in store.client.list_artifacts(source.info.run_id)}
-    assert "evaluate_confusion_matrix.png" in plots
+    accuracy = child.data.metrics["test/accuracy"]
+    assert abs(accuracy - source.data.metrics["test/accuracy"]) <= 1 / 200
+    # Linked to the model: its page lists the score beside the train run's.
+    (model,) = store.client.search_logged_models([experiment_id])
+    linked = [m for m in model.metrics if m.key == "test/accuracy"]
+    assert {m.run_id for m in linked} == {source.info.run_id, child.info.run_id}
+    artifacts = {a.path for a in store.client.list_artifacts(child.info.run_id)}
+    assert "confusion_matrix.png" in artifacts
+    assert store.client.get_run(source.info.run_id).data.metrics == source.data.metrics
 
 
 def test_mlflow_experiment_name_and_run_name_are_honoured(mlflow_store, tiny_bert, small_data):
