@@ -22,10 +22,10 @@ from distrinews.model import load_model_and_tokenizer
 
 def test_metrics(checkpoint: Path, data: str) -> dict[str, float]:
     """Accuracy and macro-F1 of a checkpoint on the whole test split, in this process."""
-    model, tokenizer = load_model_and_tokenizer(str(checkpoint))
     cfg = DataConfig(data=data)
-    test = load_splits(cfg, TrainConfig.seed).test
-    metrics, _ = evaluate_frame(model, tokenizer, test, cfg.max_length)
+    splits = load_splits(cfg, TrainConfig.seed)
+    model, tokenizer = load_model_and_tokenizer(str(checkpoint), splits.labels)
+    metrics, _ = evaluate_frame(model, tokenizer, splits.test, cfg.max_length)
     return metrics
 
 

@@ -54,7 +54,7 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
         args.seed,
     )
     torch.manual_seed(args.seed)  # the same new head as our pipeline's
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, splits.labels)
     padding = "max_length" if args.trainer_side == "max_length" else False
 
     def tokenize(batch: dict) -> dict:

@@ -30,8 +30,9 @@ def _help(text: str, default: Any = MISSING) -> Any:
 @dataclass(frozen=True)
 class DataConfig:
     data: str = _help(
-        "Local folder with train/test .parquet or .csv files (columns text, label), "
-        "or a Hugging Face dataset id such as fancyzhx/ag_news.",
+        "Local folder with train/test .parquet or .csv files (columns text, label: class "
+        "names, or integer ids named by label_names.txt), or a Hugging Face dataset id "
+        "such as fancyzhx/ag_news.",
         "fancyzhx/ag_news",
     )
     max_length: int = _help("Longest tokenized input; longer texts are truncated.", 128)

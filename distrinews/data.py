@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from distrinews.config import DataConfig, UserError
-from distrinews.runtime.labels import LABELS
+from distrinews.labels import default_names, encode_labels, read_names_file
 
 SPLITS = ("train", "test")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -29,15 +29,24 @@ class Splits:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    labels: tuple[str, ...]  # class names; `label` holds their index
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Read train/test, check them, carve validation out of train, apply row caps."""
-    raw = (
-        _read_local(Path(cfg.data)) if Path(cfg.data).expanduser().exists() else _read_hub(cfg.data)
-    )
+def load_splits(cfg: DataConfig, seed: int, model_labels: tuple[str, ...] | None = None) -> Splits:
+    """Read train/test, check them, carve validation out of train, apply row caps.
+
+    The class names come from the data (distrinews.labels), or are the
+    `model_labels` of a trained model the data is scored with.
+    """
+    local = Path(cfg.data).expanduser().exists()
+    raw, names = _read_local(Path(cfg.data)) if local else _read_hub(cfg.data)
     for split, frame in raw.items():
         validate_frame(frame, split)
+    names = names or default_names(cfg.data, raw)
+    labels, raw = encode_labels(raw, names, model_labels)
     train, validation = split_validation(raw["train"], cfg.val_fraction, seed)
     test = raw["test"]
     if cfg.max_train_rows:
@@ -45,10 +54,10 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.max_eval_rows:
         validation = validation.iloc[: cfg.max_eval_rows]
         test = test.sample(n=min(cfg.max_eval_rows, len(test)), random_state=seed)
-    return Splits(train=train, validation=validation, test=test.reset_index(drop=True))
+    return Splits(train, validation, test.reset_index(drop=True), labels)
 
 
-def _read_local(folder: Path) -> dict[str, pd.DataFrame]:
+def _read_local(folder: Path) -> tuple[dict[str, pd.DataFrame], tuple[str, ...] | None]:
     folder = folder.expanduser()
     if not folder.is_dir():
         raise UserError(
@@ -66,7 +75,7 @@ def _read_local(folder: Path) -> dict[str, pd.DataFrame]:
                 "the folder needs a train and a test split with columns text, label"
             )
         frames[split] = pd.concat([_read_file(f) for f in files], ignore_index=True)
-    return frames
+    return frames, read_names_file(folder)
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -83,14 +92,17 @@ def _read_file(path: Path) -> pd.DataFrame:
     return frame[["text", "label"]]
 
 
-def _read_hub(name: str) -> dict[str, pd.DataFrame]:
+def _read_hub(name: str) -> tuple[dict[str, pd.DataFrame], tuple[str, ...] | None]:
+    """The Hub dataset's splits, and its ClassLabel names if `label` is one."""
     if not _HUB_ID.match(name):
         raise UserError(f"data folder {name} does not exist; pass an existing folder or a Hub id")
     try:
         import datasets
 
         loaded = datasets.load_dataset(name)
-        return {split: loaded[split].to_pandas()[["text", "label"]] for split in SPLITS}
+        frames = {split: loaded[split].to_pandas()[["text", "label"]] for split in SPLITS}
+        names = getattr(loaded["train"].features["label"], "names", None)
+        return frames, tuple(names) if names else None
     except Exception as err:  # offline, unknown id, missing split or column
         raise UserError(
             f"{name!r} is not a local folder and could not be loaded from the Hugging Face "
@@ -99,18 +111,16 @@ def _read_hub(name: str) -> dict[str, pd.DataFrame]:
 
 
 def validate_frame(frame: pd.DataFrame, split: str) -> None:
-    """Fail with a message that says what to fix; never train on bad rows silently."""
+    """Fail with a message that says what to fix; never train on bad rows silently.
+
+    The labels themselves are checked where they are named (distrinews.labels).
+    """
     if frame.empty:
         raise UserError(f"the {split} split is empty; it needs at least one row")
     if frame["text"].isna().any() or not frame["text"].map(lambda t: isinstance(t, str)).all():
         raise UserError(f"the {split} split has rows whose text is missing or not a string")
-    labels = pd.to_numeric(frame["label"], errors="coerce")
-    bad = frame["label"][labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels >= len(LABELS))]
-    if len(bad):
-        raise UserError(
-            f"the {split} split has {len(bad)} label(s) outside 0..{len(LABELS) - 1} "
-            f"({', '.join(LABELS)}), e.g. {bad.iloc[0]!r}; fix or drop those rows"
-        )
+    if frame["label"].isna().any():
+        raise UserError(f"the {split} split has rows without a label; fix or drop them")
 
 
 def split_validation(

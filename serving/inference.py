@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
 
 log = logging.getLogger("serving")
@@ -31,12 +30,8 @@ def resolve_model_folder(model: str) -> Path:
 
 
 def load_classifier(model: str, threads: int, spinning: bool) -> OnnxClassifier:
-    classifier = OnnxClassifier(resolve_model_folder(model), threads=threads, spinning=spinning)
-    if classifier.labels != LABELS:
-        raise ModelFolderError(
-            f"model labels {list(classifier.labels)} are not the AG News labels {list(LABELS)}"
-        )
-    return classifier
+    """The model's own labels are served (they travel in its config.json)."""
+    return OnnxClassifier(resolve_model_folder(model), threads=threads, spinning=spinning)
 
 
 def export_report(classifier: OnnxClassifier) -> dict:

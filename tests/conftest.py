@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from distrinews import checkpoint
+from distrinews.runtime.labels import LABELS
 from tests.helpers import (
     E2E_TRAINING,
     SHARED_DATA,
@@ -68,6 +69,8 @@ def small_data(tmp_path_factory: pytest.TempPathFactory, ag_news_dir: Path) -> P
     pd.read_parquet(ag_news_dir / "test.parquet").sample(200, random_state=0).to_parquet(
         folder / "test.parquet"
     )
+    # Integer labels, as in AG News: a folder of another name says what they mean.
+    (folder / "label_names.txt").write_text("\n".join(LABELS) + "\n")
     return folder
 
 

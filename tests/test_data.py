@@ -44,16 +44,26 @@ def test_csv_folders_work_too(tmp_path):
         {"text": [f"news {i}" for i in range(40)], "label": [i % 4 for i in range(40)]}
     )
     folder = write_split(tmp_path / "csv", frame, frame, fmt="csv")
+    (folder / "label_names.txt").write_text("a\nb\nc\nd\n")
     assert len(load_splits(DataConfig(data=str(folder)), seed=0).test) == 40
+
+
+def test_a_mix_of_names_and_ids_is_refused(tmp_path):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": ["World", "1", "World"]})
+    folder = write_split(tmp_path / "mixed", frame, frame, fmt="csv")
+    with pytest.raises(UserError, match="mixes string and integer labels"):
+        load_splits(DataConfig(data=str(folder)), seed=0)
 
 
 @pytest.mark.parametrize(
     "train, message",
     [
         (pd.DataFrame({"body": ["a"], "label": [0]}), "lacks column(s) ['text']"),
-        (pd.DataFrame({"text": ["a", "b"], "label": [0, 9]}), "label(s) outside 0..3"),
-        (pd.DataFrame({"text": ["a", "b"], "label": [0, -1]}), "label(s) outside 0..3"),
-        (pd.DataFrame({"text": ["a", "b"], "label": [0.5, 1]}), "label(s) outside 0..3"),
+        (pd.DataFrame({"text": ["a", "b"], "label": [0, 9]}), "nothing names them"),
+        (pd.DataFrame({"text": ["a", "b"], "label": [0, -1]}), "neither class names nor"),
+        (pd.DataFrame({"text": ["a", "b"], "label": [0.5, 1]}), "neither class names nor"),
+        (pd.DataFrame({"text": ["a", "b"], "label": ["x", None]}), "without a label"),
+        (pd.DataFrame({"text": ["a", "b"], "label": ["x", "x"]}), "a single label ('x')"),
         (pd.DataFrame({"text": ["a", None], "label": [0, 1]}), "missing or not a string"),
         (
             pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}),
@@ -62,7 +72,7 @@ def test_csv_folders_work_too(tmp_path):
     ],
 )
 def test_bad_files_say_what_to_fix(tmp_path, train, message):
-    good = pd.DataFrame({"text": ["x", "y"], "label": [0, 1]})
+    good = pd.DataFrame({"text": ["x", "y"], "label": ["x", "y"]})
     folder = write_split(tmp_path / "bad", train, good)
     with pytest.raises(
         UserError,
@@ -72,6 +82,52 @@ def test_bad_files_say_what_to_fix(tmp_path, train, message):
         .replace("]", r"\]"),
     ):
         load_splits(DataConfig(data=str(folder)), seed=0)
+
+
+def test_string_labels_name_the_classes_in_alphabetical_order(tmp_path):
+    names = ["Sports", "World", "Business"]
+    train = pd.DataFrame({"text": [f"t{i}" for i in range(30)], "label": names * 10})
+    test = pd.DataFrame({"text": ["a", "b"], "label": ["World", "Sports"]})
+    splits = load_splits(DataConfig(data=str(write_split(tmp_path / "news", train, test))), 0)
+    assert splits.labels == ("Business", "Sports", "World")
+    assert splits.test["label"].tolist() == [2, 1]
+    rows = pd.concat([splits.train, splits.validation])
+    assert sorted(rows["label"].tolist()) == [0] * 10 + [1] * 10 + [2] * 10
+
+
+def test_integer_labels_take_their_names_from_a_names_file(tmp_path):
+    train = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": [0, 1] * 10})
+    test = pd.DataFrame({"text": ["a", "b"], "label": [1, 1]})
+    folder = write_split(tmp_path / "reviews", train, test)
+    (folder / "label_names.txt").write_text("negative\npositive\n")
+    splits = load_splits(DataConfig(data=str(folder)), 0)
+    assert splits.labels == ("negative", "positive") and splits.test["label"].tolist() == [1, 1]
+    (folder / "label_names.txt").write_text("negative\n")
+    with pytest.raises(UserError, match=r"integer label\(s\) \[1\] but only 1 names"):
+        load_splits(DataConfig(data=str(folder)), 0)
+
+
+def test_ag_news_keeps_its_topic_names(ag_news_dir):
+    splits = load_splits(DataConfig(data=str(ag_news_dir), max_train_rows=50), 0)
+    assert splits.labels == ("World", "Sports", "Business", "Sci/Tech")
+
+
+def test_a_test_label_never_seen_in_train_is_refused(tmp_path):
+    train = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": ["a", "b"] * 10})
+    test = pd.DataFrame({"text": ["x", "y"], "label": ["a", "c"]})
+    folder = write_split(tmp_path / "unseen", train, test)
+    with pytest.raises(UserError, match=r"test split has label\(s\) \['c'\] that never occur"):
+        load_splits(DataConfig(data=str(folder)), 0)
+
+
+def test_a_trained_model_scores_data_by_its_own_label_ids(tmp_path):
+    train = pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": ["a", "b"] * 10})
+    test = pd.DataFrame({"text": ["x", "y"], "label": ["a", "b"]})
+    folder = write_split(tmp_path / "scored", train, test)
+    splits = load_splits(DataConfig(data=str(folder)), 0, model_labels=("b", "a", "c"))
+    assert splits.labels == ("b", "a", "c") and splits.test["label"].tolist() == [1, 0]
+    with pytest.raises(UserError, match=r"not among the model's labels"):
+        load_splits(DataConfig(data=str(folder)), 0, model_labels=("b", "c"))
 
 
 def test_missing_folder_and_missing_split(tmp_path):

@@ -5,7 +5,8 @@ from dataclasses import replace
 from mlflow.utils.name_utils import _generate_random_name
 
 from distrinews.config import parse_training_job
-from distrinews.tracking import data_name, is_generated_run_name, short_model_name
+from distrinews.labels import data_name
+from distrinews.tracking import is_generated_run_name, short_model_name
 from distrinews.training import default_run_name
 
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 def data_folder(root, name: str, train: pd.DataFrame | None):
     folder = root / name
     folder.mkdir()
-    good = pd.DataFrame({"text": ["stocks rally", "team wins"], "label": [2, 1]})
+    good = pd.DataFrame({"text": ["stocks rally", "team wins"], "label": ["Business", "Sports"]})
     good.to_parquet(folder / "test.parquet")
     if train is not None:
         train.to_parquet(folder / "train.parquet")
@@ -24,11 +24,13 @@ def data_folder(root, name: str, train: pd.DataFrame | None):
 #: reaches the user through the same path as the two data cases here.
 CASES = {
     "missing data folder": (lambda root: {"data": root / "no-such-folder"}, "does not exist"),
-    "label outside the label set": (
+    "test label never seen in train": (
         lambda root: {
-            "data": data_folder(root, "d", pd.DataFrame({"text": ["x", "y"], "label": [0, 7]}))
+            "data": data_folder(
+                root, "d", pd.DataFrame({"text": ["x", "y"], "label": ["World", "Sports"]})
+            )
         },
-        "outside 0..3",
+        "label(s) ['Business'] that never occur in train",
     ),
     "model not loadable offline": (
         lambda root: {"model": "no-such-org/no-such-model"},

@@ -53,6 +53,7 @@ class OnnxClassifier:
         self.pad_id = config.get("pad_token_id") or 0
         self.session = _session(self.model_file, threads, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        _check_labels(self.labels, self.session, self.folder)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Logits in the texts' order, computed in groups of similar length.
@@ -105,6 +106,18 @@ def _check_folder(folder: Path) -> Path:
                 f"{folder} lacks {needed}; export the model with pipelines.export"
             )
     return models[0]
+
+
+def _check_labels(labels: tuple[str, ...], session: ort.InferenceSession, folder: Path) -> None:
+    """One name per output of the model, at least two."""
+    width = session.get_outputs()[0].shape[-1]
+    if len(labels) < 2:
+        raise ModelFolderError(f"{folder}/config.json names no classes (id2label); re-export it")
+    if isinstance(width, int) and width != len(labels):
+        raise ModelFolderError(
+            f"{folder}/config.json names {len(labels)} classes ({', '.join(labels)}) but the "
+            f"model outputs {width} scores; re-export the model"
+        )
 
 
 def _session(model_file: Path, threads: int, spinning: bool) -> ort.InferenceSession:
