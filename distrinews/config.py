@@ -81,6 +81,13 @@ class TrainConfig:
     keep_checkpoints: int = _help("Newest epoch checkpoints kept in output_dir (0: all).", 1)
     threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
     log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
+    head_lr: float = _help("Peak learning rate of the new classification head (0: lr).", 0.0)
+    label_smoothing: float = _help("Label smoothing of the training loss (0: none).", 0.0)
+    freeze_embeddings: bool = _help(
+        "Keep the pretrained word embeddings fixed: a cheaper step (no gradient or AdamW "
+        "update for the vocabulary).",
+        False,
+    )
     precision: str = _help(
         "Compute precision: auto (bf16 autocast where the hardware computes bf16 natively: "
         "CUDA, or a CPU with AVX512-BF16 or AMX; else fp32), bf16, or fp32.",
@@ -98,7 +105,9 @@ class TrainConfig:
             raise UserError(f"lr={self.lr} must be > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        non_negative = ("weight_decay", "max_grad_norm", "threads", "keep_checkpoints")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        non_negative = ("weight_decay", "max_grad_norm", "threads", "keep_checkpoints", "head_lr")
         if any(getattr(self, name) < 0 for name in non_negative):
             raise UserError(f"{', '.join(non_negative)} must be >= 0")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
@@ -100,6 +101,8 @@ def make_train_state(
     model: PreTrainedModel, cfg: TrainConfig, info: DistInfo, steps_per_epoch: int
 ) -> TrainState:
     """Model on its device, wrapped for DDP, with AdamW and a linear warm-up/decay schedule."""
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.to(info.device)
     ddp_model, embedding_rows = wrap_ddp(model, info)
     optimizer = make_optimizer(model, cfg)
@@ -125,7 +128,11 @@ def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]]) 
         last = i + 1 == len(micro_batches)
         with nullcontext() if last else ddp_model.no_sync():
             with autocast(info.device, cfg.precision):
-                loss = ddp_model(**batch).loss
+                inputs = {key: value for key, value in batch.items() if key != "labels"}
+                logits = ddp_model(**inputs).logits
+            loss = F.cross_entropy(
+                logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing
+            )
             (loss / len(micro_batches)).backward()
         if state.embedding_rows:
             state.embedding_rows.record(batch["input_ids"])
@@ -222,17 +229,35 @@ def build_loaders(
     return train_loader, eval_loaders
 
 
+#: Parameter names of the classification head a pretrained encoder gets new
+#: (BERT: classifier; DistilBERT: pre_classifier and classifier).
+HEAD_PREFIXES = ("classifier", "pre_classifier")
+
+
 def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe)."""
-    decay, no_decay = [], []
+    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe),
+    the new head at `head_lr`; frozen parameters are left out."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if param.requires_grad:
+            head, decay = (
+                name.startswith(HEAD_PREFIXES),
+                param.ndim >= 2 and "LayerNorm" not in name,
+            )
+            groups.setdefault((head, decay), []).append(param)
     # The fused kernel updates all parameters in one pass (CPU and CUDA).
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": (cfg.head_lr or cfg.lr) if head else cfg.lr,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+            }
+            for (head, decay), params in groups.items()
+        ],
+        lr=cfg.lr,
+        fused=True,
+    )
 
 
 def micro_batch_groups(loader: DataLoader, size: int) -> Iterator[list[dict]]:

@@ -149,3 +149,19 @@ def test_soak(exported):
     ok, probes = map(int, cells[5].split("/"))
     assert ok == probes >= 5, "/health answered throughout"
     assert run.data.metrics["bench_soak_errors"] == 0
+
+
+def test_accuracy_trials(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    # The recipe settings a trial changes, through torchrun.
+    flags = ("--model", tiny_bert, "--epochs", 1, "--max-train-rows", 96)
+    flags += ("--head-lr", 1e-3, "--label-smoothing", 0.1, "--freeze-embeddings", "true")
+    args = ("--name", "tiny", "--seeds", 1, 2, "--data", small_data, "--nproc", 1, *flags)
+    run_benchmark(store, "accuracy_trials", *args)
+    text, run = run_benchmark(store, "accuracy_trials", "--name", "again", *args[2:])
+    (first,), (second,) = table_rows(text, "tiny"), table_rows(text, "again")
+    assert first[1].startswith(f"`--model {tiny_bert} --epochs 1") and first[2] == "1 2"
+    assert 0 <= float(first[3].split(" ± ")[0]) <= 1 and float(first[6]) > 0
+    assert first[3:5] == second[3:5], "the same seeds train the same model"
+    mean_test = float(second[4].split(" ± ")[0])
+    assert run.data.metrics["bench_test_mean"] == pytest.approx(mean_test, abs=5e-5)

@@ -1,0 +1,32 @@
+"""Recipe settings reach the optimizer: the head learning rate, decay groups, frozen words."""
+
+from distrinews.config import TrainConfig
+from distrinews.model import load_model_and_tokenizer
+from distrinews.training import make_optimizer
+
+
+def groups_by_parameter(model, optimizer) -> dict[str, dict]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: group for group in optimizer.param_groups for p in group["params"]}
+
+
+def test_the_new_head_gets_its_own_learning_rate_and_no_decay_on_norms(tiny_bert):
+    model, _ = load_model_and_tokenizer(str(tiny_bert))
+    cfg = TrainConfig(lr=1e-4, head_lr=1e-3, weight_decay=0.01)
+    groups = groups_by_parameter(model, make_optimizer(model, cfg))
+    assert len(groups) == len(list(model.parameters())), "every parameter trains"
+    assert groups["classifier.weight"]["lr"] == 1e-3 and groups["classifier.bias"]["lr"] == 1e-3
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    assert groups[encoder]["lr"] == 1e-4 and groups[encoder]["weight_decay"] == 0.01
+    assert groups["bert.encoder.layer.0.output.LayerNorm.weight"]["weight_decay"] == 0.0
+    assert groups["classifier.bias"]["weight_decay"] == 0.0
+    default = groups_by_parameter(model, make_optimizer(model, TrainConfig(lr=1e-4)))
+    assert {g["lr"] for g in default.values()} == {1e-4}, "head_lr=0 means lr"
+
+
+def test_frozen_embeddings_are_left_out_of_the_optimizer(tiny_bert):
+    model, _ = load_model_and_tokenizer(str(tiny_bert))
+    model.get_input_embeddings().weight.requires_grad_(False)
+    groups = groups_by_parameter(model, make_optimizer(model, TrainConfig(freeze_embeddings=True)))
+    assert "bert.embeddings.word_embeddings.weight" not in groups
+    assert "bert.embeddings.position_embeddings.weight" in groups
