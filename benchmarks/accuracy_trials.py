@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "accuracy_trials.md")
     args, args.flags = parser.parse_known_args(argv)  # the rest: pipelines.train flags
+    if len(args.flags) % 2 or "--seed" in args.flags or any("=" in f for f in args.flags[::2]):
+        parser.error("give pipelines.train flags as '--name value' pairs; seeds go in --seeds")
     with tempfile.TemporaryDirectory() as work:
         results = [run_seed(args, seed, Path(work)) for seed in args.seeds]
     previous = args.output.read_text().split(HEADER, 1)[-1] if args.output.exists() else ""

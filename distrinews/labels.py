@@ -19,6 +19,11 @@ from distrinews.runtime.labels import LABELS
 NAMES_FILE = "label_names.txt"
 
 
+def metric_safe(name: str) -> str:
+    """'Sci/Tech' -> 'sci_tech': the class's part of metric keys such as test/f1_sci_tech."""
+    return "".join(c if c.isalnum() else "_" for c in name.lower())
+
+
 def data_name(data: str) -> str:
     """'../shared/data/ag_news' or 'fancyzhx/ag_news' -> 'ag_news'."""
     return Path(data.rstrip("/")).name or data
@@ -59,6 +64,12 @@ def encode_labels(
     named = {split: as_names(frame["label"], split, names) for split, frame in frames.items()}
     labels = model_labels or names or tuple(sorted(set(named["train"])))
     check_label_sets(named, labels, from_model=model_labels is not None)
+    keys = [metric_safe(name) for name in labels]
+    if len(set(keys)) < len(keys):
+        raise UserError(
+            f"class names {', '.join(labels)} differ only in case or punctuation, so their "
+            "per-class metrics would share a key; rename one of them"
+        )
     ids = {name: i for i, name in enumerate(labels)}
     encoded = {
         split: frame.assign(label=named[split].map(ids).astype("int64"))

@@ -6,6 +6,8 @@ summed across ranks, so the metrics cover the whole split exactly.
 
 import torch
 
+from distrinews.labels import metric_safe
+
 
 def confusion_matrix(
     labels: torch.Tensor, predictions: torch.Tensor, num_classes: int
@@ -32,8 +34,3 @@ def classification_metrics(counts: torch.Tensor, labels: tuple[str, ...]) -> dic
     for name, value in zip(labels, f1.tolist(), strict=True):
         metrics[f"f1_{metric_safe(name)}"] = value
     return metrics
-
-
-def metric_safe(name: str) -> str:
-    """'Sci/Tech' -> 'sci_tech': MLflow metric keys read better without slashes."""
-    return "".join(c if c.isalnum() else "_" for c in name.lower())

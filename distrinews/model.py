@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -46,13 +48,16 @@ def load_model_and_tokenizer(
     """
     path = resolve_model_path(name)
     try:
+        check_head_labels(name, AutoConfig.from_pretrained(path), labels)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,  # a checkpoint trained on other classes gets a new head
+            # A head for another number of classes is replaced by a new one
+            # (check_head_labels refuses one for as many classes of other names).
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -62,6 +67,21 @@ def load_model_and_tokenizer(
         ) from err
     match_inputs_to_model(tokenizer, model)
     return model, tokenizer
+
+
+def check_head_labels(name: str, config: PretrainedConfig, labels: tuple[str, ...]) -> None:
+    """A trained head is reused only for the classes it was trained on.
+
+    from_pretrained keeps a head whose size fits, whatever its classes are
+    called: a 4-class head trained in another order would mislabel every class.
+    """
+    trained = tuple(config.id2label[i] for i in range(len(config.id2label or {})))
+    generic = all(label == f"LABEL_{i}" for i, label in enumerate(trained))
+    if not generic and len(trained) == len(labels) and trained != labels:
+        raise UserError(
+            f"model {name} was trained for the classes {', '.join(trained)}, not the data's "
+            f"{', '.join(labels)}; start from the base encoder, or give the data those classes"
+        )
 
 
 def match_inputs_to_model(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:

@@ -121,7 +121,10 @@ class MlflowTracker(Tracker):
             if exc_type is not None:
                 self.set_tags(error_tag(exc))
             if self._system_metrics is not None:
-                self._system_metrics.finish()
+                try:
+                    self._system_metrics.finish()
+                except Exception as err:  # NVML, an unreachable server: the run still ends
+                    print(f"warning: last system metrics not logged ({err})", file=sys.stderr)
             self._mlflow.end_run(status)
         finally:
             signal.signal(signal.SIGTERM, previous_handler)

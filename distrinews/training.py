@@ -33,8 +33,7 @@ from distrinews.distributed import (
     wrap_ddp,
 )
 from distrinews.evaluation import evaluate
-from distrinews.labels import data_name
-from distrinews.metrics import metric_safe
+from distrinews.labels import data_name, metric_safe
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
 from distrinews.progress import progress_bar
@@ -91,7 +90,13 @@ class TrainState:
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(saved["optimizer"])
+        try:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except ValueError as err:  # other parameter groups: head_lr or freeze_embeddings changed
+            raise UserError(
+                f"the checkpoint's optimizer state does not fit these settings ({err}); resume "
+                "with the head_lr and freeze_embeddings it was trained with, or start a new run"
+            ) from err
         self.scheduler.load_state_dict(saved["scheduler"])
         self.progress = Progress(**saved["progress"])
         checkpoint.restore_rng(saved, self.info)
@@ -245,6 +250,11 @@ def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Opti
                 param.ndim >= 2 and "LayerNorm" not in name,
             )
             groups.setdefault((head, decay), []).append(param)
+    if cfg.head_lr and not any(head for head, _ in groups):
+        raise UserError(
+            f"head_lr is set but the model has no parameter named {' or '.join(HEAD_PREFIXES)}*; "
+            "leave head_lr at 0 for this architecture"
+        )
     # The fused kernel updates all parameters in one pass (CPU and CUDA).
     return torch.optim.AdamW(
         [

@@ -27,9 +27,10 @@ import mlflow
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from distrinews.config import TrackingConfig  # noqa: E402
 from tests.servers import LocalServer  # noqa: E402
 
-EXPERIMENT = "distrinews"
+EXPERIMENT = TrackingConfig.experiment
 #: Two short runs that differ in one setting, as a user comparing them would train.
 RUNS = ({"lr": "1e-4"}, {"lr": "3e-4"})
 COMMON = {"nproc": "2", "max_train_rows": "2000", "max_eval_rows": "600", "epochs": "2"}

@@ -210,3 +210,12 @@ def test_batches_pad_to_their_longest_item(tiny_bert, tiny_distilbert):
 def test_caps_of_zero_mean_all_rows(ag_news_dir):
     cfg = replace(DataConfig(data=str(ag_news_dir)), max_eval_rows=0)
     assert len(load_splits(cfg, seed=0).test) == 7_600
+
+
+def test_class_names_must_make_distinct_metric_keys(tmp_path):
+    train = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(20)], "label": ["Sci/Tech", "sci tech"] * 10}
+    )
+    folder = write_split(tmp_path / "clash", train, train.head(2))
+    with pytest.raises(UserError, match="would share a key"):
+        load_splits(DataConfig(data=str(folder)), 0)

@@ -17,3 +17,17 @@ def test_default_model_is_the_packaged_minilm():
 def test_missing_local_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         load_model_and_tokenizer(str(tmp_path / "missing-model"))
+
+
+def test_a_trained_head_is_reused_only_for_its_own_classes(tmp_path, tiny_bert):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))  # AG News's four topics
+    model.save_pretrained(tmp_path / "trained")
+    tokenizer.save_pretrained(tmp_path / "trained")
+    trained = str(tmp_path / "trained")
+    again, _ = load_model_and_tokenizer(trained)
+    assert again.config.id2label[3] == "Sci/Tech"
+    three, _ = load_model_and_tokenizer(trained, ("a", "b", "c"))  # another size: a new head
+    assert three.config.num_labels == 3
+    alphabetical = ("Business", "Sci/Tech", "Sports", "World")
+    with pytest.raises(UserError, match="was trained for the classes World, Sports"):
+        load_model_and_tokenizer(trained, alphabetical)
