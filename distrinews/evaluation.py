@@ -12,7 +12,7 @@ from distrinews.config import DataConfig, EvaluateConfig, TrainConfig
 from distrinews.data import TokenizedDataset, load_splits, make_loader
 from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.metrics import classification_metrics, confusion_matrix
-from distrinews.model import autocast
+from distrinews.model import autocast, class_names
 from distrinews.plots import confusion_matrix_figure
 from distrinews.progress import progress_bar
 from distrinews.tracking import load_logged_model, log_split, logged_model_id, step_run
@@ -32,7 +32,7 @@ def evaluate(
     counts make the metrics exact for the whole split. Pass the unwrapped
     model: evaluation needs no DDP gradient hooks.
     """
-    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    labels = class_names(model.config)
     was_training = model.training
     model.eval()
     counts = torch.zeros(len(labels), len(labels), dtype=torch.int64, device=info.device)
@@ -83,7 +83,7 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     # Same truncation and the same split seed as the training run.
     params = train_run.data.params
     data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))
-    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    labels = class_names(model.config)
     seed = int(params.get("seed", TrainConfig.seed))
     test = load_splits(data_cfg, seed, model_labels=labels).test
     metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)

@@ -59,8 +59,16 @@ def training_curves_figure(
     """Loss (train and validation on shared axes) and validation accuracy with the
     learning rate, against epochs; `series` maps each CURVES key to [(step, value)]."""
     plt = _pyplot()
-    plt.rcParams.update({"font.size": 12})
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # Larger text for this figure only (MLflow shows it scaled down), not for later ones.
+    with plt.rc_context({"font.size": 12}):
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+        _draw_curves(series, steps_per_epoch, loss_ax, acc_ax)
+        fig.tight_layout()
+    return fig
+
+
+def _draw_curves(series: dict, steps_per_epoch: int, loss_ax, acc_ax) -> None:
+    """Left: train and validation loss; right: validation accuracy, learning rate on a twin axis."""
 
     def draw(ax, key: str, label: str, **style) -> None:
         if series.get(key):
@@ -82,5 +90,3 @@ def training_curves_figure(
     loss_ax.legend()
     handles = [h for ax in (acc_ax, lr_ax) for h in ax.get_legend_handles_labels()[0]]
     acc_ax.legend(handles=handles, loc="center right")
-    fig.tight_layout()
-    return fig

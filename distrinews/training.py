@@ -34,7 +34,7 @@ from distrinews.distributed import (
 )
 from distrinews.evaluation import evaluate
 from distrinews.labels import data_name, metric_safe
-from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
+from distrinews.model import autocast, autocast_dtype, class_names, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
 from distrinews.progress import progress_bar
 from distrinews.tracking import (
@@ -361,7 +361,7 @@ def finish(
     weight_divergence = replica_divergence(model, info)
     get_logger(info).info("test: %s", _fmt(test_metrics))
     tracker.log_metrics({"train/replica_weight_divergence": weight_divergence}, step=step)
-    labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    labels = class_names(model.config)
     # At the artifact root: the compare view of runs shows only root files.
     tracker.log_figure(
         lambda: confusion_matrix_figure(counts, labels, "test split"), "confusion_matrix.png"
@@ -380,7 +380,7 @@ def model_card(job: TrainingJob, splits: Splits, model: PreTrainedModel) -> Mode
     source = job.model.model
     if Path(source).expanduser().exists():
         source = Path(source).name  # a local folder: its name, not this machine's path
-    labels = ", ".join(model.config.id2label[i] for i in range(model.config.num_labels))
+    labels = ", ".join(class_names(model.config))
     data = data_name(job.data.data)
     return ModelCard(
         name=f"{short_model_name(job.model.model)}-{data}",
