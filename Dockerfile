@@ -6,7 +6,8 @@
 #   docker build -t distrinews .
 # or fetch it from MLflow at start instead (build with an empty serving-model/):
 #   mkdir -p serving-model && docker build -t distrinews .
-#   docker run -e DISTRINEWS_MODEL=models:/news@prod -e MLFLOW_TRACKING_URI=... -p 7860:7860 distrinews
+#   docker run -e DISTRINEWS_MODEL=models:/distrinews@champion -e DISTRINEWS_RELOAD_SECONDS=60 \
+#       -e MLFLOW_TRACKING_URI=... -p 7860:7860 distrinews
 FROM python:3.11-slim
 
 # Spaces run the container as uid 1000.

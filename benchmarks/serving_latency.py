@@ -27,9 +27,10 @@ from benchmarks.common import (
     percentiles,
     record,
 )
-from distrinews.export import batch1_latency_ms, pytorch_logits
+from distrinews.export import pytorch_logits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.scoring import batch1_latency_ms
 from tests.servers import Server
 
 #: Server configurations compared; the first is the default.

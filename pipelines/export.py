@@ -9,13 +9,14 @@ or directly:
 
 import sys
 
-from distrinews.config import UserError, parse_export_job
+from distrinews.config import UserError, parse_scoring_job
 from distrinews.export import run_export
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        report = run_export(*parse_export_job(argv))
+        cfg, data_cfg = parse_scoring_job("export", argv)
+        report = run_export(cfg, data_cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         f"batch-1 p50 {report['latency_p50_ms_pytorch_fp32']:.1f} ms -> "
         f"{report['latency_p50_ms_onnx_int8']:.1f} ms"
     )
+    if "registered_version" in report:
+        print(f"registered as version {report['registered_version']} of {cfg.registered_model}")
     return 0
 
 

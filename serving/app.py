@@ -7,6 +7,7 @@ is built at import time:
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.inference import MicroBatcher, load_classifier
+from distrinews.runtime.registry import fail_fast_on_unreachable_server
+from serving.inference import MicroBatcher, load_model
+from serving.reload import follow_alias
 from serving.routes import router
 from serving.settings import Settings
 
@@ -22,19 +25,39 @@ from serving.settings import Settings
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    configure_logging()
+    fail_fast_on_unreachable_server()
     # Loading reads and compiles the model: off the event loop. An error here
     # stops the server before it listens (uvicorn exits non-zero).
-    classifier = await asyncio.to_thread(
-        load_classifier, settings.model, settings.threads, settings.spinning
+    loaded = await asyncio.to_thread(
+        load_model, settings.model, settings.threads, settings.spinning
     )
-    batcher = MicroBatcher(classifier, settings.micro_batch_size, settings.micro_batch_window_ms)
+    batcher = MicroBatcher(
+        loaded.classifier, settings.micro_batch_size, settings.micro_batch_window_ms
+    )
     batcher.start()
-    app.state.batcher = batcher
+    app.state.model, app.state.batcher = loaded, batcher
+    reloader = None
+    if settings.reload_seconds and loaded.source.alias:
+        reloader = asyncio.create_task(follow_alias(app, settings))
     try:
         yield
     finally:
+        if reloader:
+            reloader.cancel()
         app.state.batcher = None
         await batcher.stop()
+
+
+def configure_logging() -> None:
+    """The server's own lines (model reloads, failures) beside uvicorn's, with a time."""
+    log = logging.getLogger("serving")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 class BodyTooLarge(Exception):

@@ -4,34 +4,41 @@ import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
-from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.registry import ModelSource, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")
 
 
-def resolve_model_folder(model: str) -> Path:
-    """A local folder as is; an MLflow URI is downloaded first."""
-    if not model:
-        raise ModelFolderError(
-            "no model given: set DISTRINEWS_MODEL or pass --model <folder or URI>"
-        )
-    if "://" in model or model.startswith(("runs:/", "models:/")):
-        import mlflow
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier ready to serve, with where it came from and when it was loaded."""
 
-        try:
-            return Path(mlflow.artifacts.download_artifacts(model))
-        except Exception as err:  # MLflow raises several types for a bad URI
-            raise ModelFolderError(f"cannot download {model}: {str(err).splitlines()[0]}") from err
-    return Path(model)
+    classifier: OnnxClassifier
+    source: ModelSource
+    loaded_at: str
 
 
-def load_classifier(model: str, threads: int, spinning: bool) -> OnnxClassifier:
-    """The model's own labels are served (they travel in its config.json)."""
-    return OnnxClassifier(resolve_model_folder(model), threads=threads, spinning=spinning)
+#: Texts of a few lengths run once after loading: the first requests then
+#: find ONNX Runtime's buffers and kernels ready.
+WARM_UP_TEXTS = ["Warm-up", "Markets rose on Monday after the central bank held rates. " * 4]
+
+
+def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
+    """Resolve (an alias to its current version), download, open and warm a model.
+
+    The model's own labels are served (they travel in its config.json).
+    """
+    source = resolve_source(model)
+    classifier = OnnxClassifier(local_model_folder(source), threads=threads, spinning=spinning)
+    for text in WARM_UP_TEXTS:
+        classifier.probabilities([text])
+    return LoadedModel(classifier, source, datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def export_report(classifier: OnnxClassifier) -> dict:

@@ -6,8 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from distrinews.runtime.onnx_classifier import OnnxClassifier
-from serving.inference import MicroBatcher, export_report
+from serving.inference import LoadedModel, MicroBatcher, export_report
 from serving.settings import Settings
 
 router = APIRouter()
@@ -142,11 +141,17 @@ async def ready(request: Request) -> dict[str, bool]:
 
 
 @router.get("/model", responses=NOT_LOADED)
-async def model_info(settings: SettingsDep, batcher: BatcherDep) -> dict:
-    classifier: OnnxClassifier = batcher.classifier
+async def model_info(request: Request, batcher: BatcherDep) -> dict:
+    """What is served: its source (and registry version), labels, and when it was loaded."""
+    loaded: LoadedModel = request.app.state.model
+    classifier = loaded.classifier
     report = export_report(classifier)
     return {
-        "source": settings.model,
+        "source": loaded.source.uri,
+        "registered_model": loaded.source.registered_model,
+        "version": loaded.source.version,
+        "alias": loaded.source.alias,
+        "loaded_at": loaded.loaded_at,
         "source_run_id": report.get("source_run_id"),
         "quantization": f"dynamic int8 ({report['target']})" if "target" in report else "unknown",
         "onnx_file": classifier.model_file.name,

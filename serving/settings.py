@@ -10,7 +10,13 @@ class Settings(BaseSettings):
     model: str = Field(
         "",
         description="Exported model folder, or an MLflow URI "
-        "(runs:/<id>/onnx_model, models:/<name>@<alias>)",
+        "(runs:/<id>/onnx_model, models:/<name>/<version>, models:/<name>@<alias>)",
+    )
+    reload_seconds: float = Field(
+        0,
+        ge=0,
+        description="With models:/<name>@<alias>: check the alias this often and serve the "
+        "version it points to (0: never)",
     )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"

@@ -1,11 +1,13 @@
 """What the tests share besides fixtures: tiny models, a temp MLflow store, process checks."""
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -151,3 +153,14 @@ def rank_pid(output_dir: Path, rank: int) -> int | None:
         if worker and str(output_dir).encode() in cmdline and f"RANK={rank}".encode() in environ:
             return int(pid)
     return None
+
+
+@contextlib.contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's module-level API (pyfunc.load_model, downloads) pointed at `uri` for a while."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -1,11 +1,14 @@
 """Server processes on 127.0.0.1 for the tests and benchmarks: `python -m serving` and others."""
 
+import asyncio
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -90,3 +93,67 @@ class Server(LocalServer):
         super().__init__(
             lambda port: [python, "-m", "serving", "--model", model, "--port", str(port)], env, cwd
         )
+
+
+class MlflowServer(LocalServer):
+    """`mlflow server` on a SQLite store (`folder`/server.db unless given) with its
+    artifact root under `folder`."""
+
+    def __init__(self, folder: Path, env: dict[str, str], store_uri: str = ""):
+        store_uri = store_uri or f"sqlite:///{folder / 'server.db'}"
+
+        def command(port: int) -> list[str]:
+            return [
+                *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
+                *("--port", str(port), "--workers", "1", "--backend-store-uri", store_uri),
+                *("--artifacts-destination", str(folder / "artifacts")),
+            ]
+
+        super().__init__(command, env, cwd=folder, ready_path="/health")
+
+
+@dataclass
+class Answer:
+    sent_at: float  # time.monotonic() when the request left
+    ms: float
+    status: int  # 0: no HTTP answer (connection error, timeout)
+
+
+class BackgroundLoad:
+    """`clients` concurrent connections posting /predict in a loop, in a thread, until stop().
+
+    Bounded: it stops at `max_seconds` even if nobody calls stop().
+    """
+
+    def __init__(self, url: str, texts: list[str], clients: int = 16, max_seconds: float = 300):
+        self.url, self.texts, self.clients = url, texts, clients
+        self.deadline = time.monotonic() + max_seconds
+        self.answers: list[Answer] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "BackgroundLoad":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+    async def _client(self, offset: int) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            sent = offset
+            while not self.stopping.is_set() and time.monotonic() < self.deadline:
+                text = self.texts[sent % len(self.texts)]
+                sent += self.clients
+                start = time.monotonic()
+                try:
+                    status = (
+                        await client.post(f"{self.url}/predict", json={"text": text})
+                    ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.answers.append(Answer(start, 1000 * (time.monotonic() - start), status))
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._client(i) for i in range(self.clients)))

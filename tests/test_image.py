@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.helpers import REPO
-from tests.servers import Server
+from tests.servers import MlflowServer, Server
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +49,26 @@ def test_image_install_serves_without_torch(exported, tmp_path, texts):
         )
     finally:
         server.stop()
+    serve_the_champion_through_a_tracking_server(store, env, python, tmp_path)
+
+
+def serve_the_champion_through_a_tracking_server(store, env, python: str, tmp_path) -> None:
+    """The image's packages (mlflow-skinny, no SQL store) follow models:/distrinews@champion."""
+    store.client.set_registered_model_alias("distrinews", "champion", "1")
+    tracking = MlflowServer(tmp_path, store.env, store_uri=store.uri)
+    try:
+        tracking.wait_ready(timeout=120)
+        server = Server(
+            "models:/distrinews@champion",
+            env | {"MLFLOW_TRACKING_URI": tracking.url},
+            python=python,
+            cwd=tmp_path,
+        )
+        try:
+            server.wait_ready()
+            info = httpx.get(f"{server.url}/model", timeout=10).json()
+            assert (info["version"], info["alias"]) == ("1", "champion")
+        finally:
+            server.stop()
+    finally:
+        tracking.stop()

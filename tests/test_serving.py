@@ -6,7 +6,6 @@ Route and validation tests run in process on a tiny model: test_serving_routes.p
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,6 +16,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.registry import ModelSource, local_model_folder
+from tests.helpers import tracking_uri
 from tests.servers import Server
 from tests.test_serving_routes import broken_copy
 
@@ -62,11 +63,17 @@ def test_export_run_is_logged_and_linked(exported):
         abs(metrics["export/accuracy_onnx_fp32"] - metrics["export/accuracy_pytorch_fp32"]) <= 0.01
     )
     assert metrics["export/size_mb_onnx_int8"] < metrics["export/size_mb_onnx_fp32"]
-    artifacts = {
-        Path(a.path).name for a in store.client.list_artifacts(run.info.run_id, "onnx_model")
-    }
-    assert {"config.json", "tokenizer.json", "export_report.json"} <= artifacts
     assert sorted(p.name for p in folder.glob("*.onnx")) == ["model_optimized_quantized.onnx"]
+    # An MLflow model of the run, registered as version 1 with its evidence.
+    (version,) = store.client.search_model_versions("name = 'distrinews'")
+    assert (version.version, version.run_id) == ("1", run.info.run_id)
+    assert version.tags["source_run_id"] == train_run_id
+    assert version.tags["test_accuracy_int8"] == f"{metrics['export/accuracy_onnx_int8']:.4f}"
+    with tracking_uri(store.uri):
+        model_folder = local_model_folder(ModelSource(f"models:/distrinews/{version.version}"))
+    assert {"config.json", "tokenizer.json", "export_report.json"} <= {
+        p.name for p in model_folder.iterdir()
+    }
 
 
 def test_a_pretrained_encoder_exports_with_a_new_head(

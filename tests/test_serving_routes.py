@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
 from serving.app import create_app
-from serving.inference import load_classifier
+from serving.inference import load_model
 from serving.settings import Settings
 from tests.helpers import REPO
 
@@ -156,7 +156,7 @@ BAD_MODELS = {
 def test_a_bad_model_stops_the_app_at_start_up(problem, tiny_onnx, tmp_path):
     broken = broken_copy(tiny_onnx, tmp_path, problem)
     with pytest.raises(ModelFolderError, match=BAD_MODELS[problem]):
-        load_classifier(str(broken), threads=1, spinning=False)
+        load_model(str(broken), threads=1, spinning=False)
     with pytest.raises(ModelFolderError), TestClient(create_app(Settings(model=str(broken)))):
         pass  # the lifespan raised: the server never answers
 

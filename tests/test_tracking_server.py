@@ -1,6 +1,5 @@
 """Training against a real `mlflow server` on 127.0.0.1, and against one that is not there."""
 
-import sys
 import time
 from pathlib import Path
 
@@ -9,23 +8,14 @@ import pytest
 
 from pipelines.train import torchrun_command
 from tests.helpers import MlflowStore
-from tests.servers import LocalServer, free_port
+from tests.servers import MlflowServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 @pytest.fixture()
 def tracking_server(tmp_path):
-    """`mlflow server` with a SQLite backend and a local artifact root."""
-
-    def command(port: int) -> list[str]:
-        return [
-            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-            *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
-            *("--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"),
-        ]
-
-    server = LocalServer(command, MlflowStore(tmp_path).env, cwd=tmp_path, ready_path="/health")
+    server = MlflowServer(tmp_path, MlflowStore(tmp_path).env)
     try:
         server.wait_ready(timeout=120)
         yield server

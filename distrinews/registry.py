@@ -1,0 +1,211 @@
+"""The Model Registry: what an exported version says about itself, and the promotion gate.
+
+Export registers each int8 ONNX model as a new version with its evidence as
+tags. `promote` scores a candidate version beside the current `champion` on
+the same test split, through the classifier the server runs, and moves the
+alias only if the candidate is as accurate and fast enough.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from distrinews.config import DataConfig, PromoteConfig, UserError
+from distrinews.data import load_splits
+from distrinews.runtime.cpu import available_cpus
+from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
+from distrinews.runtime.registry import ModelSource, local_model_folder
+from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
+from distrinews.tracking import log_new_params, log_split, step_run
+
+#: The alias the server follows and `promote` moves.
+CHAMPION = "champion"
+
+#: Export report figures copied onto a registered version, as tag name: report key.
+VERSION_EVIDENCE = {
+    "test_accuracy_fp32": "accuracy_pytorch_fp32",
+    "test_accuracy_int8": "accuracy_onnx_int8",
+    "int8_agreement": "int8_agreement_with_pytorch",
+    "latency_p50_ms": "latency_p50_ms_onnx_int8",
+    "latency_p95_ms": "latency_p95_ms_onnx_int8",
+    "size_mb": "size_mb_onnx_int8",
+}
+
+
+def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
+    """Tags and a description on a registered version: where it came from, how it scored."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {tag: f"{report[key]:.4f}" for tag, key in VERSION_EVIDENCE.items()}
+    tags |= {
+        key: str(report[key])
+        for key in ("target", "source", "source_run_id", "export_run_id", "test_rows")
+        if report.get(key) is not None
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    description = (
+        f"int8 ONNX ({report['target']}) of {report['source']}. Test accuracy "
+        f"{report['accuracy_onnx_int8']:.4f} int8 vs {report['accuracy_pytorch_fp32']:.4f} "
+        f"PyTorch fp32 ({report['int8_agreement_with_pytorch']:.2%} agreement) on "
+        f"{report['test_rows']} rows; batch-1 p50 {report['latency_p50_ms_onnx_int8']:.1f} ms, "
+        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms; {report['size_mb_onnx_int8']:.1f} MB."
+    )
+    client.update_model_version(name, version, description=description)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A registered version scored on the test split by the server's classifier."""
+
+    accuracy: float
+    latency_p95_ms: float = float("nan")
+
+
+def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
+    """Score the candidate (and the champion), decide, record it, move the alias if won.
+
+    Returns what was done; a refusal raises UserError once it is recorded.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = cfg.registered_model
+    versions = {"candidate": resolve_version(client, name, cfg.version)}
+    if (holder := champion_version(client, name)) is not None:
+        versions["champion"] = holder
+    with step_run("promote", f"promote {name} v{versions['candidate']}"):
+        log_new_params(
+            asdict(cfg) | {"version": versions["candidate"], "champion_version": holder or ""}
+        )
+        models = {role: open_version(name, version) for role, version in versions.items()}
+        promoted, reason, scores = judge(cfg, data_cfg, models, versions)
+        record_decision(client, name, versions, scores, promoted, reason)
+        if not promoted:
+            raise UserError(f"version {versions['candidate']} not promoted: {reason}")
+        client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
+    return f"{name}@{CHAMPION} -> version {versions['candidate']}: {reason}"
+
+
+def judge(
+    cfg: PromoteConfig,
+    data_cfg: DataConfig,
+    models: dict[str, OnnxClassifier],
+    versions: dict[str, str],
+) -> tuple[bool, str, dict[str, "Score"]]:
+    """(promote?, why, scores): the labels first, then both models on one test split."""
+    candidate, champion = models["candidate"], models.get("champion")
+    if champion is not None and champion.labels != candidate.labels:
+        reason = (
+            f"it predicts {', '.join(candidate.labels)}, the champion (version "
+            f"{versions['champion']}) {', '.join(champion.labels)}; register it under another name"
+        )
+        return False, reason, {}
+    test = load_splits(data_cfg, seed=0, model_labels=candidate.labels).test
+    log_split(test, data_cfg.data, "test")
+    texts, labels = test["text"].tolist(), test["label"].to_numpy()
+    scores = {"candidate": score(candidate, texts, labels, cfg.latency_texts)}
+    if champion is not None:
+        scores["champion"] = score(champion, texts, labels)
+    return (*decide(cfg, scores["candidate"], scores.get("champion"), versions), scores)
+
+
+def resolve_version(client: Any, name: str, version: str) -> str:
+    """The version asked for, or the newest; UserError if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if version:
+            return client.get_model_version(name, version).version
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        raise UserError(
+            f"no version {version or ''} of registered model {name!r}: "
+            f"{str(err).splitlines()[0]}; export a model first"
+        ) from err
+    if not versions:
+        raise UserError(f"registered model {name!r} has no versions; export a model first")
+    return str(max(int(v.version) for v in versions))
+
+
+def champion_version(client: Any, name: str) -> str | None:
+    """The version `champion` points to, None if the alias is not set yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        return None  # resolve_version already proved the registered model exists
+
+
+def open_version(name: str, version: str) -> OnnxClassifier:
+    """The version's ONNX model in the classifier the server runs."""
+    try:
+        folder = local_model_folder(ModelSource(f"models:/{name}/{version}"))
+        return OnnxClassifier(folder, threads=available_cpus())
+    except ModelFolderError as err:
+        raise UserError(f"version {version} of {name!r} does not load: {err}") from err
+
+
+def score(
+    model: OnnxClassifier, texts: list[str], labels: np.ndarray, latency_texts: int = 0
+) -> Score:
+    """Test accuracy, and with `latency_texts` the batch-1 p95 (after a short warm-up)."""
+    accuracy = float((batched_predictions(model.logits, texts) == labels).mean())
+    if not latency_texts:
+        return Score(accuracy)
+    batch1_latency_ms(model.logits, texts[:10])
+    timings = batch1_latency_ms(model.logits, texts[:latency_texts])
+    return Score(accuracy, percentile(timings, 95))
+
+
+def decide(
+    cfg: PromoteConfig, candidate: Score, champion: Score | None, versions: dict[str, str]
+) -> tuple[bool, str]:
+    """(promote?, why): p95 within budget, and no accuracy drop past the limit unless forced."""
+    p95 = f"p95 {candidate.latency_p95_ms:.1f} ms"
+    if candidate.latency_p95_ms > cfg.max_p95_ms:
+        return False, f"{p95} is over max_p95_ms={cfg.max_p95_ms:g}"
+    if champion is None:
+        return True, f"first champion; {p95} within {cfg.max_p95_ms:g} ms"
+    drop = 100 * (champion.accuracy - candidate.accuracy)
+    versus = (
+        f"test accuracy {candidate.accuracy:.4f} vs the champion's (version "
+        f"{versions['champion']}) {champion.accuracy:.4f}"
+    )
+    if cfg.force:
+        return True, f"forced: {versus}, not gated; {p95}"
+    if drop > cfg.max_accuracy_drop:
+        limit = f"max_accuracy_drop={cfg.max_accuracy_drop:g}"
+        return False, f"{versus}: {drop:.2f} points lower ({limit})"
+    return True, f"{versus}; {p95} within {cfg.max_p95_ms:g} ms"
+
+
+def record_decision(
+    client: Any,
+    name: str,
+    versions: dict[str, str],
+    scores: dict[str, Score],
+    promoted: bool,
+    reason: str,
+) -> None:
+    """The decision, the scores and the reason: on the promote run and on the version."""
+    import mlflow
+
+    metrics = {f"{role}/accuracy": s.accuracy for role, s in scores.items()}
+    if "candidate" in scores:
+        metrics["candidate/latency_p95_ms"] = scores["candidate"].latency_p95_ms
+    mlflow.log_metrics(metrics)
+    decision = "promoted" if promoted else "refused"
+    mlflow.set_tags({"decision": decision, "reason": reason})
+    tags = {
+        "promotion": decision,
+        "promotion_reason": reason,
+        "promotion_run_id": mlflow.active_run().info.run_id,
+        "promotion_champion_version": versions.get("champion", ""),
+    }
+    tags |= {f"promotion_{role}_accuracy": f"{s.accuracy:.4f}" for role, s in scores.items()}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, versions["candidate"], key, value)
