@@ -85,6 +85,11 @@ class TrainConfig:
     threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
     log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
     head_lr: float = _help("Peak learning rate of the new classification head (0: lr).", 0.0)
+    layer_lr_decay: float = _help(
+        "Layer-wise learning-rate decay: each encoder layer below the top trains at this "
+        "times the rate of the one above it, the embeddings lowest (1: one rate for all).",
+        1.0,
+    )
     label_smoothing: float = _help("Label smoothing of the training loss (0: none).", 0.0)
     freeze_embeddings: bool = _help(
         "Keep the pretrained word embeddings fixed: a cheaper step (no gradient or AdamW "
@@ -108,6 +113,8 @@ class TrainConfig:
             raise UserError(f"lr={self.lr} must be > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise UserError(f"layer_lr_decay={self.layer_lr_decay} must be in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         non_negative = ("weight_decay", "max_grad_norm", "threads", "keep_checkpoints", "head_lr")

@@ -3,6 +3,7 @@
 `run_training` is the whole story; the helpers below it each do one step.
 """
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -240,17 +241,17 @@ HEAD_PREFIXES = ("classifier", "pre_classifier")
 
 
 def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe),
-    the new head at `head_lr`; frozen parameters are left out."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe), the
+    new head at `head_lr`, lower layers at decayed rates; frozen parameters left out."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    layers = model.config.num_hidden_layers
     for name, param in model.named_parameters():
         if param.requires_grad:
-            head, decay = (
-                name.startswith(HEAD_PREFIXES),
-                param.ndim >= 2 and "LayerNorm" not in name,
-            )
-            groups.setdefault((head, decay), []).append(param)
-    if cfg.head_lr and not any(head for head, _ in groups):
+            decay = param.ndim >= 2 and "LayerNorm" not in name
+            groups.setdefault((parameter_lr(name, cfg, layers), decay), []).append(param)
+    if cfg.head_lr and not any(
+        name.startswith(HEAD_PREFIXES) for name, _ in model.named_parameters()
+    ):
         raise UserError(
             f"head_lr is set but the model has no parameter named {' or '.join(HEAD_PREFIXES)}*; "
             "leave head_lr at 0 for this architecture"
@@ -258,16 +259,27 @@ def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Opti
     # The fused kernel updates all parameters in one pass (CPU and CUDA).
     return torch.optim.AdamW(
         [
-            {
-                "params": params,
-                "lr": (cfg.head_lr or cfg.lr) if head else cfg.lr,
-                "weight_decay": cfg.weight_decay if decay else 0.0,
-            }
-            for (head, decay), params in groups.items()
+            {"params": params, "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (lr, decay), params in groups.items()
         ],
         lr=cfg.lr,
         fused=True,
     )
+
+
+def parameter_lr(name: str, cfg: TrainConfig, layers: int) -> float:
+    """Peak learning rate of a parameter: the head's, or lr x layer_lr_decay^depth, where
+    depth counts layers down from the top (the pooler 0, the last layer 1, embeddings L+1).
+
+    Lower layers hold the general language knowledge of pretraining; smaller
+    steps there keep more of it while the top adapts to the task.
+    """
+    if name.startswith(HEAD_PREFIXES):
+        return cfg.head_lr or cfg.lr
+    if layer := re.search(r"\.layer\.(\d+)\.", name):
+        return cfg.lr * cfg.layer_lr_decay ** (layers - int(layer[1]))
+    depth = layers + 1 if "embeddings" in name else 0  # else the pooler, on top
+    return cfg.lr * cfg.layer_lr_decay**depth
 
 
 def micro_batch_groups(loader: DataLoader, size: int) -> Iterator[list[dict]]:

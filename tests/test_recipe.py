@@ -30,3 +30,15 @@ def test_frozen_embeddings_are_left_out_of_the_optimizer(tiny_bert):
     groups = groups_by_parameter(model, make_optimizer(model, TrainConfig(freeze_embeddings=True)))
     assert "bert.embeddings.word_embeddings.weight" not in groups
     assert "bert.embeddings.position_embeddings.weight" in groups
+
+
+def test_layer_lr_decay_lowers_the_rate_layer_by_layer(tiny_bert):
+    model, _ = load_model_and_tokenizer(str(tiny_bert))  # 2 layers
+    cfg = TrainConfig(lr=1e-3, head_lr=2e-3, layer_lr_decay=0.5)
+    groups = groups_by_parameter(model, make_optimizer(model, cfg))
+    lr = {name: group["lr"] for name, group in groups.items()}
+    assert lr["classifier.weight"] == 2e-3 and lr["bert.pooler.dense.weight"] == 1e-3
+    assert lr["bert.encoder.layer.1.output.dense.weight"] == 0.5e-3
+    assert lr["bert.encoder.layer.0.output.dense.weight"] == 0.25e-3
+    assert lr["bert.embeddings.word_embeddings.weight"] == 0.125e-3
+    assert lr["bert.embeddings.LayerNorm.weight"] == 0.125e-3
