@@ -94,7 +94,7 @@ def judge(
     data_cfg: DataConfig,
     models: dict[str, OnnxClassifier],
     versions: dict[str, str],
-) -> tuple[bool, str, dict[str, "Score"]]:
+) -> tuple[bool, str, dict[str, Score]]:
     """(promote?, why, scores): the labels first, then both models on one test split."""
     candidate, champion = models["candidate"], models.get("champion")
     if champion is not None and champion.labels != candidate.labels:

@@ -28,7 +28,7 @@ import mlflow
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from distrinews.config import TrackingConfig  # noqa: E402
-from tests.servers import LocalServer  # noqa: E402
+from tests.servers import LocalServer, headless_chromium  # noqa: E402
 
 EXPERIMENT = TrackingConfig.experiment
 #: Two short runs that differ in one setting, as a user comparing them would train.
@@ -56,18 +56,6 @@ def make_runs(store: Path, data: str, env: dict[str, str]) -> None:
     evaluate = {"run_id": first.info.run_id, "data": data, "max_eval_rows": COMMON["max_eval_rows"]}
     mlflow_run("evaluate", evaluate, store, env)
     mlflow_run("export", evaluate | {"latency_texts": "100"}, store, env)
-
-
-def browser(width: int = 1700, height: int = 1000):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.add_argument(f"--window-size={width},{height}")
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
 def wait_for_text(driver, text: str, timeout: float = 60) -> None:
@@ -180,7 +168,7 @@ def main() -> int:
     driver = None
     try:
         ui.wait_ready(timeout=120)
-        driver = browser()
+        driver = headless_chromium(1700, 1000)
         for page in pages(mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]), ui.url):
             shoot(driver, page)
     finally:

@@ -27,9 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:  # a bad DISTRINEWS_* value
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        create_app(settings), host=args.host, port=args.port, access_log=settings.access_log
-    )
+    # uvicorn's own access log is off: the app writes one JSON line per request.
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, access_log=False)
     server = uvicorn.Server(config)
     server.run()
     # uvicorn returns normally when start-up (model loading) failed.

@@ -11,14 +11,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.registry import fail_fast_on_unreachable_server
 from serving.inference import MicroBatcher, load_model
-from serving.reload import follow_alias
-from serving.routes import router
+from serving.observability import Observe, ServerMetrics
+from serving.reload import follow_alias, serve
+from serving.routes import build_router
 from serving.settings import Settings
 
 
@@ -32,11 +35,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loaded = await asyncio.to_thread(
         load_model, settings.model, settings.threads, settings.spinning
     )
+    metrics: ServerMetrics = app.state.metrics
     batcher = MicroBatcher(
-        loaded.classifier, settings.micro_batch_size, settings.micro_batch_window_ms
+        loaded.classifier,
+        settings.micro_batch_size,
+        settings.micro_batch_window_ms,
+        observe=metrics.observe_inference,
     )
     batcher.start()
-    app.state.model, app.state.batcher = loaded, batcher
+    app.state.batcher = batcher
+    serve(app, loaded)
     reloader = None
     if settings.reload_seconds and loaded.source.alias:
         reloader = asyncio.create_task(follow_alias(app, settings))
@@ -50,18 +58,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def configure_logging() -> None:
-    """The server's own lines (model reloads, failures) beside uvicorn's, with a time."""
-    log = logging.getLogger("serving")
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """The server's own lines (model reloads, failures) with a time, beside uvicorn's; the
+    access log as bare JSON lines, one per request, for log tools to parse."""
+    formats = {
+        "serving": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        "serving.access": "%(message)s",
+    }
+    for name, line_format in formats.items():
+        log = logging.getLogger(name)
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(line_format))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            log.propagate = False
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read. An HTTPException, so FastAPI answers 413 with it
+    (any other exception there becomes its 400 "error parsing the body")."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body over {max_bytes} bytes")
 
 
 class LimitBodySize:
@@ -88,7 +106,7 @@ class LimitBodySize:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -109,6 +127,17 @@ class LimitBodySize:
         await response(scope, receive, send)
 
 
+async def readable_validation_errors(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, with the text rule said in words instead of as a regex."""
+    errors = [
+        {**error, "msg": "must hold a character other than whitespace, and no NUL character"}
+        if error["type"] == "string_pattern_mismatch"
+        else error
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory)."""
     settings = settings or Settings()
@@ -119,6 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.batcher = None
-    app.include_router(router)
+    app.state.metrics = ServerMetrics()
+    app.add_exception_handler(RequestValidationError, readable_validation_errors)
+    app.include_router(build_router(settings))
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
+    # Outermost (added last): it times, counts and logs every answer, 413s included.
+    app.add_middleware(Observe, metrics=app.state.metrics, log_requests=settings.access_log)
     return app

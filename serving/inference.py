@@ -3,13 +3,15 @@
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import numpy as np
 
-from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
 from distrinews.runtime.registry import ModelSource, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")
@@ -38,7 +40,7 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
     classifier = OnnxClassifier(local_model_folder(source), threads=threads, spinning=spinning)
     for text in WARM_UP_TEXTS:
         classifier.probabilities([text])
-    return LoadedModel(classifier, source, datetime.now(UTC).isoformat(timespec="seconds"))
+    return LoadedModel(classifier, source, datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def export_report(classifier: OnnxClassifier) -> dict:
@@ -55,8 +57,15 @@ class MicroBatcher:
     window; under load, batches grow and requests/s with them.
     """
 
-    def __init__(self, classifier: OnnxClassifier, max_texts: int, window_ms: float):
+    def __init__(
+        self,
+        classifier: OnnxClassifier,
+        max_texts: int,
+        window_ms: float,
+        observe: Callable[[float, list[int]], None] = lambda seconds, tokens: None,
+    ):
         self.classifier = classifier
+        self.observe = observe  # (seconds of one inference, tokens of each of its texts)
         self.max_texts = max_texts
         self.window = window_ms / 1000
         self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] = asyncio.Queue()
@@ -77,10 +86,19 @@ class MicroBatcher:
         if len(texts) >= self.max_texts:
             # Nothing could join this request (always so with batching off):
             # skip the queue and the worker's hop.
-            return await loop.run_in_executor(self.executor, self.classifier.probabilities, texts)
+            return await loop.run_in_executor(self.executor, self.infer, self.classifier, texts)
         future = loop.create_future()
         await self.queue.put((texts, future))
         return await future
+
+    def infer(self, classifier: OnnxClassifier, texts: list[str]) -> np.ndarray:
+        """Class probabilities from `classifier`, the one the request started with: a model
+        swapped in meanwhile (serving.reload) answers only later requests."""
+        start = time.perf_counter()
+        encodings = classifier.encode(texts)
+        rows = softmax(classifier.logits_of(encodings))
+        self.observe(time.perf_counter() - start, [len(e.ids) for e in encodings])
+        return rows
 
     async def _collect(self) -> list[tuple[list[str], asyncio.Future]]:
         batch = [await self.queue.get()]
@@ -107,9 +125,7 @@ class MicroBatcher:
             batch = await self._collect()
             texts = [text for request_texts, _ in batch for text in request_texts]
             try:
-                rows = await loop.run_in_executor(
-                    self.executor, self.classifier.probabilities, texts
-                )
+                rows = await loop.run_in_executor(self.executor, self.infer, self.classifier, texts)
             except Exception as err:  # answer every waiting request, keep serving
                 log.exception("inference failed")
                 for _, future in batch:

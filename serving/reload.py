@@ -50,9 +50,15 @@ async def follow_alias(app: FastAPI, settings: Settings) -> None:
                 *(version, name, alias, current.source.version, err),
             )
             continue
-        app.state.batcher.classifier = new.classifier
-        app.state.model = new
+        serve(app, new)
         log.info("now serving version %s of %s@%s", version, name, alias)
+
+
+def serve(app: FastAPI, loaded: LoadedModel) -> None:
+    """Make `loaded` the model that answers from now on (no await: atomic for requests)."""
+    app.state.batcher.classifier = loaded.classifier
+    app.state.model = loaded
+    app.state.metrics.describe_model(loaded.source, loaded.classifier.labels)
 
 
 def load_version(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:

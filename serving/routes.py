@@ -1,15 +1,28 @@
-"""HTTP routes: predict, batch predict, health, readiness, model info."""
+"""HTTP routes: the page, predict, batch predict, health, readiness, model info, metrics.
 
+The request models are built from the settings, so the OpenAPI schema states
+every limit the server enforces (length, batch size, no empty text, no NUL):
+what the schema accepts is served, what it refuses gets a 4xx.
+"""
+
+from importlib.resources import files
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field, StrictStr, field_validator
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from serving.inference import LoadedModel, MicroBatcher, export_report
 from serving.settings import Settings
 
-router = APIRouter()
+#: Some character that is not whitespace, and no NUL anywhere: the same rule as
+#: `str.strip()` being non-empty (Python's \s is str.isspace()).
+TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+#: The try-it page: one static file, no build step, no external scripts or fonts.
+PAGE = files("serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
 class ErrorDetail(BaseModel):
@@ -19,34 +32,9 @@ class ErrorDetail(BaseModel):
 #: Answers besides 200 and FastAPI's own 422, documented for clients.
 NOT_LOADED = {503: {"model": ErrorDetail, "description": "The model is not loaded yet"}}
 PREDICT_ERRORS = NOT_LOADED | {
-    413: {"model": ErrorDetail, "description": "Body or batch over the configured limit"}
+    400: {"model": ErrorDetail, "description": "The body cannot be read (not UTF-8 text)"},
+    413: {"model": ErrorDetail, "description": "Request body over the configured size"},
 }
-
-
-def validate_text(text: str, where: str = "text") -> str:
-    if not text.strip():
-        raise ValueError(f"{where} is empty or whitespace only")
-    if "\x00" in text:
-        raise ValueError(f"{where} contains a NUL character")
-    return text
-
-
-class PredictRequest(BaseModel):
-    text: StrictStr = Field(description="News text; truncated to the model's max tokens")
-
-    @field_validator("text")
-    @classmethod
-    def check_text(cls, text: str) -> str:
-        return validate_text(text)
-
-
-class BatchRequest(BaseModel):
-    texts: list[StrictStr] = Field(min_length=1, description="News texts")
-
-    @field_validator("texts")
-    @classmethod
-    def check_texts(cls, texts: list[str]) -> list[str]:
-        return [validate_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
 
 
 class Prediction(BaseModel):
@@ -59,8 +47,21 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
+    """PredictRequest and BatchRequest with this server's limits in their schema."""
+    news_text = Annotated[
+        str,
+        StringConstraints(strict=True, max_length=settings.max_text_chars, pattern=TEXT_PATTERN),
+        Field(
+            description=f"News text: not blank, no NUL, at most {settings.max_text_chars} "
+            "characters; truncated to the model's max tokens"
+        ),
+    ]
+    texts = Field(min_length=1, max_length=settings.max_batch_texts)
+    return (
+        create_model("PredictRequest", text=(news_text, ...)),
+        create_model("BatchRequest", texts=(list[news_text], texts)),
+    )
 
 
 def get_batcher(request: Request) -> MicroBatcher:
@@ -70,19 +71,7 @@ def get_batcher(request: Request) -> MicroBatcher:
     return batcher
 
 
-# Each dependency declared once; routes take them as plain typed arguments.
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
-
-
-def check_lengths(texts: list[str], settings: Settings) -> None:
-    for i, text in enumerate(texts):
-        if len(text) > settings.max_text_chars:
-            raise HTTPException(
-                422,
-                f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars} "
-                "(texts are truncated to the model's max tokens anyway)",
-            )
 
 
 def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[Prediction]:
@@ -97,42 +86,46 @@ def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[Prediction
     ]
 
 
-async def predict_texts(texts: list[str], batcher: MicroBatcher) -> list[Prediction]:
-    return to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
+async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list:
+    """Predictions for `texts`; their length and labels go to the access log (not the texts)."""
+    predictions = to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
+    request.state.text_chars = sum(map(len, texts))
+    request.state.label = ",".join(p.label for p in predictions)
+    return predictions
 
 
-@router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
-async def predict(
-    body: PredictRequest,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-) -> Prediction:
-    check_lengths([body.text], settings)
-    (prediction,) = await predict_texts([body.text], batcher)
-    return prediction
+def build_router(settings: Settings) -> APIRouter:
+    """Every route, with request models that carry `settings`' limits."""
+    router = APIRouter()
+    PredictRequest, BatchRequest = request_models(settings)
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE
+
+    @router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
+    async def predict(body: PredictRequest, batcher: BatcherDep, request: Request) -> Prediction:
+        (prediction,) = await predict_texts([body.text], batcher, request)
+        return prediction
+
+    @router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
+    async def predict_batch(
+        body: BatchRequest, batcher: BatcherDep, request: Request
+    ) -> BatchPrediction:
+        return BatchPrediction(predictions=await predict_texts(body.texts, batcher, request))
+
+    router.add_api_route("/health", health, methods=["GET"])
+    router.add_api_route("/ready", ready, methods=["GET"], responses=NOT_LOADED)
+    router.add_api_route("/model", model_info, methods=["GET"], responses=NOT_LOADED)
+    router.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    return router
 
 
-@router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
-async def predict_batch(
-    body: BatchRequest,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-) -> BatchPrediction:
-    if len(body.texts) > settings.max_batch_texts:
-        raise HTTPException(
-            413, f"{len(body.texts)} texts in one batch; the limit is {settings.max_batch_texts}"
-        )
-    check_lengths(body.texts, settings)
-    return BatchPrediction(predictions=await predict_texts(body.texts, batcher))
-
-
-@router.get("/health")
 async def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "healthy"}
 
 
-@router.get("/ready", responses=NOT_LOADED)
 async def ready(request: Request) -> dict[str, bool]:
     """Readiness: 503 until the model is loaded."""
     if getattr(request.app.state, "batcher", None) is None:
@@ -140,7 +133,6 @@ async def ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/model", responses=NOT_LOADED)
 async def model_info(request: Request, batcher: BatcherDep) -> dict:
     """What is served: its source (and registry version), labels, and when it was loaded."""
     loaded: LoadedModel = request.app.state.model
@@ -158,3 +150,9 @@ async def model_info(request: Request, batcher: BatcherDep) -> dict:
         "labels": list(classifier.labels),
         "max_tokens": classifier.max_length,
     }
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: requests, latency, inference time, tokens, in flight, model."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

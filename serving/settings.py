@@ -41,7 +41,11 @@ class Settings(BaseSettings):
     micro_batch_size: int = Field(
         1, ge=1, description="Most texts from concurrent requests combined into one inference"
     )
-    access_log: bool = Field(True, description="Log every request (uvicorn's access log)")
+    access_log: bool = Field(
+        True,
+        description="Log one JSON line per request (time, id, route, status, latency, text "
+        "length, label; never the text)",
+    )
     micro_batch_window_ms: float = Field(
         1.0,
         ge=0,

@@ -157,3 +157,30 @@ class BackgroundLoad:
 
     async def _run(self) -> None:
         await asyncio.gather(*(self._client(i) for i in range(self.clients)))
+
+
+#: Chromium flags for this sandbox: headless, as root, and no background
+#: connections (the network is closed; Chromium would retry them at start).
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def headless_chromium(width: int = 1280, height: int = 900):
+    """Debian's Chromium driven by selenium through Debian's chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--window-size={width},{height}")
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)

@@ -56,15 +56,22 @@ class OnnxClassifier:
         _check_labels(self.labels, self.session, self.folder)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        """Logits in the texts' order, computed in groups of similar length.
+        """Logits in the texts' order."""
+        return self.logits_of(self.encode(texts))
+
+    def encode(self, texts: list[str]) -> list:
+        """Token ids of each text, truncated, unpadded."""
+        return self.tokenizer.encode_batch(texts)
+
+    def logits_of(self, encodings: list) -> np.ndarray:
+        """Logits of encoded texts, in their order, computed in groups of similar length.
 
         One padded batch would spend most of its work on padding when a short
         and a long text meet; groups whose padding stays under
         `max_padding_share` keep the batching gain without that waste.
         """
-        encodings = self.tokenizer.encode_batch(texts)  # unpadded
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        logits = np.empty((len(encodings), len(self.labels)), dtype=np.float32)
         group: list[int] = []
         for index in order:
             candidate = [*group, index]

@@ -1,0 +1,145 @@
+"""What an operator sees: Prometheus metrics, one JSON access-log line per request, request ids.
+
+One pure-ASGI middleware does all three, so a request is timed once and
+every answer, 4xx and 413 included, is counted and logged. Never logged:
+the text itself (only its length).
+"""
+
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from distrinews.runtime.registry import ModelSource
+
+access_log = logging.getLogger("serving.access")
+
+#: A client's X-Request-ID is echoed if it is this simple (no log or header injection).
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+TOKEN_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class ServerMetrics:
+    """The server's metrics, in a registry of its own (one per app, so tests start at zero)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "distrinews_requests",
+            "HTTP requests answered, by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "distrinews_request_duration_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "distrinews_inference_duration_seconds",
+            "ONNX Runtime time per inference call (tokenization included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Histogram(
+            "distrinews_tokens_per_text",
+            "Tokens per text after truncation",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "distrinews_requests_in_flight", "Requests being handled now", registry=r
+        )
+        self.model = Info("distrinews_model", "The model being served", registry=r)
+
+    def observe_inference(self, seconds: float, tokens: list[int]) -> None:
+        self.inference.observe(seconds)
+        for count in tokens:
+            self.tokens.observe(count)
+
+    def describe_model(self, source: ModelSource, labels: tuple[str, ...]) -> None:
+        self.model.info(
+            {
+                "source": source.uri,
+                "registered_model": source.registered_model or "",
+                "version": source.version or "",
+                "alias": source.alias or "",
+                "labels": ",".join(labels),
+            }
+        )
+
+
+class Observe:
+    """Count, time and log each HTTP request; give each an X-Request-ID."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, log_requests: bool):
+        self.app, self.metrics, self.log_requests = app, metrics, log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        status = 500  # if the app raises before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            if self.log_requests:
+                access_log.info(
+                    json.dumps(
+                        {
+                            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "latency_ms": round(1000 * seconds, 2),
+                            "text_chars": state.get("text_chars"),
+                            "label": state.get("label"),
+                        }
+                    )
+                )
