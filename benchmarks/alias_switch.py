@@ -26,9 +26,9 @@ from tests.helpers import MlflowStore
 from tests.servers import Answer, BackgroundLoad, MlflowServer, Server
 
 
-def register_two_versions(store: MlflowStore, model: str) -> None:
+def register_two_versions(store: MlflowStore, model: str, data: str) -> None:
     for _ in range(2):
-        params = {"checkpoint": model, "data": DATA, "max_eval_rows": 200, "latency_texts": 20}
+        params = {"checkpoint": model, "data": data, "max_eval_rows": 200, "latency_texts": 20}
         result = store.mlflow_run("export", "alias-switch", params, timeout=1800)
         if result.returncode:
             raise SystemExit(f"export failed: {result.stderr[-2000:]}")
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--reload-seconds", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=10, help="load before and after")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "alias_switch.md")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="alias-switch-") as work:
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tracking.wait_ready(timeout=120)
             store.env["MLFLOW_TRACKING_URI"] = tracking.url
-            register_two_versions(store, args.model)
+            register_two_versions(store, args.model, args.data)
             client = mlflow.MlflowClient(tracking.url)
             client.set_registered_model_alias(REGISTERED_MODEL, "champion", "1")
             env = store.env | {"PATH": os.environ["PATH"]}
@@ -104,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 server.wait_ready(timeout=120)
-                result = switch(server, client, ag_news_test_texts(DATA), args)
+                result = switch(server, client, ag_news_test_texts(args.data), args)
             finally:
                 server.stop()
         finally:
             tracking.stop()
     body, metrics = table(result, args)
-    record("alias_switch", "Switching the served version under load", body, args.output, metrics)
+    title = "Switching the served version under load"
+    record("alias_switch", title, body, args.output, metrics, experiment=args.experiment)
     return 0 if metrics["errors"] == 0 else 1
 
 

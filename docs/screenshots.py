@@ -2,6 +2,7 @@
 
     python docs/screenshots.py                 # trains two short runs first (~6 min on 2 vCPUs)
     python docs/screenshots.py --store DIR     # reuse the runs a previous call left in DIR
+    python docs/screenshots.py --page FOLDER   # only docs/page.png: the server's page at /
 
 Trains two short runs of the default MiniLM that differ in learning rate
 (`mlflow run . -e train`, as the README does, in the experiment
@@ -28,7 +29,7 @@ import mlflow
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from distrinews.config import TrackingConfig  # noqa: E402
-from tests.servers import LocalServer, headless_chromium  # noqa: E402
+from tests.servers import LocalServer, Server, headless_chromium  # noqa: E402
 
 EXPERIMENT = TrackingConfig.experiment
 #: Two short runs that differ in one setting, as a user comparing them would train.
@@ -141,11 +142,38 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     ]
 
 
+def shoot_page(model: Path) -> None:
+    """docs/page.png: the server's page at / after a headline was classified."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = Server(str(model), dict(os.environ))
+    driver = None
+    try:
+        server.wait_ready(timeout=120)
+        driver = headless_chromium(900, 760)
+        driver.get(f"{server.url}/")
+        box = driver.find_element(By.ID, "text")
+        box.send_keys("Oil prices fall as OPEC agrees to raise output", Keys.ENTER)
+        wait_for_text(driver, "Answered in")
+        driver.save_screenshot(str(REPO / "docs" / "page.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="folder of a store this script filled before")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ag_news"))
+    parser.add_argument(
+        "--page", type=Path, help="only docs/page.png, served from this exported model folder"
+    )
     args = parser.parse_args()
+    if args.page:
+        shoot_page(args.page)
+        return 0
     store = (args.store or Path(tempfile.mkdtemp(prefix="distrinews-screens-"))).resolve()
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}")
     if args.store is None:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
@@ -74,23 +74,27 @@ def get_batcher(request: Request) -> MicroBatcher:
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 
 
-def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[Prediction]:
-    """One Prediction per row of class probabilities."""
+def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[dict]:
+    """One prediction (the Prediction schema, as a dict) per row of class probabilities.
+
+    Dicts go out as JSONResponse: FastAPI would otherwise validate and encode
+    each answer again through the response model, per request.
+    """
     return [
-        Prediction(
-            label=labels[int(row.argmax())],
-            confidence=float(row.max()),
-            probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
-        )
+        {
+            "label": labels[int(row.argmax())],
+            "confidence": float(row.max()),
+            "probabilities": dict(zip(labels, row.tolist(), strict=True)),
+        }
         for row in rows
     ]
 
 
-async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list:
+async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list[dict]:
     """Predictions for `texts`; their length and labels go to the access log (not the texts)."""
     predictions = to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
     request.state.text_chars = sum(map(len, texts))
-    request.state.label = ",".join(p.label for p in predictions)
+    request.state.label = ",".join(p["label"] for p in predictions)
     return predictions
 
 
@@ -104,15 +108,13 @@ def build_router(settings: Settings) -> APIRouter:
         return PAGE
 
     @router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
-    async def predict(body: PredictRequest, batcher: BatcherDep, request: Request) -> Prediction:
+    async def predict(body: PredictRequest, batcher: BatcherDep, request: Request) -> Response:
         (prediction,) = await predict_texts([body.text], batcher, request)
-        return prediction
+        return JSONResponse(prediction)
 
     @router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
-    async def predict_batch(
-        body: BatchRequest, batcher: BatcherDep, request: Request
-    ) -> BatchPrediction:
-        return BatchPrediction(predictions=await predict_texts(body.texts, batcher, request))
+    async def predict_batch(body: BatchRequest, batcher: BatcherDep, request: Request) -> Response:
+        return JSONResponse({"predictions": await predict_texts(body.texts, batcher, request)})
 
     router.add_api_route("/health", health, methods=["GET"])
     router.add_api_route("/ready", ready, methods=["GET"], responses=NOT_LOADED)

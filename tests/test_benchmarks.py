@@ -165,3 +165,23 @@ def test_accuracy_trials(tmp_path, tiny_bert, small_data):
     assert first[3:5] == second[3:5], "the same seeds train the same model"
     mean_test = float(second[4].split(" ± ")[0])
     assert run.data.metrics["bench_test_mean"] == pytest.approx(mean_test, abs=5e-5)
+
+
+def test_alias_switch(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    args = ("--model", tiny_bert, "--data", small_data, "--seconds", 2, "--clients", 4)
+    text, run = run_benchmark(store, "alias_switch", *args)
+    rows = table_rows(text, "before") + table_rows(text, "switch") + table_rows(text, "after")
+    assert len(rows) == 3 and all(int(row[1]) > 0 and row[2] == "0" for row in rows)
+    assert run.data.metrics["bench_errors"] == 0
+    assert 0 < run.data.metrics["bench_seconds_to_serve"] < 60
+
+
+def test_neighbour(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--seconds", 1, "--rounds", 1)
+    text, run = run_benchmark(store, "neighbour", *args, "--rate", 50)
+    rows = {row[0]: row for row in table_rows(text, "")[1:]}
+    assert {"no server", "idle, spinning on", "back to back, spinning off"} <= set(rows)
+    assert float(rows["no server"][2]) == 1.0 and float(rows["back to back, spinning on"][3]) > 0
+    assert run.data.metrics["bench_neighbour_share_idle_spinning_on"] > 0

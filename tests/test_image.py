@@ -47,6 +47,8 @@ def test_image_install_serves_without_torch(exported, tmp_path, texts):
             "Business",
             "Sci/Tech",
         )
+        # The page is package data: installed with the package, not read from the clone.
+        assert "<title>DistriNews" in httpx.get(f"{server.url}/", timeout=10).text
     finally:
         server.stop()
     serve_the_champion_through_a_tracking_server(store, env, python, tmp_path)
