@@ -98,7 +98,7 @@ def table(rounds: list[dict], args) -> tuple[str, dict[str, float]]:
     baseline = statistics.median(r["no server"]["units_per_s"] for r in rounds)
     lines = [
         f"A single-threaded neighbour process runs {args.seconds:g} s of pure-Python work "
-        "beside the server (2 ONNX Runtime threads); medians over "
+        "beside the server (ONNX Runtime: one thread per vCPU); medians over "
         f"{len(rounds)} rounds. 'paced': one client at {args.rate:g} requests/s; 'back to back': "
         "one client, the next request as soon as the answer comes.",
         "",

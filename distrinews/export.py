@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distrinews.config import DataConfig, ExportConfig, UserError
 from distrinews.data import load_splits
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
-from distrinews.registry import describe_version
+from distrinews.registry import POINTS_TOLERANCE, UNTRAINED, describe_version
 from distrinews.runtime.cpu import available_cpus, detect_target
 from distrinews.runtime.labels import LABELS, labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier
@@ -164,7 +164,7 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
     target = detect_target() if cfg.target == "auto" else cfg.target
     with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
         work_dir = Path(work)
-        source_run, checkpoint = resolve_checkpoint(cfg, work_dir)
+        source_run, checkpoint, untrained = resolve_checkpoint(cfg, work_dir)
         if source_run is not None:
             # Truncate as the model was trained.
             max_length = int(source_run.data.params.get("max_length", data_cfg.max_length))
@@ -174,6 +174,8 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
             import mlflow
 
             mlflow.set_tags({"quantization": f"dynamic int8 ({target})"})
+            if untrained:  # the registered version says so, and promote refuses it
+                mlflow.set_tag(UNTRAINED, "true")
             int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, target, work_dir)
             report["export_run_id"] = run.info.run_id
         if cfg.output:
@@ -211,9 +213,10 @@ def export_and_check(
         "source_run_id": run.data.tags.get("source_run_id"),
         "export_run_id": run.info.run_id,
         "test_rows": len(test),
+        UNTRAINED: run.data.tags.get(UNTRAINED),
     }
     (int8_dir / "export_report.json").write_text(json.dumps(evidence | report, indent=2))
-    accepted = drop_points <= cfg.max_accuracy_drop
+    accepted = drop_points <= cfg.max_accuracy_drop + POINTS_TOLERANCE
     # A rejected model is still logged, to look into, but never registered.
     version = log_and_register(int8_dir, texts[:2], cfg.registered_model if accepted else "")
     if version:
@@ -234,8 +237,8 @@ def log_and_register(int8_dir: Path, example_texts: list[str], registered_model:
     return str(info.registered_model_version or "")
 
 
-def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:
-    """(source MLflow run or None, a local save_pretrained folder)."""
+def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path, bool]:
+    """(source MLflow run or None, a local save_pretrained folder, whether its head is new)."""
     if cfg.checkpoint:
         folder = Path(resolve_model_path(cfg.checkpoint))
         if not (folder / "config.json").is_file():
@@ -257,12 +260,13 @@ def resolve_checkpoint(cfg: ExportConfig, work_dir: Path) -> tuple[Any, Path]:
             folder = work_dir / "checkpoint"
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-        return None, folder
+            return None, folder, True
+        return None, folder, False
     model, tokenizer, run = load_logged_model(cfg.run_id or newest_finished_train_run())
     folder = work_dir / "checkpoint"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return run, folder
+    return run, folder, False
 
 
 def newest_finished_train_run() -> str:

@@ -6,7 +6,10 @@ the same test split, through the classifier the server runs, and moves the
 alias only if the candidate is as accurate and fast enough.
 """
 
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,10 +20,17 @@ from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
 from distrinews.runtime.registry import ModelSource, local_model_folder
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
-from distrinews.tracking import log_new_params, log_split, step_run
+from distrinews.tracking import check_tracking_server, log_new_params, log_split, step_run
 
 #: The alias the server follows and `promote` moves.
 CHAMPION = "champion"
+
+#: Float slack when comparing accuracy points with a limit: 100 * (182/200 - 181/200)
+#: is 0.5000000000000004, and a drop of exactly the limit is allowed.
+POINTS_TOLERANCE = 1e-9
+
+#: Version tag set by export on a model whose head was never trained (exported to time it).
+UNTRAINED = "untrained_head"
 
 #: Export report figures copied onto a registered version, as tag name: report key.
 VERSION_EVIDENCE = {
@@ -41,7 +51,7 @@ def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
     tags = {tag: f"{report[key]:.4f}" for tag, key in VERSION_EVIDENCE.items()}
     tags |= {
         key: str(report[key])
-        for key in ("target", "source", "source_run_id", "export_run_id", "test_rows")
+        for key in ("target", "source", "source_run_id", "export_run_id", "test_rows", UNTRAINED)
         if report.get(key) is not None
     }
     for key, value in tags.items():
@@ -71,22 +81,59 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
     """
     import mlflow
 
+    check_tracking_server()
     client = mlflow.MlflowClient()
     name = cfg.registered_model
     versions = {"candidate": resolve_version(client, name, cfg.version)}
     if (holder := champion_version(client, name)) is not None:
         versions["champion"] = holder
-    with step_run("promote", f"promote {name} v{versions['candidate']}"):
+    candidate_tags = client.get_model_version(name, versions["candidate"]).tags
+    with (
+        step_run("promote", f"promote {name} v{versions['candidate']}"),
+        tempfile.TemporaryDirectory(prefix="distrinews-promote-") as work,
+    ):
         log_new_params(
             asdict(cfg) | {"version": versions["candidate"], "champion_version": holder or ""}
         )
-        models = {role: open_version(name, version) for role, version in versions.items()}
-        promoted, reason, scores = judge(cfg, data_cfg, models, versions)
+        models = open_versions(name, versions, Path(work))
+        if candidate_tags.get(UNTRAINED) == "true" and not cfg.force:
+            promoted, reason, scores = False, UNTRAINED_REASON, {}
+        else:
+            promoted, reason, scores = judge(cfg, data_cfg, models, versions)
         record_decision(client, name, versions, scores, promoted, reason)
         if not promoted:
             raise UserError(f"version {versions['candidate']} not promoted: {reason}")
-        client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
+        move_alias(client, name, versions)
     return f"{name}@{CHAMPION} -> version {versions['candidate']}: {reason}"
+
+
+UNTRAINED_REASON = (
+    "its classification head was never trained (an encoder exported with -P checkpoint=, "
+    "to time it); export a trained model, or pass -P force=true"
+)
+
+
+def open_versions(name: str, versions: dict[str, str], work: Path) -> dict[str, OnnxClassifier]:
+    """The candidate and the champion, downloaded into `work`. A champion that no longer
+    loads is left out (judged as if there were none), so it can be replaced."""
+    models = {"candidate": open_version(name, versions["candidate"], work / "candidate")}
+    if "champion" in versions:
+        try:
+            models["champion"] = open_version(name, versions["champion"], work / "champion")
+        except UserError as err:
+            print(f"note: the champion does not load, judged as absent: {err}", file=sys.stderr)
+            del versions["champion"]
+    return models
+
+
+def move_alias(client: Any, name: str, versions: dict[str, str]) -> None:
+    """Point `champion` at the candidate, unless another promotion moved it meanwhile."""
+    now = champion_version(client, name)
+    if now != versions.get("champion"):
+        raise UserError(
+            f"{name}@{CHAMPION} moved to version {now} during this promotion; run it again"
+        )
+    client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
 
 
 def judge(
@@ -104,6 +151,8 @@ def judge(
         )
         return False, reason, {}
     test = load_splits(data_cfg, seed=0, model_labels=candidate.labels).test
+    if test.empty:
+        raise UserError(f"the test split of {data_cfg.data} is empty: nothing to score on")
     log_split(test, data_cfg.data, "test")
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
     scores = {"candidate": score(candidate, texts, labels, cfg.latency_texts)}
@@ -136,14 +185,17 @@ def champion_version(client: Any, name: str) -> str | None:
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
-        return None  # resolve_version already proved the registered model exists
+    except MlflowException as err:
+        # Only "no such alias" means no champion: a registry error must not skip the gate.
+        if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise UserError(f"cannot read {name}@{CHAMPION}: {str(err).splitlines()[0]}") from err
 
 
-def open_version(name: str, version: str) -> OnnxClassifier:
-    """The version's ONNX model in the classifier the server runs."""
+def open_version(name: str, version: str, into: Path) -> OnnxClassifier:
+    """The version's ONNX model, downloaded into `into`, in the classifier the server runs."""
     try:
-        folder = local_model_folder(ModelSource(f"models:/{name}/{version}"))
+        folder = local_model_folder(ModelSource(f"models:/{name}/{version}"), into)
         return OnnxClassifier(folder, threads=available_cpus())
     except ModelFolderError as err:
         raise UserError(f"version {version} of {name!r} does not load: {err}") from err
@@ -177,7 +229,7 @@ def decide(
     )
     if cfg.force:
         return True, f"forced: {versus}, not gated; {p95}"
-    if drop > cfg.max_accuracy_drop:
+    if drop > cfg.max_accuracy_drop + POINTS_TOLERANCE:
         limit = f"max_accuracy_drop={cfg.max_accuracy_drop:g}"
         return False, f"{versus}: {drop:.2f} points lower ({limit})"
     return True, f"{versus}; {p95} within {cfg.max_p95_ms:g} ms"

@@ -249,13 +249,7 @@ def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Opti
         if param.requires_grad:
             decay = param.ndim >= 2 and "LayerNorm" not in name
             groups.setdefault((parameter_lr(name, cfg, layers), decay), []).append(param)
-    if cfg.head_lr and not any(
-        name.startswith(HEAD_PREFIXES) for name, _ in model.named_parameters()
-    ):
-        raise UserError(
-            f"head_lr is set but the model has no parameter named {' or '.join(HEAD_PREFIXES)}*; "
-            "leave head_lr at 0 for this architecture"
-        )
+    check_recipe_fits(model, cfg)
     # The fused kernel updates all parameters in one pass (CPU and CUDA).
     return torch.optim.AdamW(
         [
@@ -267,6 +261,25 @@ def make_optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Opti
     )
 
 
+def check_recipe_fits(model: PreTrainedModel, cfg: TrainConfig) -> None:
+    """head_lr and layer_lr_decay need parameters they recognise: say so, not ignore them."""
+    names = [name for name, _ in model.named_parameters()]
+    if cfg.head_lr and not any(name.startswith(HEAD_PREFIXES) for name in names):
+        raise UserError(
+            f"head_lr is set but the model has no parameter named {' or '.join(HEAD_PREFIXES)}*; "
+            "leave head_lr at 0 for this architecture"
+        )
+    if cfg.layer_lr_decay < 1 and not any(LAYER.search(name) for name in names):
+        raise UserError(
+            "layer_lr_decay is set but no parameter is named like '.layer.<N>.'; leave it at "
+            "1 for this architecture"
+        )
+
+
+#: An encoder layer's parameters: bert.encoder.layer.3.*, distilbert.transformer.layer.3.*
+LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
 def parameter_lr(name: str, cfg: TrainConfig, layers: int) -> float:
     """Peak learning rate of a parameter: the head's, or lr x layer_lr_decay^depth, where
     depth counts layers down from the top (the pooler 0, the last layer 1, embeddings L+1).
@@ -276,7 +289,7 @@ def parameter_lr(name: str, cfg: TrainConfig, layers: int) -> float:
     """
     if name.startswith(HEAD_PREFIXES):
         return cfg.head_lr or cfg.lr
-    if layer := re.search(r"\.layer\.(\d+)\.", name):
+    if layer := LAYER.search(name):
         return cfg.lr * cfg.layer_lr_decay ** (layers - int(layer[1]))
     depth = layers + 1 if "embeddings" in name else 0  # else the pooler, on top
     return cfg.lr * cfg.layer_lr_decay**depth

@@ -3,7 +3,8 @@
 `create_app` builds it from settings (the environment by default), so nothing
 is built at import time:
 
-    DISTRINEWS_MODEL=<folder or MLflow URI> uvicorn --factory serving.app:create_app --port 8000
+    DISTRINEWS_MODEL=<folder or MLflow URI> uvicorn --factory serving.app:create_app --port 8000 \
+        --no-access-log  # the app logs each request itself, as JSON
 """
 
 import asyncio
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from distrinews.runtime.registry import fail_fast_on_unreachable_server
 from serving.inference import MicroBatcher, load_model
 from serving.observability import Observe, ServerMetrics
-from serving.reload import follow_alias, serve
+from serving.reload import follow_alias, log_if_stopped, serve
 from serving.routes import build_router
 from serving.settings import Settings
 
@@ -48,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     reloader = None
     if settings.reload_seconds and loaded.source.alias:
         reloader = asyncio.create_task(follow_alias(app, settings))
+        reloader.add_done_callback(log_if_stopped)
     try:
         yield
     finally:

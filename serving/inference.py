@@ -3,16 +3,19 @@
 import asyncio
 import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
-from distrinews.runtime.registry import ModelSource, local_model_folder, resolve_source
+from distrinews.runtime.registry import ModelSource, is_remote, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")
 
@@ -24,6 +27,14 @@ class LoadedModel:
     classifier: OnnxClassifier
     source: ModelSource
     loaded_at: str
+    report: dict  # the export's export_report.json, read at load
+    download: Path | None = None  # the folder it was downloaded into (ours to delete)
+
+    def retire(self) -> None:
+        """Delete its download once another model serves. Requests still running on it
+        are unaffected: ONNX Runtime and the tokenizer hold what they read in memory."""
+        if self.download is not None:
+            shutil.rmtree(self.download, ignore_errors=True)
 
 
 #: Texts of a few lengths run once after loading: the first requests then
@@ -37,15 +48,31 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
     The model's own labels are served (they travel in its config.json).
     """
     source = resolve_source(model)
-    classifier = OnnxClassifier(local_model_folder(source), threads=threads, spinning=spinning)
-    for text in WARM_UP_TEXTS:
-        classifier.probabilities([text])
-    return LoadedModel(classifier, source, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    download = Path(tempfile.mkdtemp(prefix="distrinews-model-")) if is_remote(source.uri) else None
+    try:
+        folder = local_model_folder(source, into=download)
+        classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
+        for text in WARM_UP_TEXTS:
+            classifier.probabilities([text])
+    except BaseException:
+        if download is not None:
+            shutil.rmtree(download, ignore_errors=True)
+        raise
+    loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return LoadedModel(classifier, source, loaded_at, export_report(folder), download)
 
 
-def export_report(classifier: OnnxClassifier) -> dict:
-    report = classifier.folder / "export_report.json"
+def export_report(folder: Path) -> dict:
+    report = folder / "export_report.json"
     return json.loads(report.read_text()) if report.is_file() else {}
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Rows of class probabilities, and the labels of their columns."""
+
+    rows: np.ndarray
+    labels: tuple[str, ...]
 
 
 class MicroBatcher:
@@ -81,7 +108,7 @@ class MicroBatcher:
             self.worker.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def probabilities(self, texts: list[str]) -> np.ndarray:
+    async def probabilities(self, texts: list[str]) -> Scores:
         loop = asyncio.get_running_loop()
         if len(texts) >= self.max_texts:
             # Nothing could join this request (always so with batching off):
@@ -91,14 +118,14 @@ class MicroBatcher:
         await self.queue.put((texts, future))
         return await future
 
-    def infer(self, classifier: OnnxClassifier, texts: list[str]) -> np.ndarray:
-        """Class probabilities from `classifier`, the one the request started with: a model
-        swapped in meanwhile (serving.reload) answers only later requests."""
+    def infer(self, classifier: OnnxClassifier, texts: list[str]) -> Scores:
+        """Class probabilities from `classifier`, with its labels: one model answers
+        a request whole, even if another is swapped in meanwhile (serving.reload)."""
         start = time.perf_counter()
         encodings = classifier.encode(texts)
         rows = softmax(classifier.logits_of(encodings))
         self.observe(time.perf_counter() - start, [len(e.ids) for e in encodings])
-        return rows
+        return Scores(rows, classifier.labels)
 
     async def _collect(self) -> list[tuple[list[str], asyncio.Future]]:
         batch = [await self.queue.get()]
@@ -111,7 +138,7 @@ class MicroBatcher:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
                     break
             else:
                 item = self.queue.get_nowait()
@@ -125,7 +152,9 @@ class MicroBatcher:
             batch = await self._collect()
             texts = [text for request_texts, _ in batch for text in request_texts]
             try:
-                rows = await loop.run_in_executor(self.executor, self.infer, self.classifier, texts)
+                scores = await loop.run_in_executor(
+                    self.executor, self.infer, self.classifier, texts
+                )
             except Exception as err:  # answer every waiting request, keep serving
                 log.exception("inference failed")
                 for _, future in batch:
@@ -135,5 +164,6 @@ class MicroBatcher:
             start = 0
             for request_texts, future in batch:
                 if not future.done():  # the client may have gone away
-                    future.set_result(rows[start : start + len(request_texts)])
+                    rows = scores.rows[start : start + len(request_texts)]
+                    future.set_result(Scores(rows, scores.labels))
                 start += len(request_texts)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from fastapi import FastAPI
 
 from distrinews.runtime.onnx_classifier import ModelFolderError
-from distrinews.runtime.registry import alias_version
+from distrinews.runtime.registry import RegistryUnreachable, alias_version
 from serving.inference import LoadedModel, load_model
 from serving.settings import Settings
 
@@ -23,35 +23,58 @@ log = logging.getLogger("serving")
 
 
 async def follow_alias(app: FastAPI, settings: Settings) -> None:
-    """Every `reload_seconds`, serve the version the alias points to, if it loads."""
+    """Every `reload_seconds`, serve the version the alias points to, if it loads.
+
+    A failing check (registry down, alias deleted) is logged when it starts
+    failing and when it answers again. A download that fails is retried at the
+    next check; a version that does not load for a reason of its own is
+    refused until the alias moves again.
+    """
     refused: str | None = None
+    failing = False
     while True:
         await asyncio.sleep(settings.reload_seconds)
         current: LoadedModel = app.state.model
-        name, alias = current.source.registered_model, current.source.alias
+        served = current.source.version
         try:
-            version = await asyncio.to_thread(alias_version, name, alias)
+            version = await asyncio.to_thread(alias_version, *alias_of(current))
         except ModelFolderError as err:
-            log.error(
-                "reload check failed (still serving version %s): %s", current.source.version, err
-            )
+            if not failing:
+                log.error("reload check failed (still serving version %s): %s", served, err)
+            failing = True
             continue
-        if version == current.source.version:
-            refused = None
-            continue
-        if version == refused:
+        if failing:
+            log.info("reload check answers again: %s is version %s", alias_uri(current), version)
+        failing = False
+        if version in (served, refused):
+            refused = None if version == served else refused
             continue
         try:
             new = await asyncio.to_thread(load_version, current, version, settings)
-        except Exception as err:  # anything: the current model must keep serving
+        except RegistryUnreachable as err:
+            log.error("version %s not downloaded, retrying at the next check: %s", version, err)
+            continue
+        except Exception as err:  # anything else: the current model must keep serving
             refused = version
-            log.error(
-                "refused version %s of %s@%s (still serving version %s): %s",
-                *(version, name, alias, current.source.version, err),
-            )
+            log.error("refused version %s (still serving version %s): %s", version, served, err)
             continue
         serve(app, new)
-        log.info("now serving version %s of %s@%s", version, name, alias)
+        current.retire()
+        log.info("now serving version %s of %s", version, alias_uri(current))
+
+
+def alias_of(loaded: LoadedModel) -> tuple[str, str]:
+    return loaded.source.registered_model, loaded.source.alias
+
+
+def alias_uri(loaded: LoadedModel) -> str:
+    return "models:/{}@{}".format(*alias_of(loaded))
+
+
+def log_if_stopped(task: asyncio.Task) -> None:
+    """The reloader never ends by itself: say so if it did."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("alias following stopped: %r", task.exception())
 
 
 def serve(app: FastAPI, loaded: LoadedModel) -> None:

@@ -14,11 +14,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
-from serving.inference import LoadedModel, MicroBatcher, export_report
+from serving.inference import LoadedModel, MicroBatcher
 from serving.settings import Settings
 
-#: Some character that is not whitespace, and no NUL anywhere: the same rule as
-#: `str.strip()` being non-empty (Python's \s is str.isspace()).
+#: Some character that is not whitespace, and no NUL anywhere. (pydantic checks it with
+#: Rust's regex, whose \s is Unicode White_Space: a few ASCII separators such as \x1c,
+#: which str.isspace() calls whitespace, count as text. Harmless: they are served.)
 TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 #: The try-it page: one static file, no build step, no external scripts or fonts.
@@ -92,7 +93,8 @@ def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[dict]:
 
 async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list[dict]:
     """Predictions for `texts`; their length and labels go to the access log (not the texts)."""
-    predictions = to_predictions(await batcher.probabilities(texts), batcher.classifier.labels)
+    scores = await batcher.probabilities(texts)
+    predictions = to_predictions(scores.rows, scores.labels)
     request.state.text_chars = sum(map(len, texts))
     request.state.label = ",".join(p["label"] for p in predictions)
     return predictions
@@ -138,8 +140,7 @@ async def ready(request: Request) -> dict[str, bool]:
 async def model_info(request: Request, batcher: BatcherDep) -> dict:
     """What is served: its source (and registry version), labels, and when it was loaded."""
     loaded: LoadedModel = request.app.state.model
-    classifier = loaded.classifier
-    report = export_report(classifier)
+    classifier, report = loaded.classifier, loaded.report
     return {
         "source": loaded.source.uri,
         "registered_model": loaded.source.registered_model,

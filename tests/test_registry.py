@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
+import torch
 
+from distrinews.model import load_model_and_tokenizer
 from distrinews.runtime.registry import ModelSource, local_model_folder
 from tests.helpers import MlflowStore, tracking_uri
 from tests.servers import BackgroundLoad, MlflowServer, Server, free_port
@@ -89,7 +91,7 @@ def test_export_registers_promote_gates_and_the_server_follows(
         info = httpx.get(f"{server.url}/model").json()
         assert (info["registered_model"], info["version"], info["alias"]) == (NAME, "1", "champion")
         switch_under_load(store, server, trained, small_data, texts, client)
-        refuse_a_worse_version(store, tiny_bert, small_data, client)
+        refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path)
         refuse_other_labels(store, small_data, client, tmp_path)
         refuse_a_broken_version(server, client, tiny_onnx, tmp_path)
         # Rollback: force skips the accuracy gate (2 and 1 score alike here anyway).
@@ -130,9 +132,13 @@ def switch_under_load(store, server, trained, small_data, texts, client) -> None
     assert "now serving version 2" in server.output()
 
 
-def refuse_a_worse_version(store, tiny_bert, small_data, client) -> None:
-    """An untrained head (chance accuracy): registered, but refused by the gate."""
-    result = export(store, tiny_bert, small_data)
+def refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path) -> None:
+    """A head that was never trained (chance accuracy): registered, refused by the gate."""
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    model.save_pretrained(tmp_path / "random-head")  # a head, so export does not flag it
+    tokenizer.save_pretrained(tmp_path / "random-head")
+    result = export(store, tmp_path / "random-head", small_data)
     assert result.returncode == 0, result.stderr[-3000:]
     result = promote(store, small_data, version=3)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -143,6 +149,10 @@ def refuse_a_worse_version(store, tiny_bert, small_data, client) -> None:
     assert (
         version.tags["promotion"] == "refused" and version.tags["promotion_champion_version"] == "2"
     )
+    # Flagged as export flags an encoder exported to time it: refused before scoring.
+    client.set_model_version_tag(NAME, "3", "untrained_head", "true")
+    result = promote(store, small_data, version=3)
+    assert result.returncode != 0 and "never trained" in result.stderr, result.stderr[-3000:]
 
 
 def register_folder(client: mlflow.MlflowClient, folder: Path) -> str:

@@ -98,6 +98,9 @@ def test_a_pretrained_encoder_exports_with_a_new_head(
     assert "new, untrained head" in result.stderr
     labels = json.loads((folder / "config.json").read_text())["id2label"]
     assert tuple(labels.values()) == LABELS
+    # Registered for the record, flagged so that promote refuses it.
+    (version,) = mlflow_store.client.search_model_versions("name = 'distrinews'")
+    assert version.tags["untrained_head"] == "true"
     assert OnnxClassifier(folder, threads=1).logits(["a test"]).shape == (1, len(LABELS))
 
 

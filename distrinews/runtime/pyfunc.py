@@ -2,11 +2,13 @@
 
 `mlflow.pyfunc.load_model("models:/distrinews@champion").predict(["headline"])`
 answers labels and confidences with the same OnnxClassifier the server runs.
-Loading it needs this package (its serve extra: ONNX Runtime, no torch).
+It carries the torch-free part of this package it needs (`distrinews.runtime`).
 The ONNX folder is stored whole under the model's artifacts, so the server
 downloads the registered model and reads the folder directly.
 """
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +45,37 @@ def log_onnx_model(folder: Path, example_texts: list[str], registered_model: str
 
     MLflow stores this file with the model and runs it at load (models from
     code): its last line names the model; load_context opens the ONNX folder.
+    The model carries the package's torch-free runtime as its code, so it
+    loads wherever its pip requirements are installed.
     """
     import onnxruntime
     import tokenizers
 
-    return mlflow.pyfunc.log_model(
-        name=ONNX_FOLDER,
-        python_model=Path(__file__),  # models from code: nothing pickled
-        artifacts={ONNX_FOLDER: str(folder)},
-        input_example=example_texts,
-        pip_requirements=[
-            f"onnxruntime=={onnxruntime.__version__}",
-            f"tokenizers=={tokenizers.__version__}",
-            f"mlflow-skinny=={mlflow.__version__}",
-            "pandas",
-        ],
-        registered_model_name=registered_model or None,
+    with tempfile.TemporaryDirectory() as work:
+        return mlflow.pyfunc.log_model(
+            name=ONNX_FOLDER,
+            python_model=Path(__file__),  # models from code: nothing pickled
+            artifacts={ONNX_FOLDER: str(folder)},
+            input_example=example_texts,
+            code_paths=[str(runtime_package(Path(work)))],
+            pip_requirements=[
+                f"onnxruntime=={onnxruntime.__version__}",
+                f"tokenizers=={tokenizers.__version__}",
+                f"mlflow-skinny=={mlflow.__version__}",
+                "pandas",
+            ],
+            registered_model_name=registered_model or None,
+        )
+
+
+def runtime_package(work: Path) -> Path:
+    """A copy of `distrinews` holding only `runtime/` (what the model imports), in `work`."""
+    package = work / "distrinews"
+    shutil.copytree(
+        Path(__file__).parent, package / "runtime", ignore=shutil.ignore_patterns("__pycache__")
     )
+    (package / "__init__.py").write_text("")
+    return package
 
 
 mlflow.models.set_model(OnnxTextClassifier())

@@ -11,10 +11,19 @@ from pathlib import Path
 
 from distrinews.runtime.onnx_classifier import ModelFolderError
 
+
+class RegistryUnreachable(ModelFolderError):
+    """The registry or artifact store did not answer: worth retrying, unlike a bad model."""
+
+
 #: `models:/<name>@<alias>`: a registered model's alias (MLflow 3; stages are deprecated).
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 #: `models:/<name>/<version>`: one version of a registered model.
 VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
+
+
+#: MLflow error codes that mean the registry answered "no" (not "could not ask").
+REGISTRY_ANSWERS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"}
 
 
 @dataclass(frozen=True)
@@ -40,11 +49,16 @@ def fail_fast_on_unreachable_server() -> None:
 def alias_version(name: str, alias: str) -> str:
     """The version `name@alias` points to now; ModelFolderError if it cannot be read."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     try:
         return mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     except Exception as err:  # MLflow raises several types (not found, unreachable)
-        raise ModelFolderError(
+        # The registry's own "no such model or alias" is an answer; anything else
+        # (connection refused, a timeout, a 5xx) may pass.
+        answered = isinstance(err, MlflowException) and err.error_code in REGISTRY_ANSWERS
+        kind = ModelFolderError if answered else RegistryUnreachable
+        raise kind(
             f"cannot resolve models:/{name}@{alias} at {mlflow.get_tracking_uri()}: "
             f"{_first_line(err)}"
         ) from err
@@ -65,23 +79,31 @@ def resolve_source(model: str) -> ModelSource:
     return ModelSource(model)
 
 
-def local_model_folder(source: ModelSource) -> Path:
-    """The ONNX folder of a source: a local folder as is; an MLflow URI downloaded first.
+def local_model_folder(source: ModelSource, into: Path | None = None) -> Path:
+    """The ONNX folder of a source: a local folder as is; an MLflow URI downloaded first,
+    into `into` (else a new temporary folder: the caller owns it either way).
 
     A registered (pyfunc) model holds the folder among its artifacts; a run's
     plain `onnx_model` artifacts are the folder itself.
     """
     uri = source.uri
-    if "://" not in uri and not uri.startswith(("runs:/", "models:/")):
+    if not is_remote(uri):
         return Path(uri)
     import mlflow
 
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(uri))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(uri, dst_path=str(into) if into else None)
+        )
     except Exception as err:  # MLflow raises several types for a bad URI
-        raise ModelFolderError(f"cannot download {uri}: {_first_line(err)}") from err
+        raise RegistryUnreachable(f"cannot download {uri}: {_first_line(err)}") from err
     onnx_files = sorted(folder.rglob("*.onnx"))
     return onnx_files[0].parent if len(onnx_files) == 1 else folder
+
+
+def is_remote(uri: str) -> bool:
+    """An MLflow URI (downloaded before use), not a local folder."""
+    return "://" in uri or uri.startswith(("runs:/", "models:/"))
 
 
 def _first_line(err: BaseException) -> str:
