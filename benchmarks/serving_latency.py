@@ -7,10 +7,11 @@ same order; the table gives medians over the rounds. Bounded: a fixed number
 of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 
     python -m benchmarks.serving_latency --model <int8 folder> --checkpoint <PyTorch folder> \\
-        --distilbert
+        [--model-avx2 <the same model exported for avx2>] [--distilbert]
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -95,15 +96,23 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     return folder / "int8"
 
 
+def export_target(folder: str) -> str:
+    """The CPU target an exported folder was quantized for (its export_report.json)."""
+    report = Path(folder) / "export_report.json"
+    return json.loads(report.read_text()).get("target", "?") if report.is_file() else "?"
+
+
 def measure_round(texts: list[str], predictors: dict, args: argparse.Namespace) -> dict:
     result = {
         name: in_process_ms(predict, texts[: args.texts]) for name, predict in predictors.items()
     }
     for name, settings in SERVERS.items():
         result[name] = measure_server(args.model, texts, args, **settings)
+    one = argparse.Namespace(**{**vars(args), "requests": args.clients})
     if args.distilbert_folder:
-        one = argparse.Namespace(**{**vars(args), "requests": args.clients})
         result["distilbert"] = measure_server(str(args.distilbert_folder), texts, one)
+    if args.model_avx2:
+        result["avx2"] = measure_server(args.model_avx2, texts, one)
     return result
 
 
@@ -116,7 +125,7 @@ def summarize(rounds: list[dict]) -> dict[str, dict[str, float]]:
             [{q: r["pytorch"][q] / r["int8"][q] for q in ("p50", "p95")} for r in rounds]
         ),
     }
-    for name in [*SERVERS, "distilbert"]:
+    for name in [*SERVERS, "distilbert", "avx2"]:
         if name in rounds[0]:
             summary[f"{name}_one"] = median_of([r[name]["one"] for r in rounds])
             summary[f"{name}_many"] = median_of([r[name]["many"] for r in rounds])
@@ -135,9 +144,17 @@ def table(s: dict, rounds: list[dict], args: argparse.Namespace) -> str:
         "| --- | --- | --- | --- | --- |",
         row("MiniLM-L6", "PyTorch fp32 eager, in process, batch 1", s["pytorch"]),
         row("MiniLM-L6", "ONNX int8, in process, batch 1", s["int8"]),
-        row("MiniLM-L6", "ONNX int8 server, HTTP, 1 client", s["default_one"]),
+        row(
+            "MiniLM-L6",
+            f"ONNX int8 server ({args.model_target} build), HTTP, 1 client",
+            s["default_one"],
+        ),
         row("MiniLM-L6", "same, ONNX Runtime threads not spinning", s["no spinning_one"]),
     ]
+    if "avx2_one" in s:
+        lines.append(
+            row("MiniLM-L6", "ONNX int8 server (avx2 build), HTTP, 1 client", s["avx2_one"])
+        )
     if "distilbert_one" in s:
         lines.append(
             row(
@@ -175,6 +192,9 @@ def table(s: dict, rounds: list[dict], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported int8 ONNX folder")
+    parser.add_argument(
+        "--model-avx2", default="", help="the same model exported with -P target=avx2, timed beside"
+    )
     parser.add_argument("--checkpoint", required=True, help="the PyTorch folder it came from")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--rounds", type=int, default=3)
@@ -190,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     texts = ag_news_test_texts(args.data)
+    args.model_target = export_target(args.model)
     predictors = {
         "pytorch": pytorch_eager(args.checkpoint),
         "int8": OnnxClassifier(args.model).logits,
@@ -210,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "distilbert_one" in s:
         metrics["distilbert_server_p95_ms"] = s["distilbert_one"]["p95"]
+    if "avx2_one" in s:
+        metrics["avx2_server_p95_ms"] = s["avx2_one"]["p95"]
     record(
         "serving_latency",
         "Serving: latency and throughput",

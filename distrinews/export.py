@@ -30,11 +30,15 @@ from distrinews.tracking import load_logged_model, log_new_params, log_split, st
 
 
 def quantize_to_int8(
-    checkpoint: Path, work_dir: Path, target: str, max_length: int
+    checkpoint: Path, work_dir: Path, target: str, max_length: int, quantization: Any = None
 ) -> tuple[Path, Path]:
-    """Export, optimise and quantize; returns (fp32 ONNX folder, int8 ONNX folder)."""
+    """Export, optimise and quantize; returns (fp32 ONNX folder, int8 ONNX folder).
+
+    `quantization`: an Optimum QuantizationConfig instead of the target's own
+    (benchmarks compare presets with it).
+    """
     from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
     fp32_dir, optimized_dir, int8_dir = (work_dir / n for n in ("fp32", "optimized", "int8"))
     ort_model = ORTModelForSequenceClassification.from_pretrained(checkpoint, export=True)
@@ -48,9 +52,7 @@ def quantize_to_int8(
         disable_skip_layer_norm_fusion=True, disable_bias_skip_layer_norm_fusion=True
     )
     ORTOptimizer.from_pretrained(ort_model).optimize(no_skip_layer_norm, save_dir=optimized_dir)
-    # Dynamic quantization: int8 weights, activation ranges computed per
-    # batch at run time, so no calibration data is needed.
-    quantization = getattr(AutoQuantizationConfig, target)(is_static=False, per_channel=False)
+    quantization = quantization or quantization_config(target)
     type_float_matmul_outputs(optimized_dir / "model_optimized.onnx")
     quantizer = ORTQuantizer.from_pretrained(optimized_dir, file_name="model_optimized.onnx")
     quantizer.quantize(quantization_config=quantization, save_dir=int8_dir)
@@ -63,6 +65,25 @@ def quantize_to_int8(
         tokenizer.save_pretrained(folder)
         shutil.copy(checkpoint / "config.json", folder / "config.json")
     return fp32_dir, int8_dir
+
+
+def quantization_config(target: str) -> Any:
+    """Dynamic int8 quantization for a CPU: int8 weights, activation ranges computed per
+    batch at run time (no calibration data needed).
+
+    Every x86 target gets unsigned activations and signed weights (u8s8), the
+    product ONNX Runtime's fastest x86 kernels compute. Optimum's own avx2 preset
+    uses unsigned weights (u8u8), whose kernel took twice as long per request on
+    the Xeon here (benchmarks/serving.md). Without VNNI, u8s8 products go through
+    VPMADDUBSW, whose 16-bit sums can saturate; weights in 7 bits
+    (reduce_range) keep them in range, as ONNX Runtime's quantization guide advises.
+    """
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    if target == "arm64":
+        return AutoQuantizationConfig.arm64(is_static=False, per_channel=False)
+    vnni = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    return vnni if target == "avx512_vnni" else replace(vnni, reduce_range=True)
 
 
 def type_float_matmul_outputs(onnx_file: Path) -> None:

@@ -4,6 +4,7 @@ Each must finish, write its table with every row filled, and log it to an
 MLflow run tagged `benchmark`.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -96,11 +97,13 @@ def test_serving_latency(exported):
     text, _ = run_benchmark(
         store,
         "serving_latency",
-        *("--model", folder, "--checkpoint", reference),
+        *("--model", folder, "--checkpoint", reference, "--model-avx2", folder),
         *("--data", SHARED_DATA),
         *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
     )
-    assert "ONNX int8 server, HTTP, 1 client" in text
+    target = json.loads((folder / "export_report.json").read_text())["target"]
+    assert f"ONNX int8 server ({target} build), HTTP, 1 client" in text
+    assert "ONNX int8 server (avx2 build), HTTP, 1 client" in text
     (default,) = table_rows(text, "default (threads spinning, no micro-batching)")
     assert float(default[1]) > 0 and default[4] == "0", "requests/s, and no failed request"
 
@@ -185,3 +188,14 @@ def test_neighbour(exported):
     assert {"no server", "idle, spinning on", "back to back, spinning off"} <= set(rows)
     assert float(rows["no server"][2]) == 1.0 and float(rows["back to back, spinning on"][3]) > 0
     assert run.data.metrics["bench_neighbour_share_idle_spinning_on"] > 0
+
+
+def test_quantization(exported, small_data):
+    store, _, _, checkpoint = exported
+    args = ("--checkpoint", checkpoint, "--data", small_data, "--max-length", 64)
+    text, run = run_benchmark(store, "quantization", *args, "--latency-texts", 20, "--rounds", 1)
+    rows = table_rows(text, "avx")
+    assert [row[0].split(" (")[0] for row in rows] == ["avx512_vnni", "avx2", "avx2"]
+    assert all(0 <= float(row[1]) <= 1 and float(row[4]) > 0 for row in rows)
+    fp32 = run.data.metrics["bench_accuracy_pytorch_fp32"]
+    assert float(rows[0][2]) == pytest.approx(100 * (float(rows[0][1]) - fp32), abs=0.01)
