@@ -4,7 +4,7 @@ Quantizes one trained checkpoint three ways with the export step's own code
 (ONNX export, O2 graph optimisation, dynamic quantization):
 - avx512_vnni: unsigned activations, signed 8-bit weights (u8s8);
 - avx2, this project's: u8s8 with weights in 7 bits (reduce_range), safe from
-  VPMADDUBSW saturation on CPUs without VNNI;
+  VPMADDUBSW saturation on CPUs without VNNI, one scale per output channel;
 - avx2, Optimum's preset: unsigned weights (u8u8).
 Each model scores the whole test split; batch-1 latency in process (ONNX Runtime,
 one thread per vCPU) alternates between the models in rounds.
@@ -38,7 +38,7 @@ def presets() -> dict[str, tuple[str, object]]:
 
     return {
         "avx512_vnni (u8s8)": ("avx512_vnni", None),
-        "avx2 (u8s8, 7-bit weights; ours)": ("avx2", None),
+        "avx2 (u8s8, 7-bit per-channel weights; ours)": ("avx2", None),
         "avx2 (u8u8; Optimum's preset)": (
             "avx2",
             AutoQuantizationConfig.avx2(is_static=False, per_channel=False),

@@ -151,7 +151,7 @@ def shoot_page(model: Path) -> None:
     driver = None
     try:
         server.wait_ready(timeout=120)
-        driver = headless_chromium(900, 760)
+        driver = headless_chromium(900, 1000)
         driver.get(f"{server.url}/")
         box = driver.find_element(By.ID, "text")
         box.send_keys("Oil prices fall as OPEC agrees to raise output", Keys.ENTER)

@@ -21,10 +21,12 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
-    # On: it gave lower latency and more requests/s than off on 2 vCPUs
-    # (benchmarks/serving.md); off saves CPU when the host runs other work.
+    # Off: on 2 vCPUs shared with a busy neighbour process, spinning threads
+    # took 0.89 cores at 20 requests/s (0.17 not spinning) and doubled the
+    # server's own p95 (22.9 vs 13.0 ms); alone, the two were within noise
+    # (benchmarks/neighbour.md, benchmarks/serving.md). A Space shares its host.
     spinning: bool = Field(
-        True, description="Let idle ONNX Runtime threads spin, waiting for the next request"
+        False, description="Let idle ONNX Runtime threads spin, waiting for the next request"
     )
     max_batch_texts: int = Field(
         64, ge=1, description="Most texts one /predict/batch request may send"

@@ -65,6 +65,11 @@ def test_the_page_classifies_a_headline_typed_with_the_keyboard(server, browser)
     assert names == list(LABELS) and label in LABELS
     shares = [float(bar.get_attribute("aria-valuenow")) for bar in bars]
     assert abs(sum(shares) - 100) < 0.5 and max(shares) == shares[names.index(label)]
+    # Drawn as the numbers say: each bar's fill is its share of the track, in pixels.
+    for bar, share in zip(bars, shares, strict=True):
+        track = bar.find_element(By.CLASS_NAME, "track").size["width"]
+        fill = bar.find_element(By.CLASS_NAME, "fill").size["width"]
+        assert track > 50 and abs(fill - track * share / 100) <= 2, (share, fill, track)
     assert re.match(r"Answered in \d+\.\d ms", browser.find_element(By.ID, "timing").text)
     assert browser.find_element(By.LINK_TEXT, "API docs").get_attribute("href").endswith("/docs")
 
