@@ -130,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = ag_news_test_texts(args.data)
     rounds = [one_round(texts, args) for _ in range(args.rounds)]
     body, metrics = table(rounds, args)
-    record(
-        "neighbour", "Spinning threads: the cost to a neighbour process", body, args.output, metrics
-    )
+    title = "Spinning threads: the cost to a neighbour process"
+    record("neighbour", title, body, args.output, metrics, experiment=args.experiment)
     return 0
 
 

@@ -66,7 +66,7 @@ def test_export_run_is_logged_and_linked(exported):
     assert sorted(p.name for p in folder.glob("*.onnx")) == ["model_optimized_quantized.onnx"]
     # An MLflow model of the run, registered as version 1 with its evidence.
     (version,) = store.client.search_model_versions("name = 'distrinews'")
-    assert (version.version, version.run_id) == ("1", run.info.run_id)
+    assert (str(version.version), version.run_id) == ("1", run.info.run_id)
     assert version.tags["source_run_id"] == train_run_id
     assert version.tags["test_accuracy_int8"] == f"{metrics['export/accuracy_onnx_int8']:.4f}"
     with tracking_uri(store.uri):
