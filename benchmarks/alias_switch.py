@@ -17,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import mlflow
 
 from benchmarks.common import DATA, REPO, ag_news_test_texts, percentiles, record
 from distrinews.config import DEFAULT_MODEL, REGISTERED_MODEL
 from tests.helpers import MlflowStore
-from tests.servers import Answer, BackgroundLoad, MlflowServer, Server
+from tests.servers import Answer, BackgroundLoad, MlflowServer, Server, wait_for_version
 
 
 def register_two_versions(store: MlflowStore, model: str, data: str) -> None:
@@ -41,10 +40,7 @@ def switch(server: Server, client: mlflow.MlflowClient, texts: list[str], args) 
         time.sleep(args.seconds)
         moved = time.monotonic()
         client.set_registered_model_alias(REGISTERED_MODEL, "champion", "2")
-        while httpx.get(f"{server.url}/model", timeout=10).json()["version"] != "2":
-            if time.monotonic() - moved > 120:
-                raise SystemExit(f"version 2 not served 120 s after the move: {server.output()}")
-            time.sleep(0.02)
+        wait_for_version(server.url, "2", timeout=120)
         served = time.monotonic()
         time.sleep(args.seconds)
     return {"moved": moved, "served": served, "answers": load.answers}

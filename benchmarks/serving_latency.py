@@ -11,7 +11,6 @@ of requests per phase. Writes benchmarks/serving.md and logs it to MLflow.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from distrinews.export import pytorch_logits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms
+from serving.inference import export_report
 from tests.servers import Server
 
 #: Server configurations compared, spinning set explicitly so the rows keep their
@@ -95,12 +95,6 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     export += ["--registered-model", ""]  # a random model: not a version in the user's registry
     subprocess.run(export, cwd=REPO, check=True, timeout=3600)
     return folder / "int8"
-
-
-def export_target(folder: str) -> str:
-    """The CPU target an exported folder was quantized for (its export_report.json)."""
-    report = Path(folder) / "export_report.json"
-    return json.loads(report.read_text()).get("target", "?") if report.is_file() else "?"
 
 
 def measure_round(texts: list[str], predictors: dict, args: argparse.Namespace) -> dict:
@@ -213,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     texts = ag_news_test_texts(args.data)
-    args.model_target = export_target(args.model)
+    args.model_target = export_report(Path(args.model)).get("target", "?")
     predictors = {
         "pytorch": pytorch_eager(args.checkpoint),
         "int8": OnnxClassifier(args.model).logits,

@@ -73,7 +73,7 @@ def quantization_config(target: str) -> Any:
 
     Every x86 target gets unsigned activations and signed weights (u8s8), the
     product ONNX Runtime's fastest x86 kernels compute. Optimum's own avx2 preset
-    uses unsigned weights (u8u8), whose kernel took 2.2x as long per text on the
+    uses unsigned weights (u8u8), whose kernel took 2.1x as long per text on the
     Xeon here (benchmarks/quantization.md). Without VNNI, u8s8 products go through
     VPMADDUBSW, whose 16-bit sums can saturate, so avx2 weights keep to 7 bits
     (reduce_range, as ONNX Runtime's quantization guide advises); one scale per

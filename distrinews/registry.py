@@ -18,7 +18,7 @@ from distrinews.config import DataConfig, PromoteConfig, UserError
 from distrinews.data import load_splits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
-from distrinews.runtime.registry import ModelSource, local_model_folder
+from distrinews.runtime.registry import ModelSource, first_line, local_model_folder
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.tracking import check_tracking_server, log_new_params, log_split, step_run
 
@@ -172,7 +172,7 @@ def resolve_version(client: Any, name: str, version: str) -> str:
     except MlflowException as err:
         raise UserError(
             f"no version {version or ''} of registered model {name!r}: "
-            f"{str(err).splitlines()[0]}; export a model first"
+            f"{first_line(err)}; export a model first"
         ) from err
     if not versions:
         raise UserError(f"registered model {name!r} has no versions; export a model first")
@@ -189,7 +189,7 @@ def champion_version(client: Any, name: str) -> str | None:
         # Only "no such alias" means no champion: a registry error must not skip the gate.
         if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
             return None
-        raise UserError(f"cannot read {name}@{CHAMPION}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot read {name}@{CHAMPION}: {first_line(err)}") from err
 
 
 def open_version(name: str, version: str, into: Path) -> OnnxClassifier:

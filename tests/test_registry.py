@@ -19,7 +19,7 @@ import torch
 from distrinews.model import load_model_and_tokenizer
 from distrinews.runtime.registry import ModelSource, local_model_folder
 from tests.helpers import MlflowStore, tracking_uri
-from tests.servers import BackgroundLoad, MlflowServer, Server, free_port
+from tests.servers import BackgroundLoad, MlflowServer, Server, free_port, wait_for_version
 from tests.test_serving_routes import broken_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -59,15 +59,6 @@ def champion(client: mlflow.MlflowClient) -> str:
 
 def served_version(url: str) -> str:
     return httpx.get(f"{url}/model", timeout=10).json()["version"]
-
-
-def wait_for_version(url: str, version: str, timeout: float = 60) -> float:
-    """Seconds until /model reports `version`."""
-    start = time.monotonic()
-    while served_version(url) != version:
-        assert time.monotonic() - start < timeout, f"version {version} never served"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def test_export_registers_promote_gates_and_the_server_follows(

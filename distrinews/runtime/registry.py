@@ -60,7 +60,7 @@ def alias_version(name: str, alias: str) -> str:
         kind = ModelFolderError if answered else RegistryUnreachable
         raise kind(
             f"cannot resolve models:/{name}@{alias} at {mlflow.get_tracking_uri()}: "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from err
 
 
@@ -96,7 +96,7 @@ def local_model_folder(source: ModelSource, into: Path | None = None) -> Path:
             mlflow.artifacts.download_artifacts(uri, dst_path=str(into) if into else None)
         )
     except Exception as err:  # MLflow raises several types for a bad URI
-        raise RegistryUnreachable(f"cannot download {uri}: {_first_line(err)}") from err
+        raise RegistryUnreachable(f"cannot download {uri}: {first_line(err)}") from err
     onnx_files = sorted(folder.rglob("*.onnx"))
     return onnx_files[0].parent if len(onnx_files) == 1 else folder
 
@@ -106,6 +106,7 @@ def is_remote(uri: str) -> bool:
     return "://" in uri or uri.startswith(("runs:/", "models:/"))
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's message in one line (MLflow's run to several), or its type."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
