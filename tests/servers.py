@@ -112,10 +112,15 @@ class MlflowServer(LocalServer):
         super().__init__(command, env, cwd=folder, ready_path="/health")
 
 
+def served_version(url: str) -> str:
+    """The registry version the server at `url` says it serves (its /model)."""
+    return httpx.get(f"{url}/model", timeout=10).json()["version"]
+
+
 def wait_for_version(url: str, version: str, timeout: float = 60) -> float:
     """Seconds until the server's /model reports `version`; AssertionError after `timeout`."""
     start = time.monotonic()
-    while httpx.get(f"{url}/model", timeout=10).json()["version"] != version:
+    while served_version(url) != version:
         assert time.monotonic() - start < timeout, f"version {version} not served in {timeout} s"
         time.sleep(0.02)
     return time.monotonic() - start

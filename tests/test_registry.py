@@ -19,7 +19,14 @@ import torch
 from distrinews.model import load_model_and_tokenizer
 from distrinews.runtime.registry import ModelSource, local_model_folder
 from tests.helpers import MlflowStore, tracking_uri
-from tests.servers import BackgroundLoad, MlflowServer, Server, free_port, wait_for_version
+from tests.servers import (
+    BackgroundLoad,
+    MlflowServer,
+    Server,
+    free_port,
+    served_version,
+    wait_for_version,
+)
 from tests.test_serving_routes import broken_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -55,10 +62,6 @@ def promote(store: MlflowStore, data: Path, **params: object):
 
 def champion(client: mlflow.MlflowClient) -> str:
     return client.get_model_version_by_alias(NAME, "champion").version
-
-
-def served_version(url: str) -> str:
-    return httpx.get(f"{url}/model", timeout=10).json()["version"]
 
 
 def test_export_registers_promote_gates_and_the_server_follows(
