@@ -65,7 +65,9 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
     )
 
 
-def get_batcher(request: Request) -> MicroBatcher:
+async def get_batcher(request: Request) -> MicroBatcher:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop
+    # per request (seen in a py-spy profile of /predict).
     batcher = getattr(request.app.state, "batcher", None)
     if batcher is None:
         raise HTTPException(503, "the model is not loaded yet; retry shortly")
