@@ -104,7 +104,7 @@ def test_serving_latency(exported):
     target = json.loads((folder / "export_report.json").read_text())["target"]
     assert f"ONNX int8 server ({target} build), HTTP, 1 client" in text
     assert "ONNX int8 server (avx2 build), HTTP, 1 client" in text
-    (default,) = table_rows(text, "threads spinning, no micro-batching")
+    (default,) = table_rows(text, "default (threads not spinning, no micro-batching)")
     assert float(default[1]) > 0 and default[4] == "0", "requests/s, and no failed request"
 
 
