@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.registry import ModelSource
@@ -108,12 +109,12 @@ class Observe:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
-        status = 500  # if the app raises before answering
+        status, answered = 500, False  # 500 if the app raises before answering
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
             await send(message)
@@ -122,6 +123,13 @@ class Observe:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not answered:
+                # Answered here, with the request id that the access log and the
+                # client both see; the error still propagates, for uvicorn to log.
+                detail = f"internal server error (request id {request_id})"
+                await JSONResponse({"detail": detail}, 500)(scope, receive, send_with_id)
+            raise
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
@@ -192,3 +193,24 @@ def test_a_tokenizer_with_fixed_padding_is_not_padded(tiny_onnx, tmp_path, texts
     assert len(classifier.tokenizer.encode("stocks rally").ids) == 4  # [CLS] stocks rally [SEP]
     reference = OnnxClassifier(tiny_onnx, threads=1)
     np.testing.assert_allclose(classifier.logits(texts[:4]), reference.logits(texts[:4]), rtol=1e-5)
+
+
+def test_an_unexpected_failure_is_a_500_with_the_request_id(tiny_onnx):
+    # A real failure: the inference executor is shut down (as at server stop),
+    # so the request cannot be scheduled and the route raises.
+    settings = Settings(model=str(tiny_onnx), threads=1)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.batcher.executor.shutdown()
+        response = client.post("/predict", json={"text": "x"}, headers={"X-Request-ID": "t-500"})
+        assert response.status_code == 500
+        assert response.headers["x-request-id"] == "t-500"
+        assert "t-500" in response.json()["detail"]
+        metrics = text_string_to_metric_families(client.get("/metrics").text)
+    answered = {
+        sample.labels["status"]: sample.value
+        for family in metrics
+        for sample in family.samples
+        if sample.name == "distrinews_requests_total" and sample.labels["route"] == "/predict"
+    }
+    assert answered == {"500": 1.0}, "counted as the 500 it was"
