@@ -9,7 +9,10 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from distrinews.runtime.onnx_classifier import ModelFolderError
+from distrinews.runtime.registry import fail_fast_on_unreachable_server
 from serving.app import create_app
+from serving.inference import load_model
 from serving.settings import Settings
 
 
@@ -27,11 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:  # a bad DISTRINEWS_* value
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    fail_fast_on_unreachable_server()
+    try:
+        # Here rather than in the app's start-up (which also runs before the port
+        # opens): a bad model is then one error line, not uvicorn's traceback.
+        model = load_model(settings.model, settings.threads, settings.spinning)
+    except ModelFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     # uvicorn's own access log is off: the app writes one JSON line per request.
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, access_log=False)
+    app = create_app(settings, model)
+    config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False)
     server = uvicorn.Server(config)
     server.run()
-    # uvicorn returns normally when start-up (model loading) failed.
+    # uvicorn returns normally when start-up failed.
     return 0 if server.started else 1
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.registry import fail_fast_on_unreachable_server
-from serving.inference import MicroBatcher, load_model
+from serving.inference import LoadedModel, MicroBatcher, load_model
 from serving.observability import Observe, ServerMetrics
 from serving.reload import follow_alias, log_if_stopped, serve
 from serving.routes import build_router
@@ -33,7 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fail_fast_on_unreachable_server()
     # Loading reads and compiles the model: off the event loop. An error here
     # stops the server before it listens (uvicorn exits non-zero).
-    loaded = await asyncio.to_thread(
+    loaded = app.state.preloaded or await asyncio.to_thread(
         load_model, settings.model, settings.threads, settings.spinning
     )
     metrics: ServerMetrics = app.state.metrics
@@ -140,8 +140,11 @@ async def readable_validation_errors(request: Request, exc: RequestValidationErr
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory)."""
+def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
+    """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory).
+
+    `model`: already loaded from `settings.model`, else the app loads it at start-up.
+    """
     settings = settings or Settings()
     app = FastAPI(
         title="DistriNews",
@@ -150,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.batcher = None
+    app.state.preloaded = model
     app.state.metrics = ServerMetrics()
     app.add_exception_handler(RequestValidationError, readable_validation_errors)
     app.include_router(build_router(settings))

@@ -214,3 +214,15 @@ def test_an_unexpected_failure_is_a_500_with_the_request_id(tiny_onnx):
         if sample.name == "distrinews_requests_total" and sample.labels["route"] == "/predict"
     }
     assert answered == {"500": 1.0}, "counted as the 500 it was"
+
+
+def test_a_bad_model_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"error: model folder {tmp_path / 'missing'} does not exist\n"
