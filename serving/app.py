@@ -36,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loaded = app.state.preloaded or await asyncio.to_thread(
         load_model, settings.model, settings.threads, settings.spinning
     )
+    app.state.preloaded = None  # not held once a reload replaces it
     metrics: ServerMetrics = app.state.metrics
     batcher = MicroBatcher(
         loaded.classifier,
