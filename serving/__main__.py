@@ -10,9 +10,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from distrinews.runtime.onnx_classifier import ModelFolderError
-from distrinews.runtime.registry import fail_fast_on_unreachable_server
-from serving.app import create_app
-from serving.inference import load_model
+from serving.app import create_app, load_served_model
 from serving.settings import Settings
 
 
@@ -30,11 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:  # a bad DISTRINEWS_* value
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    fail_fast_on_unreachable_server()
     try:
         # Here rather than in the app's start-up (which also runs before the port
         # opens): a bad model is then one error line, not uvicorn's traceback.
-        model = load_model(settings.model, settings.threads, settings.spinning)
+        model = load_served_model(settings)
     except ModelFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -30,12 +30,9 @@ from serving.settings import Settings
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_logging()
-    fail_fast_on_unreachable_server()
     # Loading reads and compiles the model: off the event loop. An error here
     # stops the server before it listens (uvicorn exits non-zero).
-    loaded = app.state.preloaded or await asyncio.to_thread(
-        load_model, settings.model, settings.threads, settings.spinning
-    )
+    loaded = app.state.preloaded or await asyncio.to_thread(load_served_model, settings)
     app.state.preloaded = None  # not held once a reload replaces it
     metrics: ServerMetrics = app.state.metrics
     batcher = MicroBatcher(
@@ -58,6 +55,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reloader.cancel()
         app.state.batcher = None
         await batcher.stop()
+
+
+def load_served_model(settings: Settings) -> LoadedModel:
+    """The model `settings` name, loaded; MLflow set to give up on an unreachable
+    tracking server in seconds, for this load and the alias reloads after it."""
+    fail_fast_on_unreachable_server()
+    return load_model(settings.model, settings.threads, settings.spinning)
 
 
 def configure_logging() -> None:
