@@ -109,12 +109,12 @@ class Observe:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
-        status, answered = 500, False  # 500 if the app raises before answering
+        status: int | None = None  # until the app answers (500 if it never does)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, answered
+            nonlocal status
             if message["type"] == "http.response.start":
-                status, answered = message["status"], True
+                status = message["status"]
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
             await send(message)
@@ -124,7 +124,7 @@ class Observe:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            if not answered:
+            if status is None:
                 # Answered here, with the request id that the access log and the
                 # client both see; the error still propagates, for uvicorn to log.
                 detail = f"internal server error (request id {request_id})"
@@ -133,6 +133,7 @@ class Observe:
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - start
+            status = status or 500
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
