@@ -75,9 +75,11 @@ class Score:
 
 
 def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
-    """Score the candidate (and the champion), decide, record it, move the alias if won.
+    """Score the candidate (and the champion), decide, move the alias if won, record it.
 
-    Returns what was done; a refusal raises UserError once it is recorded.
+    What is recorded is what happened: a version is tagged `promoted` only once
+    the alias points to it. Returns what was done; a refusal raises UserError
+    once it is recorded.
     """
     import mlflow
 
@@ -100,10 +102,11 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
             promoted, reason, scores = False, UNTRAINED_REASON, {}
         else:
             promoted, reason, scores = judge(cfg, data_cfg, models, versions)
+        if promoted and (lost := move_alias(client, name, versions)):
+            promoted, reason = False, lost
         record_decision(client, name, versions, scores, promoted, reason)
         if not promoted:
             raise UserError(f"version {versions['candidate']} not promoted: {reason}")
-        move_alias(client, name, versions)
     return f"{name}@{CHAMPION} -> version {versions['candidate']}: {reason}"
 
 
@@ -115,25 +118,29 @@ UNTRAINED_REASON = (
 
 def open_versions(name: str, versions: dict[str, str], work: Path) -> dict[str, OnnxClassifier]:
     """The candidate and the champion, downloaded into `work`. A champion that no longer
-    loads is left out (judged as if there were none), so it can be replaced."""
+    loads is left out of the models (judged as if there were none), so it can be
+    replaced; `versions` still names it, as the alias holder `move_alias` expects."""
     models = {"candidate": open_version(name, versions["candidate"], work / "candidate")}
     if "champion" in versions:
         try:
             models["champion"] = open_version(name, versions["champion"], work / "champion")
         except UserError as err:
             print(f"note: the champion does not load, judged as absent: {err}", file=sys.stderr)
-            del versions["champion"]
     return models
 
 
-def move_alias(client: Any, name: str, versions: dict[str, str]) -> None:
-    """Point `champion` at the candidate, unless another promotion moved it meanwhile."""
-    now = champion_version(client, name)
-    if now != versions.get("champion"):
-        raise UserError(
-            f"{name}@{CHAMPION} moved to version {now} during this promotion; run it again"
-        )
+def move_alias(client: Any, name: str, versions: dict[str, str]) -> str | None:
+    """Point `champion` at the candidate, unless another promotion moved it meanwhile.
+
+    Returns None once moved, else why not. MLflow has no compare-and-set for an
+    alias: the holder is read again right before and right after the move.
+    """
+    if (before := champion_version(client, name)) != versions.get("champion"):
+        return f"{name}@{CHAMPION} moved to version {before} during this promotion; run it again"
     client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
+    if (after := champion_version(client, name)) != versions["candidate"]:
+        return f"{name}@{CHAMPION} was moved to version {after} by a concurrent promotion"
+    return None
 
 
 def judge(
@@ -167,7 +174,8 @@ def resolve_version(client: Any, name: str, version: str) -> str:
 
     try:
         if version:
-            return client.get_model_version(name, version).version
+            # As text: a SQLite registry answers numbers, a tracking server strings.
+            return str(client.get_model_version(name, version).version)
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException as err:
         raise UserError(
@@ -184,7 +192,7 @@ def champion_version(client: Any, name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as err:
         # Only "no such alias" means no champion: a registry error must not skip the gate.
         if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
@@ -220,6 +228,9 @@ def decide(
     p95 = f"p95 {candidate.latency_p95_ms:.1f} ms"
     if candidate.latency_p95_ms > cfg.max_p95_ms:
         return False, f"{p95} is over max_p95_ms={cfg.max_p95_ms:g}"
+    if champion is None and "champion" in versions:
+        replaced = f"the champion (version {versions['champion']}) does not load: replaced"
+        return True, f"{replaced}; {p95} within {cfg.max_p95_ms:g} ms"
     if champion is None:
         return True, f"first champion; {p95} within {cfg.max_p95_ms:g} ms"
     drop = 100 * (champion.accuracy - candidate.accuracy)

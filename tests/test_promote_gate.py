@@ -1,18 +1,27 @@
 """The promotion gate's decision, case by case (the full flow: tests/test_registry.py)."""
 
+from pathlib import Path
+
+import mlflow
 import pytest
 
-from distrinews.config import PromoteConfig, UserError
-from distrinews.registry import Score, decide
+from distrinews.config import DataConfig, PromoteConfig, UserError
+from distrinews.registry import Score, decide, judge, run_promote
+from tests.helpers import MlflowStore, tracking_uri
+from tests.test_serving_routes import broken_copy
 
 VERSIONS = {"candidate": "3", "champion": "2"}
 
 
 def test_the_first_champion_only_needs_the_latency_budget():
-    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.25, 9.0), None, VERSIONS)
+    first = {"candidate": "1"}
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.25, 9.0), None, first)
     assert promoted and "first champion" in reason
-    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.95, 11.0), None, VERSIONS)
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.95, 11.0), None, first)
     assert not promoted and "over max_p95_ms=10" in reason
+    # A champion that does not load is not scored, and the reason names it.
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.25, 9.0), None, VERSIONS)
+    assert promoted and "the champion (version 2) does not load: replaced" in reason
 
 
 @pytest.mark.parametrize(
@@ -39,3 +48,76 @@ def test_force_skips_the_accuracy_gate_but_not_the_latency_budget():
 def test_bad_settings_are_refused(settings):
     with pytest.raises(UserError):
         PromoteConfig(**settings)
+
+
+# --- The whole gate in process, against a real SQLite registry (no server needed). ---
+
+NAME = "distrinews"
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    """An empty MLflow store and registry in `tmp_path`, as MLflow's fluent API sees it."""
+    store = MlflowStore(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with tracking_uri(store.uri):
+        mlflow.set_experiment(experiment_id=store.experiment("promote"))
+        yield store.client
+
+
+def register(client: mlflow.MlflowClient, folder: Path) -> str:
+    """`folder` registered as a new version of NAME, as a user's tool could; its number."""
+    experiment_id = client.get_experiment_by_name("promote").experiment_id
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(folder), "onnx_model")
+    client.set_terminated(run_id)
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        client.create_registered_model(NAME)
+    return str(client.create_model_version(NAME, f"runs:/{run_id}/onnx_model", run_id).version)
+
+
+def promote_in_process(small_data: Path, version: str) -> str:
+    cfg = PromoteConfig(version=version, latency_texts=5, max_p95_ms=1000)
+    return run_promote(cfg, DataConfig(data=str(small_data), max_eval_rows=50))
+
+
+def test_a_champion_that_no_longer_loads_is_replaced_and_the_tags_say_so(
+    registry, tiny_onnx, small_data, tmp_path
+):
+    broken = register(registry, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
+    registry.set_registered_model_alias(NAME, "champion", broken)
+    candidate = register(registry, tiny_onnx)
+
+    message = promote_in_process(small_data, candidate)
+
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == candidate
+    assert f"version {broken}) does not load: replaced" in message
+    tags = registry.get_model_version(NAME, candidate).tags
+    assert tags["promotion"] == "promoted" and tags["promotion_champion_version"] == broken
+    run = registry.get_run(tags["promotion_run_id"])
+    assert run.data.tags["decision"] == "promoted" and run.info.status == "FINISHED"
+
+
+def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
+    registry, tiny_onnx, small_data, monkeypatch
+):
+    """Another promotion moves the alias while this one scores: the alias stays where
+    the other put it, and this candidate is tagged refused, with why."""
+    first, candidate, other = (register(registry, tiny_onnx) for _ in range(3))
+    registry.set_registered_model_alias(NAME, "champion", first)
+
+    def a_concurrent_promotion(*args, **kwargs):
+        decision = judge(*args, **kwargs)
+        registry.set_registered_model_alias(NAME, "champion", other)
+        return decision
+
+    monkeypatch.setattr("distrinews.registry.judge", a_concurrent_promotion)
+    with pytest.raises(UserError, match=f"moved to version {other} during this promotion"):
+        promote_in_process(small_data, candidate)
+
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == other
+    tags = registry.get_model_version(NAME, candidate).tags
+    assert tags["promotion"] == "refused" and "run it again" in tags["promotion_reason"]
+    run = registry.get_run(tags["promotion_run_id"])
+    assert run.data.tags["decision"] == "refused" and run.info.status == "FAILED"

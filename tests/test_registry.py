@@ -87,11 +87,13 @@ def test_export_registers_promote_gates_and_the_server_follows(
         switch_under_load(store, server, trained, small_data, texts, client)
         refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path)
         refuse_other_labels(store, small_data, client, tmp_path)
-        refuse_a_broken_version(server, client, tiny_onnx, tmp_path)
-        # Rollback: force skips the accuracy gate (2 and 1 score alike here anyway).
+        broken = refuse_a_broken_version(server, client, tiny_onnx, tmp_path)
+        # Rollback, from a champion that no longer loads: replaced, and the tags say so.
         result = promote(store, small_data, version=1, force="true")
         assert result.returncode == 0 and champion(client) == "1", result.stderr[-3000:]
-        assert "forced" in result.stdout
+        assert f"the champion (version {broken}) does not load: replaced" in result.stdout
+        tags = client.get_model_version(NAME, "1").tags
+        assert (tags["promotion"], tags["promotion_champion_version"]) == ("promoted", broken)
         wait_for_version(server.url, "1")
         keep_serving_without_the_tracking_server(registry, server, texts)
     finally:
@@ -175,8 +177,9 @@ def refuse_other_labels(store, small_data, client, tmp_path) -> None:
     assert champion(client) == "2"
 
 
-def refuse_a_broken_version(server, client, tiny_onnx, tmp_path) -> None:
-    """The alias moved by hand to a version whose ONNX file is corrupt: the server keeps 2."""
+def refuse_a_broken_version(server, client, tiny_onnx, tmp_path) -> str:
+    """The alias moved by hand to a version whose ONNX file is corrupt: the server keeps 2.
+    Returns that version, still the champion."""
     version = register_folder(client, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
     client.set_registered_model_alias(NAME, "champion", version)
     deadline = time.monotonic() + 60
@@ -185,7 +188,7 @@ def refuse_a_broken_version(server, client, tiny_onnx, tmp_path) -> None:
         time.sleep(0.2)
     assert served_version(server.url) == "2"
     assert httpx.post(f"{server.url}/predict", json={"text": "Oil up"}).status_code == 200
-    client.set_registered_model_alias(NAME, "champion", "2")
+    return version
 
 
 def keep_serving_without_the_tracking_server(registry, server, texts) -> None:
