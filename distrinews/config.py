@@ -76,12 +76,16 @@ class TrainConfig:
     grad_accum: int = _help("Micro-steps per optimizer step.", 1)
     max_grad_norm: float = _help("Gradient clipping norm (0: off).", 1.0)
     seed: int = _help("Seed for the validation split, shuffling, and the new head.", 42)
-    output_dir: str = _help("Where epoch checkpoints are written.", "checkpoints")
+    output_dir: str = _help(
+        "Where epoch checkpoints are written, in a folder per MLflow run: <output_dir>/<run id>.",
+        "checkpoints",
+    )
     resume: bool = _help(
-        "Continue from the newest checkpoint in output_dir (automatic after a torchrun restart).",
+        "Continue the run from its own newest checkpoint; name the run with mlflow run "
+        "--run-id <id> (or MLFLOW_RUN_ID). Automatic after a torchrun restart.",
         False,
     )
-    keep_checkpoints: int = _help("Newest epoch checkpoints kept in output_dir (0: all).", 1)
+    keep_checkpoints: int = _help("Newest epoch checkpoints kept per run (0: all).", 1)
     threads: int = _help("Torch threads per process (0: CPU cores / local processes).", 0)
     log_every: int = _help("Log train loss, learning rate and samples/s every N steps.", 10)
     head_lr: float = _help("Peak learning rate of the new classification head (0: lr).", 0.0)

@@ -4,9 +4,9 @@
 `Tracker` whose methods do nothing, so training code logs unconditionally
 and no `if rank == 0` is scattered around (nanochat's DummyWandb idea).
 
-Run selection: under `mlflow run` the run it created (MLFLOW_RUN_ID) is
-used; after a torchrun restart, the run recorded in the checkpoint; else a
-new run. Leaving the `with` block ends the run FINISHED, KILLED (Ctrl-C,
+Run selection (`training.own_run`): under `mlflow run` the run it created
+(MLFLOW_RUN_ID) is used; after a torchrun restart, the run that torchrun job
+started; else a new run. Leaving the `with` block ends the run FINISHED, KILLED (Ctrl-C,
 SIGTERM) or FAILED (any other exception).
 
 What a run records, so runs compare in the MLflow UI: metric keys in sections
@@ -254,9 +254,9 @@ def check_tracking_server(timeout: float = 10) -> None:
 
 
 def start_tracker(
-    is_main: bool, cfg: TrackingConfig, resume_run_id: str | None = None, default_name: str = ""
+    is_main: bool, cfg: TrackingConfig, run_id: str | None = None, default_name: str = ""
 ) -> Tracker:
-    """Start (or re-open) the MLflow run on the main process.
+    """Start a new MLflow run (`run_id` None) or re-open `run_id`, on the main process.
 
     A run the user did not name is named `default_name` (its key settings).
     """
@@ -264,7 +264,6 @@ def start_tracker(
         return Tracker()
     import mlflow
 
-    run_id = os.environ.get("MLFLOW_RUN_ID") or resume_run_id
     if run_id is None:
         # --experiment wins; at its default, MLFLOW_EXPERIMENT_NAME (or _ID) does.
         from_env = any(os.environ.get(f"MLFLOW_EXPERIMENT_{k}") for k in ("NAME", "ID"))

@@ -3,6 +3,7 @@
 `run_training` is the whole story; the helpers below it each do one step.
 """
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ class TrainState:
     steps_per_epoch: int
     tracker: Tracker = field(default_factory=Tracker)
     progress: Progress = field(default_factory=Progress)
+    run_folder: Path | None = None  # the run's checkpoint folder, on the main process
 
     def x_axes(self) -> dict[str, float]:
         """Logged beside every step metric: the UI can then plot runs of different
@@ -160,9 +162,8 @@ def run_training(job: TrainingJob) -> dict[str, float]:
     info = DistInfo.from_env()
     log = get_logger(info)
     raise_on_sigterm()
-    resume_from = None
+    run_id, resume_from = own_run(job.train, info)
     if job.train.resume or info.restart_count:
-        resume_from = checkpoint.latest_checkpoint(job.train.output_dir)
         log.info("resuming from %s", resume_from or "nothing: no checkpoint yet, starting fresh")
     saved = checkpoint.load_training_state(resume_from) if resume_from else None
     setup_distributed(info, job.train.threads)
@@ -171,7 +172,7 @@ def run_training(job: TrainingJob) -> dict[str, float]:
             if info.is_main:
                 check_tracking_server()  # before training, not after an hour of it
         name = default_run_name(job, info.world_size)
-        with start_tracker(info.is_main, job.tracking, saved and saved["run_id"], name) as tracker:
+        with start_tracker(info.is_main, job.tracking, run_id, name) as tracker:
             return _train(job, info, tracker, resume_from, saved)
     except UserError:
         # torchrun stops every rank once one exits with an error: wait until
@@ -182,10 +183,46 @@ def run_training(job: TrainingJob) -> dict[str, float]:
         cleanup_distributed()
 
 
+def own_run(cfg: TrainConfig, info: DistInfo) -> tuple[str | None, Path | None]:
+    """The MLflow run this launch logs to (None: a new one), and its checkpoint to resume.
+
+    The run is MLflow's MLFLOW_RUN_ID (`mlflow run`, or set by hand to continue
+    a run); after a torchrun restart without it, the run this torchrun job
+    started. Only that run's own checkpoints are resumed: after a restart
+    with none yet, the run starts again from scratch; `resume=true` with none
+    is an error.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id is None and info.restart_count:
+        run_id = checkpoint.run_of_job(cfg.output_dir, os.environ.get("TORCHELASTIC_RUN_ID"))
+    if not (cfg.resume or info.restart_count):
+        return run_id, None
+    found = checkpoint.latest_checkpoint(Path(cfg.output_dir) / run_id) if run_id else None
+    if found is None and cfg.resume and not info.restart_count:
+        raise UserError(nothing_to_resume(cfg.output_dir, run_id))
+    return run_id, found
+
+
+def nothing_to_resume(output_dir: str, run_id: str | None) -> str:
+    """Why resume=true found nothing, and how to continue a run that has checkpoints."""
+    where = f"run {run_id} has no checkpoint in {output_dir}" if run_id else "no run was named"
+    runs = checkpoint.runs_with_checkpoints(output_dir)
+    listed = ", ".join(f"{run} ({epoch})" for run, epoch in runs.items()) or "none"
+    return (
+        f"resume=true continues a run from its own checkpoints, but {where} (runs with "
+        f"checkpoints there: {listed}); continue one with `mlflow run . -e train --run-id "
+        "<run id> -P resume=true` (or MLFLOW_RUN_ID=<run id> with torchrun), or drop resume"
+    )
+
+
 def _train(
     job: TrainingJob, info: DistInfo, tracker: Tracker, resume_from: Path | None, saved: dict | None
 ) -> dict[str, float]:
     torch.manual_seed(job.train.seed)  # same new head on every rank
+    run_folder = None
+    if info.is_main:  # at once: a restart during the first epoch then finds this run
+        job_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        run_folder = checkpoint.claim_run_folder(job.train.output_dir, tracker.run_id, job_id)
     with fail_together(info):
         check_world_fits_machine(info)
         splits = load_splits(job.data, job.train.seed)
@@ -196,7 +233,7 @@ def _train(
     state = make_train_state(
         model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
     )
-    state.tracker = tracker
+    state.tracker, state.run_folder = tracker, run_folder
     tracker.log_params(job.as_params() | effective_params(job, info, splits))
     tracker.set_tags(run_tags(job, info, resume_from))
     tracker.log_datasets(splits.frames(), job.data.data)
@@ -367,7 +404,7 @@ def end_epoch(state: TrainState, val_loader: DataLoader, tokenizer: Any) -> None
     )
     get_logger(info).info("epoch %d: validation %s", progress.epoch, _fmt(val_metrics))
     checkpoint.save_checkpoint(
-        state.cfg.output_dir,
+        state.run_folder,
         progress.epoch,
         state.model,
         tokenizer,

@@ -115,4 +115,4 @@ def exported(trained_run, small_data, tmp_path_factory):
         },
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return store, run_id, folder, checkpoint.latest_checkpoint(output_dir)
+    return store, run_id, folder, checkpoint.latest_checkpoint(output_dir / run_id)

@@ -104,22 +104,36 @@ class MlflowStore:
         return self.client.search_runs([experiment_id])
 
     def run(
-        self, command: list[str], timeout: float = PROCESS_TIMEOUT, cwd: Path = REPO
+        self,
+        command: list[str],
+        timeout: float = PROCESS_TIMEOUT,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        """`command` with this store's environment, output captured, bounded in time."""
+        """`command` with this store's environment (plus `env`), output captured, bounded."""
         return subprocess.run(
-            command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+            command,
+            cwd=cwd,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
-    def mlflow_run(
-        self, entry: str, experiment: str, params: dict, timeout: float = PROCESS_TIMEOUT
-    ) -> subprocess.CompletedProcess:
+    def mlflow_command(self, entry: str, experiment: str, params: dict) -> list[str]:
         """`mlflow run <repo> -e <entry> --env-manager local`, as a user types it."""
         command = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
         command += ["--experiment-name", experiment]
         for key, value in params.items():
             command += ["-P", f"{key}={value}"]
-        return self.run(command, timeout, cwd=self.folder)  # its mlruns/ stays in the temp folder
+        return command
+
+    def mlflow_run(
+        self, entry: str, experiment: str, params: dict, timeout: float = PROCESS_TIMEOUT
+    ) -> subprocess.CompletedProcess:
+        """`mlflow run` of `entry`, in this store's folder (its mlruns/ stays there)."""
+        command = self.mlflow_command(entry, experiment, params)
+        return self.run(command, timeout, cwd=self.folder)
 
 
 def train_run(store: MlflowStore, experiment_id: str):

@@ -1,9 +1,14 @@
+import os
+
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from distrinews import checkpoint
+from distrinews.config import TrainConfig, UserError
 from distrinews.distributed import DistInfo
 from distrinews.model import load_model_and_tokenizer
+from distrinews.training import own_run
 
 SINGLE = DistInfo(0, 0, 1, 1, torch.device("cpu"), "gloo")
 
@@ -50,3 +55,73 @@ def test_keep_checkpoints_keeps_the_newest(tmp_path, tiny_bert):
             checkpoint.save_checkpoint(folder, epoch, model, tokenizer, {}, SINGLE, keep)
         kept = {p.name for p in folder.glob("epoch-*")}
         assert kept == ({"epoch-10", "epoch-11"} if keep else {f"epoch-{e}" for e in range(1, 12)})
+
+
+def test_two_runs_in_one_output_dir_keep_their_own_checkpoints(tmp_path, tiny_bert):
+    """A 3-epoch run, then a 2-epoch one, keep=1: neither prunes the other's, and each
+    `latest` names a checkpoint that exists."""
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    for run_id, epochs in (("older", 3), ("newer", 2)):
+        folder = checkpoint.claim_run_folder(tmp_path, run_id, None)
+        for epoch in range(1, epochs + 1):
+            checkpoint.save_checkpoint(folder, epoch, model, tokenizer, {"epoch": epoch}, SINGLE)
+    assert checkpoint.latest_checkpoint(tmp_path / "older") == tmp_path / "older" / "epoch-3"
+    assert checkpoint.latest_checkpoint(tmp_path / "newer") == tmp_path / "newer" / "epoch-2"
+    assert checkpoint.runs_with_checkpoints(tmp_path) == {"newer": "epoch-2", "older": "epoch-3"}
+
+
+def test_a_restart_cleans_the_leftovers_of_a_killed_save(tmp_path):
+    folder = tmp_path / "run-1"
+    (folder / ".epoch-2.tmp-999").mkdir(parents=True)
+    (folder / ".latest.tmp-999").write_text("epoch-2")
+    (folder / "epoch-1").mkdir()
+    assert checkpoint.claim_run_folder(tmp_path, "run-1", "job-a") == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-1", checkpoint.TORCHRUN_JOB]
+
+
+def test_a_restarted_torchrun_job_finds_the_run_it_started(tmp_path):
+    checkpoint.claim_run_folder(tmp_path, "run-of-a", "job-a")
+    checkpoint.claim_run_folder(tmp_path, "run-of-b", "job-b")
+    assert checkpoint.run_of_job(tmp_path, "job-b") == "run-of-b"
+    assert checkpoint.run_of_job(tmp_path, "job-c") is None
+    assert checkpoint.run_of_job(tmp_path, None) is None
+    # A job id used again (--rdzv-id news-1 twice): the newest run that has it.
+    checkpoint.claim_run_folder(tmp_path, "later-run-of-a", "job-a")
+    later = tmp_path / "later-run-of-a" / checkpoint.TORCHRUN_JOB
+    os.utime(later, (later.stat().st_mtime + 10,) * 2)
+    assert checkpoint.run_of_job(tmp_path, "job-a") == "later-run-of-a"
+
+
+@pytest.fixture()
+def two_runs(tmp_path, tiny_bert, monkeypatch):
+    """output_dir with a run that has a checkpoint (job-a) and one that has none yet (job-b)."""
+    model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
+    folder = checkpoint.claim_run_folder(tmp_path, "with-checkpoint", "job-a")
+    checkpoint.save_checkpoint(folder, 1, model, tokenizer, {}, SINGLE)
+    checkpoint.claim_run_folder(tmp_path, "without", "job-b")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    return tmp_path
+
+
+def test_resume_continues_the_named_run_and_only_its_checkpoints(two_runs, monkeypatch):
+    cfg = TrainConfig(output_dir=str(two_runs), resume=True)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "with-checkpoint")
+    assert own_run(cfg, SINGLE) == ("with-checkpoint", two_runs / "with-checkpoint" / "epoch-1")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "without")
+    with pytest.raises(UserError, match="run without has no checkpoint") as refused:
+        own_run(cfg, SINGLE)
+    assert "with-checkpoint (epoch-1)" in str(refused.value) and "--run-id" in str(refused.value)
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    with pytest.raises(UserError, match="no run was named"):
+        own_run(cfg, SINGLE)
+
+
+def test_a_restart_resumes_its_own_run_or_starts_it_again(two_runs, monkeypatch):
+    cfg = TrainConfig(output_dir=str(two_runs))
+    assert own_run(cfg, SINGLE) == (None, None), "a first start: a new run"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    assert own_run(cfg, SINGLE) == ("with-checkpoint", two_runs / "with-checkpoint" / "epoch-1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    assert own_run(cfg, SINGLE) == ("without", None), "no checkpoint yet: the same run again"

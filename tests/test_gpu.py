@@ -46,8 +46,9 @@ def test_training_on_gpus_uses_nccl_and_bf16(gpu_run):
 
 
 def test_gpu_checkpoints_carry_every_ranks_cuda_rng(gpu_run):
-    _, _, output_dir, nproc = gpu_run
-    state = checkpoint.load_training_state(checkpoint.latest_checkpoint(output_dir))
+    _, run, output_dir, nproc = gpu_run
+    folder = checkpoint.latest_checkpoint(output_dir / run.info.run_id)
+    state = checkpoint.load_training_state(folder)
     assert len(state["rng"]) == nproc
     assert all(rng["cuda"].dtype == torch.uint8 for rng in state["rng"])
     assert not torch.equal(state["rng"][0]["cuda"], state["rng"][-1]["cuda"]) or nproc == 1
@@ -59,17 +60,18 @@ def test_a_gpu_run_resumes_from_its_checkpoint(gpu_run, tiny_bert, small_data):
     command = torchrun_command(
         nproc, epochs=3, resume="true", output_dir=output_dir, keep_checkpoints=0, **options
     )
-    result = store.run(command)
+    result = store.run(command, env={"MLFLOW_RUN_ID": run.info.run_id})
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resuming from" in result.stderr and "epoch 3/3" in result.stderr
     assert store.client.get_run(run.info.run_id).info.status == "FINISHED"
-    assert checkpoint.latest_checkpoint(output_dir).name == "epoch-3"
+    assert checkpoint.latest_checkpoint(output_dir / run.info.run_id).name == "epoch-3"
 
 
 def test_a_gpu_checkpoint_exports_to_int8_onnx(gpu_run, small_data, tmp_path):
-    store, _, output_dir, _ = gpu_run
+    store, run, output_dir, _ = gpu_run
     store.experiment("gpu-export")
-    params = {"checkpoint": output_dir / "epoch-2", "data": small_data, "output": tmp_path / "onnx"}
+    epoch_2 = output_dir / run.info.run_id / "epoch-2"
+    params = {"checkpoint": epoch_2, "data": small_data, "output": tmp_path / "onnx"}
     result = store.mlflow_run("export", "gpu-export", params | {"max_accuracy_drop": 5})
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "onnx" / "model_optimized_quantized.onnx").is_file()

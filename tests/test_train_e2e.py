@@ -138,8 +138,9 @@ def test_logged_model_has_its_test_metrics_and_an_input_example(trained_run, tin
 def test_test_metrics_are_those_of_the_final_model(trained_run, small_data):
     """The logged test figures, recomputed here from the last checkpoint with scikit-learn."""
     store, experiment_id, output_dir, _ = trained_run
-    metrics = train_run(store, experiment_id).data.metrics
-    folder = checkpoint.latest_checkpoint(output_dir)
+    run = train_run(store, experiment_id)
+    metrics = run.data.metrics
+    folder = checkpoint.latest_checkpoint(output_dir / run.info.run_id)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     test = pd.read_parquet(small_data / "test.parquet")
@@ -209,7 +210,7 @@ def test_logged_model_predicts_like_the_checkpoint(trained_run, small_data):
     run_id = train_run(store, experiment_id).info.run_id
     mlflow.set_tracking_uri(store.uri)
     texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:24]
-    folder = checkpoint.latest_checkpoint(output_dir)
+    folder = checkpoint.latest_checkpoint(output_dir / run_id)
     assert folder is not None and folder.name == "epoch-3"
     reference = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)

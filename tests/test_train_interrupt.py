@@ -98,27 +98,32 @@ def test_interrupted_training_leaves_no_running_run(
     assert store.client.get_run(run_id).info.status in expected_status
     assert processes_mentioning(str(output_dir)) == []
     # Wherever the interruption fell, even mid-write, `latest` names a complete checkpoint.
-    latest = checkpoint.latest_checkpoint(output_dir)
+    latest = checkpoint.latest_checkpoint(output_dir / run_id)
     assert latest is not None and latest.name.startswith("epoch-")
     assert checkpoint.load_training_state(latest)["progress"]["epoch"] == int(latest.name[6:])
     AutoModelForSequenceClassification.from_pretrained(latest)  # loads: weights complete
 
 
 def test_a_crash_in_a_worker_leaves_the_run_failed(tmp_path, tiny_bert, small_data):
-    """Rank 0 raises while saving epoch 1 (a file stands where the checkpoint goes)."""
+    """Rank 0 raises while saving epoch 1 (a file stands where the checkpoint goes).
+
+    The run is made first and named by MLFLOW_RUN_ID, as `mlflow run` does, so
+    the test knows its checkpoint folder.
+    """
     store = MlflowStore(tmp_path)
     experiment_id = store.experiment("crash")
+    run_id = store.client.create_run(experiment_id).info.run_id
     output_dir = tmp_path / "checkpoints"
-    output_dir.mkdir()
-    (output_dir / "epoch-1").write_text("not a folder")
+    (output_dir / run_id).mkdir(parents=True)
+    (output_dir / run_id / "epoch-1").write_text("not a folder")
     command = torchrun_command(
         2, model=tiny_bert, data=small_data, epochs=2, batch_size=16, output_dir=output_dir
     )
-    result = store.run(command + ["--experiment", "crash"], timeout=300)
+    result = store.run(command, timeout=300, env={"MLFLOW_RUN_ID": run_id})
     assert result.returncode != 0
     assert "Traceback" in result.stderr, "an unexpected error keeps its traceback"
     (run,) = store.runs(experiment_id)
     assert run.info.status == "FAILED"
     assert "Error" in run.data.tags["error"] and "epoch-1" in run.data.tags["error"]
-    assert checkpoint.latest_checkpoint(output_dir) is None, "no half-written checkpoint"
+    assert checkpoint.latest_checkpoint(output_dir / run_id) is None, "no half-written checkpoint"
     assert processes_mentioning(str(output_dir)) == []
