@@ -5,6 +5,7 @@ The int8 model is only accepted if its test accuracy stays within
 """
 
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -187,6 +188,8 @@ def _size_mb(folder: Path, pattern: str) -> float:
 def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
     """The export step: resolve the source, then export and check it in a run of its own."""
     target = detect_target() if cfg.target == "auto" else cfg.target
+    if cfg.output:
+        check_replaceable(Path(cfg.output))  # before the run: a refusal leaves nothing behind
     with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
         work_dir = Path(work)
         source_run, checkpoint, untrained = resolve_checkpoint(cfg, work_dir)
@@ -204,10 +207,40 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
             int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, target, work_dir)
             report["export_run_id"] = run.info.run_id
         if cfg.output:
-            output = Path(cfg.output)
-            shutil.rmtree(output, ignore_errors=True)
-            shutil.copytree(int8_dir, output)
+            publish(int8_dir, Path(cfg.output))
     return report
+
+
+REPORT = "export_report.json"
+
+
+def check_replaceable(output: Path) -> None:
+    """`output` may be written: new, empty, or an earlier export (which is replaced). A
+    mistyped `-P output=` must not delete a folder of something else."""
+    if output.is_file() or (
+        output.is_dir() and any(output.iterdir()) and not (output / REPORT).is_file()
+    ):
+        raise UserError(
+            f"output={output} exists and is not an exported model folder (no {REPORT}); "
+            "pass a new folder, an empty one, or an earlier export's"
+        )
+
+
+def publish(folder: Path, output: Path) -> None:
+    """Copy `folder` to `output` whole or not at all: a server started from `output` never
+    finds half a model, even if the export is killed while copying."""
+    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    retired = output.with_name(f".{output.name}.old-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(folder, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output.exists():
+        os.replace(output, retired)
+    os.replace(staging, output)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_and_check(
@@ -240,7 +273,7 @@ def export_and_check(
         "test_rows": len(test),
         UNTRAINED: run.data.tags.get(UNTRAINED),
     }
-    (int8_dir / "export_report.json").write_text(json.dumps(evidence | report, indent=2))
+    (int8_dir / REPORT).write_text(json.dumps(evidence | report, indent=2))
     accepted = drop_points <= cfg.max_accuracy_drop + POINTS_TOLERANCE
     # A rejected model is still logged, to look into, but never registered.
     version = log_and_register(int8_dir, texts[:2], cfg.registered_model if accepted else "")
