@@ -219,10 +219,6 @@ def _train(
     job: TrainingJob, info: DistInfo, tracker: Tracker, resume_from: Path | None, saved: dict | None
 ) -> dict[str, float]:
     torch.manual_seed(job.train.seed)  # same new head on every rank
-    run_folder = None
-    if info.is_main:  # at once: a restart during the first epoch then finds this run
-        job_id = os.environ.get("TORCHELASTIC_RUN_ID")
-        run_folder = checkpoint.claim_run_folder(job.train.output_dir, tracker.run_id, job_id)
     with fail_together(info):
         check_world_fits_machine(info)
         splits = load_splits(job.data, job.train.seed)
@@ -230,6 +226,10 @@ def _train(
             str(resume_from or job.model.model), splits.labels
         )
         train_loader, eval_loaders = build_loaders(job, splits, tokenizer, info)
+    run_folder = None
+    if info.is_main:  # before the first step: a restart in the first epoch finds this run
+        job_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        run_folder = checkpoint.claim_run_folder(job.train.output_dir, tracker.run_id, job_id)
     state = make_train_state(
         model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
     )
