@@ -24,12 +24,12 @@ import numpy as np
 
 from benchmarks.common import DATA, REPO, percentiles, record
 from distrinews.config import DataConfig, ExportConfig
-from distrinews.data import load_splits
 from distrinews.export import pytorch_logits, quantize_to_int8, resolve_checkpoint
 from distrinews.runtime.cpu import available_cpus, cpu_flags
 from distrinews.runtime.labels import labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions
+from distrinews.splits import load_splits
 
 
 def presets() -> dict[str, tuple[str, object]]:

@@ -59,9 +59,10 @@ def train_worker(args: argparse.Namespace) -> None:
     import torch
 
     from distrinews.config import DataConfig, TrainConfig
-    from distrinews.data import TokenizedDataset, load_splits, make_loader
     from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
+    from distrinews.loaders import TokenizedDataset, make_loader
     from distrinews.model import load_model_and_tokenizer
+    from distrinews.splits import load_splits
     from distrinews.training import make_train_state, train_step
 
     info = DistInfo.from_env()

@@ -19,7 +19,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.config import DataConfig, ExportConfig, UserError
-from distrinews.data import load_splits
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
 from distrinews.registry import POINTS_TOLERANCE, UNTRAINED, describe_version
 from distrinews.runtime.cpu import available_cpus, detect_target
@@ -27,6 +26,7 @@ from distrinews.runtime.labels import LABELS, labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.pyfunc import log_onnx_model
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
+from distrinews.splits import load_splits
 from distrinews.tracking import load_logged_model, log_new_params, log_split, step_run
 
 

@@ -20,7 +20,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 
 from distrinews import checkpoint
 from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob, UserError
-from distrinews.data import Splits, TokenizedDataset, load_splits, make_loader, steps_per_epoch
 from distrinews.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
@@ -36,9 +35,11 @@ from distrinews.distributed import (
 )
 from distrinews.evaluation import evaluate
 from distrinews.labels import data_name, metric_safe
+from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
 from distrinews.model import autocast, autocast_dtype, class_names, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
 from distrinews.progress import progress_bar
+from distrinews.splits import Splits, load_splits
 from distrinews.tracking import (
     ModelCard,
     Tracker,

@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 
 from distrinews.config import DataConfig, UserError
-from distrinews.data import (
+from distrinews.loaders import (
     LengthGroupedSampler,
     ShardedEvalSampler,
     TokenizedDataset,
-    load_splits,
     make_loader,
 )
 from distrinews.model import load_model_and_tokenizer
+from distrinews.splits import load_splits
 
 
 def write_split(folder, train: pd.DataFrame, test: pd.DataFrame, fmt: str = "parquet"):

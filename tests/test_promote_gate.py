@@ -1,5 +1,9 @@
 """The promotion gate's decision, case by case (the full flow: tests/test_registry.py)."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -7,7 +11,7 @@ import pytest
 
 from distrinews.config import DataConfig, PromoteConfig, UserError
 from distrinews.registry import Score, decide, judge, run_promote
-from tests.helpers import MlflowStore, tracking_uri
+from tests.helpers import REPO, MlflowStore, tracking_uri
 from tests.test_serving_routes import broken_copy
 
 VERSIONS = {"candidate": "3", "champion": "2"}
@@ -121,3 +125,32 @@ def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
     assert tags["promotion"] == "refused" and "run it again" in tags["promotion_reason"]
     run = registry.get_run(tags["promotion_run_id"])
     assert run.data.tags["decision"] == "refused" and run.info.status == "FAILED"
+
+
+#: Runs the promote step in process, then reports its exit code and what got imported.
+PROMOTE_AND_REPORT = """
+import json, sys
+from pipelines.promote import main
+code = main(sys.argv[1:])
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "transformers"})
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def test_promote_runs_without_importing_torch_or_transformers(registry, tiny_onnx, small_data):
+    """The gate scores through the server's runtime: a machine without torch can promote."""
+    version = register(registry, tiny_onnx)
+    arguments = ["--data", str(small_data), "--version", version, "--max-eval-rows", "50"]
+    arguments += ["--latency-texts", "5", "--max-p95-ms", "1000"]
+    result = subprocess.run(
+        [sys.executable, "-c", PROMOTE_AND_REPORT, *arguments],
+        cwd=REPO,
+        env=os.environ | {"MLFLOW_EXPERIMENT_NAME": "promote"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"code": 0, "heavy": []}, result.stderr[-3000:]
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == version
