@@ -23,7 +23,7 @@ from benchmarks.common import (
     one_client,
     record,
 )
-from distrinews.tracking import logged_model_id
+from distrinews.logged_models import logged_model_id
 from tests.servers import LocalServer, Server
 
 

@@ -11,12 +11,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distrinews.config import DataConfig, EvaluateConfig, TrainConfig
 from distrinews.distributed import DistInfo, all_reduce_sum
 from distrinews.loaders import TokenizedDataset, make_loader
+from distrinews.logged_models import load_logged_model, logged_model_id
 from distrinews.metrics import classification_metrics, confusion_matrix
+from distrinews.mlflow_runs import log_split, step_run
 from distrinews.model import autocast, class_names
 from distrinews.plots import confusion_matrix_figure
 from distrinews.progress import progress_bar
 from distrinews.splits import load_splits
-from distrinews.tracking import load_logged_model, log_split, logged_model_id, step_run
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.config import DataConfig, ExportConfig, UserError
+from distrinews.logged_models import load_logged_model
+from distrinews.mlflow_runs import log_new_params, log_split, step_run
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
 from distrinews.registry import POINTS_TOLERANCE, UNTRAINED, describe_version
 from distrinews.runtime.cpu import available_cpus, detect_target
@@ -27,7 +29,6 @@ from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.pyfunc import log_onnx_model
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.splits import load_splits
-from distrinews.tracking import load_logged_model, log_new_params, log_split, step_run
 
 
 def quantize_to_int8(

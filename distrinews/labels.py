@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from distrinews.config import UserError
+from distrinews.run_names import data_name
 from distrinews.runtime.labels import LABELS
 
 #: One class name per line, line i naming integer label i.
@@ -22,11 +23,6 @@ NAMES_FILE = "label_names.txt"
 def metric_safe(name: str) -> str:
     """'Sci/Tech' -> 'sci_tech': the class's part of metric keys such as test/f1_sci_tech."""
     return "".join(c if c.isalnum() else "_" for c in name.lower())
-
-
-def data_name(data: str) -> str:
-    """'../shared/data/ag_news' or 'fancyzhx/ag_news' -> 'ag_news'."""
-    return Path(data.rstrip("/")).name or data
 
 
 def read_names_file(folder: Path) -> tuple[str, ...] | None:

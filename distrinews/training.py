@@ -34,20 +34,15 @@ from distrinews.distributed import (
     wrap_ddp,
 )
 from distrinews.evaluation import evaluate
-from distrinews.labels import data_name, metric_safe
+from distrinews.labels import metric_safe
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
+from distrinews.mlflow_runs import check_tracking_server, git_commit
 from distrinews.model import autocast, autocast_dtype, class_names, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
 from distrinews.progress import progress_bar
+from distrinews.run_names import data_name, default_run_name, short_model_name
 from distrinews.splits import Splits, load_splits
-from distrinews.tracking import (
-    ModelCard,
-    Tracker,
-    check_tracking_server,
-    git_commit,
-    short_model_name,
-    start_tracker,
-)
+from distrinews.tracking import ModelCard, Tracker, start_tracker
 
 
 @dataclass
@@ -494,16 +489,6 @@ def effective_params(job: TrainingJob, info: DistInfo, splits: Splits) -> dict[s
         "global_batch_size": job.train.batch_size * info.world_size * job.train.grad_accum,
         "compute_precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
     }
-
-
-def default_run_name(job: TrainingJob, world_size: int) -> str:
-    """A name that says the run's key settings, e.g. 'minilm-l6 lr1e-4 b32x2 e2'."""
-    t = job.train
-    mantissa, exponent = f"{t.lr:e}".split("e")
-    lr = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    batch = f"b{t.batch_size}x{world_size}" + (f"x{t.grad_accum}" if t.grad_accum > 1 else "")
-    rows = f" n{job.data.max_train_rows}" if job.data.max_train_rows else ""
-    return f"{short_model_name(job.model.model)} lr{lr} {batch} e{t.epochs}{rows}"
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -5,9 +5,12 @@ from dataclasses import replace
 from mlflow.utils.name_utils import _generate_random_name
 
 from distrinews.config import parse_training_job
-from distrinews.labels import data_name
-from distrinews.tracking import is_generated_run_name, short_model_name
-from distrinews.training import default_run_name
+from distrinews.run_names import (
+    data_name,
+    default_run_name,
+    is_generated_run_name,
+    short_model_name,
+)
 
 
 def test_an_unnamed_run_is_named_after_its_key_settings():

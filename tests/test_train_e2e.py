@@ -13,8 +13,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews import checkpoint
 from distrinews.config import DataConfig, TrainConfig, parse_bool
+from distrinews.logged_models import logged_model_id
+from distrinews.mlflow_runs import git_commit
 from distrinews.runtime.cpu import available_cpus
-from distrinews.tracking import git_commit, logged_model_id
 from tests.helpers import E2E_TRAINING, REPO, processes_mentioning, train_run
 
 pytestmark = pytest.mark.integration
