@@ -96,9 +96,15 @@ def test_each_entry_point_command_gives_the_steps_defaults(step):
     assert build_parser(step).parse_args(arguments) == build_parser(step).parse_args(required)
 
 
-def readme_parameter_table() -> dict[str, str]:
-    """README's train parameter table as {parameter: default as written}."""
-    section = (REPO / "README.md").read_text().split("### Parameters", 1)[1].split("\n### ")[0]
+#: The page that documents the train parameters, in its "### Parameters" section.
+TRAINING_PAGE = REPO / "docs" / "training.md"
+
+
+def documented_parameter_table() -> dict[str, str]:
+    """docs/training.md's train parameter table as {parameter: default as written}."""
+    text = TRAINING_PAGE.read_text()
+    assert "\n### Parameters\n" in text, f"{TRAINING_PAGE} has no '### Parameters' section"
+    section = re.split(r"\n#{1,3} ", text.split("\n### Parameters\n", 1)[1])[0]
     table = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -111,12 +117,12 @@ def readme_parameter_table() -> dict[str, str]:
     return table
 
 
-def test_readme_parameter_table_lists_every_train_parameter_with_its_default():
-    table = readme_parameter_table()
+def test_training_page_parameter_table_lists_every_train_parameter_with_its_default():
+    table = documented_parameter_table()
     parameters = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["train"][
         "parameters"
     ]
-    assert set(table) == set(parameters), "README's table and `mlflow run -e train` agree"
+    assert set(table) == set(parameters), "docs/training.md's table and `mlflow run -e train` agree"
     defaults = vars(build_parser("train").parse_args([]))
     defaults |= {name: spec[1] for name, spec in mlproject.TORCHRUN_PARAMETERS.items()}
     for name, written in table.items():
