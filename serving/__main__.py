@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # uvicorn's own access log is off: the app writes one JSON line per request.
     app = create_app(settings, model)
+    # The app owns it now: held here while the server runs, it would outlive the
+    # first reload (its ONNX Runtime session, arena and threads).
+    del model
     config = uvicorn.Config(app, host=args.host, port=args.port, access_log=False)
     server = uvicorn.Server(config)
     server.run()

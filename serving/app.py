@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.registry import fail_fast_on_unreachable_server
-from serving.inference import LoadedModel, MicroBatcher, load_model
+from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
 from serving.reload import follow_alias, log_if_stopped, serve
 from serving.routes import build_router
@@ -30,31 +30,51 @@ from serving.settings import Settings
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     configure_logging()
+    await start_serving(app, settings)
+    reloader = None
+    if settings.reload_seconds and app.state.model.source.alias:
+        reloader = asyncio.create_task(follow_alias(app, settings))
+        reloader.add_done_callback(log_if_stopped)
+    try:
+        yield
+    finally:
+        await stop_serving(app, reloader)
+
+
+async def start_serving(app: FastAPI, settings: Settings) -> None:
+    """Load the model (unless given to create_app) and serve it.
+
+    A function of its own, and the given model taken out of app.state: once it
+    returns, only app.state.model holds the model, so the first reload frees it
+    (its ONNX Runtime session, arena and threads).
+    """
     # Loading reads and compiles the model: off the event loop. An error here
     # stops the server before it listens (uvicorn exits non-zero).
-    loaded = app.state.preloaded or await asyncio.to_thread(load_served_model, settings)
-    app.state.preloaded = None  # not held once a reload replaces it
+    model = app.state.preloaded or await asyncio.to_thread(load_served_model, settings)
+    app.state.preloaded = None
     metrics: ServerMetrics = app.state.metrics
     batcher = MicroBatcher(
-        loaded.classifier,
+        model.classifier,
         settings.micro_batch_size,
         settings.micro_batch_window_ms,
         observe=metrics.observe_inference,
     )
     batcher.start()
     app.state.batcher = batcher
-    serve(app, loaded)
-    reloader = None
-    if settings.reload_seconds and loaded.source.alias:
-        reloader = asyncio.create_task(follow_alias(app, settings))
-        reloader.add_done_callback(log_if_stopped)
-    try:
-        yield
-    finally:
-        if reloader:
-            reloader.cancel()
-        app.state.batcher = None
-        await batcher.stop()
+    serve(app, model)
+
+
+async def stop_serving(app: FastAPI, reloader: asyncio.Task | None) -> None:
+    """Stop following the alias and answering; delete the served model's download.
+
+    Also run when uvicorn cannot listen (port in use): no download outlives the server.
+    """
+    if reloader:
+        reloader.cancel()
+        await asyncio.wait([reloader])  # a load under way ends, and its download is deleted
+    batcher, app.state.batcher = app.state.batcher, None
+    await batcher.stop()
+    await retire(app.state.model)
 
 
 def load_served_model(settings: Settings) -> LoadedModel:
@@ -91,7 +111,12 @@ class BodyTooLarge(HTTPException):
 
 class LimitBodySize:
     """413 for bodies over the limit, checked while reading: a missing or
-    false Content-Length cannot smuggle a larger body in."""
+    false Content-Length cannot smuggle a larger body in.
+
+    A declared Content-Length over the limit fails the first read, before one
+    byte is read: the request is routed first, so the 413 is counted under its
+    route (a route that never reads the body answers as usual).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -102,14 +127,14 @@ class LimitBodySize:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self.reject(scope, receive, send)
-            return
+        declared_too_large = declared.isdigit() and int(declared) > self.max_bytes
         received = 0
         started = False
 
         async def limited_receive() -> Message:
             nonlocal received
+            if declared_too_large:
+                raise BodyTooLarge(self.max_bytes)
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
@@ -149,6 +174,8 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory).
 
     `model`: already loaded from `settings.model`, else the app loads it at start-up.
+    The app takes it over (and deletes its download when it is replaced or the server
+    stops): the caller should keep no reference to it.
     """
     settings = settings or Settings()
     app = FastAPI(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
+from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier, softmax
 from distrinews.runtime.registry import ModelSource, is_remote, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")
@@ -31,10 +31,22 @@ class LoadedModel:
     download: Path | None = None  # the folder it was downloaded into (ours to delete)
 
     def retire(self) -> None:
-        """Delete its download once another model serves. Requests still running on it
-        are unaffected: ONNX Runtime and the tokenizer hold what they read in memory."""
+        """Delete its download once another model serves, or the server stops. Requests
+        still running on it are unaffected: ONNX Runtime and the tokenizer hold what they
+        read in memory. Blocks while it deletes: on the event loop, use `retire`."""
         if self.download is not None:
             shutil.rmtree(self.download, ignore_errors=True)
+
+
+async def retire(model: LoadedModel) -> None:
+    """Delete `model`'s download in a thread (a large folder takes a while), and to the
+    end even if the caller is cancelled meanwhile: a stopping server must not leave it."""
+    deletion = asyncio.ensure_future(asyncio.to_thread(model.retire))
+    try:
+        await asyncio.shield(deletion)
+    except asyncio.CancelledError:
+        await asyncio.wait([deletion])
+        raise
 
 
 #: Texts of a few lengths run once after loading: the first requests then
@@ -52,6 +64,7 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
     try:
         folder = local_model_folder(source, into=download)
         classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
+        report = export_report(folder)
         for text in WARM_UP_TEXTS:
             classifier.probabilities([text])
     except BaseException:
@@ -59,12 +72,22 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
             shutil.rmtree(download, ignore_errors=True)
         raise
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return LoadedModel(classifier, source, loaded_at, export_report(folder), download)
+    return LoadedModel(classifier, source, loaded_at, report, download)
 
 
 def export_report(folder: Path) -> dict:
-    report = folder / "export_report.json"
-    return json.loads(report.read_text()) if report.is_file() else {}
+    """The export's report ({} if the folder has none); ModelFolderError if it is unreadable,
+    rather than a traceback at load or a 500 from /model later."""
+    path = folder / "export_report.json"
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as err:  # not UTF-8, not JSON
+        raise ModelFolderError(f"{path} is not valid JSON ({err}); re-export the model") from err
+    if not isinstance(report, dict):
+        raise ModelFolderError(f"{path} holds no JSON object; re-export the model")
+    return report
 
 
 @dataclass(frozen=True)
@@ -75,13 +98,19 @@ class Scores:
     labels: tuple[str, ...]
 
 
+#: A request's texts, and the future its scores are set on.
+Waiting = tuple[list[str], asyncio.Future]
+
+
 class MicroBatcher:
     """Combine texts from concurrent requests into one ONNX Runtime call.
 
     One worker takes every request queued so far (and, if `window_ms` > 0,
-    those arriving within that window), runs one inference in a thread, and
-    answers each request with its rows. A lone request waits at most the
-    window; under load, batches grow and requests/s with them.
+    those arriving within that window) up to `max_texts` texts, runs one
+    inference in a thread, and answers each request with its rows. A request
+    that would take a batch over `max_texts` starts the next one; one holding
+    `max_texts` or more runs alone. A lone request waits at most the window;
+    under load, batches grow and requests/s with them.
     """
 
     def __init__(
@@ -95,7 +124,8 @@ class MicroBatcher:
         self.observe = observe  # (seconds of one inference, tokens of each of its texts)
         self.max_texts = max_texts
         self.window = window_ms / 1000
-        self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Waiting] = asyncio.Queue()
+        self.held: Waiting | None = None  # taken from the queue, too large for the last batch
         # One inference at a time: ONNX Runtime already uses every core it was given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         self.worker: asyncio.Task | None = None
@@ -127,24 +157,34 @@ class MicroBatcher:
         self.observe(time.perf_counter() - start, [len(e.ids) for e in encodings])
         return Scores(rows, classifier.labels)
 
-    async def _collect(self) -> list[tuple[list[str], asyncio.Future]]:
-        batch = [await self.queue.get()]
-        count = len(batch[0][0])
+    async def _collect(self) -> list[Waiting]:
+        """The next batch: at most `max_texts` texts, unless its one request holds more."""
+        first = self.held or await self.queue.get()  # the request held back goes first
+        self.held = None
+        batch, count = [first], len(first[0])
         deadline = asyncio.get_running_loop().time() + self.window
         while count < self.max_texts:
-            if self.queue.empty():
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
-                    break
-            else:
-                item = self.queue.get_nowait()
+            item = await self._next(deadline)
+            if item is None:
+                break
+            if count + len(item[0]) > self.max_texts:
+                self.held = item  # it would overflow this batch: it starts the next one
+                break
             batch.append(item)
             count += len(item[0])
         return batch
+
+    async def _next(self, deadline: float) -> Waiting | None:
+        """The next queued request, waiting for one until `deadline`; None after it."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), remaining)
+        except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
+            return None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -20,8 +20,12 @@ from distrinews.runtime.registry import ModelSource
 
 access_log = logging.getLogger("serving.access")
 
-#: A client's X-Request-ID is echoed if it is this simple (no log or header injection).
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: A client's X-Request-ID is echoed if it is wholly this simple (no log or header
+#: injection); checked with fullmatch: `$` would let a trailing newline through.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Methods counted by name; any other (HTTP allows any token) is counted as "other", so
+#: clients cannot add label values, whatever the HTTP parser lets through.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
 LATENCY_BUCKETS = (
     0.001,
     0.002,
@@ -107,7 +111,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         status: int | None = None  # until the app answers (500 if it never does)
 
@@ -135,7 +139,8 @@ class Observe:
             seconds = time.perf_counter() - start
             status = status or 500
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             if self.log_requests:
                 access_log.info(

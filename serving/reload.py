@@ -4,63 +4,147 @@ Requests never wait for a load: it runs in its own thread while the current
 model keeps answering. The swap is two assignments on the event loop, with no
 await between them, so each request is answered wholly by one model; a
 request already running finishes on the model it started with. A version that
-fails to load, or predicts other labels, is refused once and logged; the
-current model keeps serving.
+fails to load, predicts other labels, or that the registry will not hand over
+(no such run, access denied) is refused once and logged; the current model
+keeps serving. A download that fails for a reason that may pass (the artifact
+store unreachable) is retried less and less often, and logged when it starts
+failing and when it succeeds.
+
+Only `app.state.model` holds the served model (and requests running on it):
+once replaced, a model's ONNX Runtime session is freed and its download deleted.
 """
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI
 
 from distrinews.runtime.onnx_classifier import ModelFolderError
 from distrinews.runtime.registry import RegistryUnreachable, alias_version
-from serving.inference import LoadedModel, load_model
+from serving.inference import LoadedModel, load_model, retire
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
+
+#: The longest wait between two downloads of a version whose download failed (the
+#: wait doubles up to it): an artifact store back from an outage is used within a
+#: minute, and one that stays down costs a try a minute, not one a check.
+MAX_RETRY_SECONDS = 60.0
+
+
+@dataclass
+class Follow:
+    """What the follower remembers between checks: versions, never a model."""
+
+    refused: str | None = None  # cannot be served: skipped until the alias moves
+    check_failing: bool = False  # alias checks fail: logged when it starts and ends
+    unfetched: str | None = None  # its download failed for a reason that may pass
+    tries: int = 0  # failed downloads of `unfetched`
+    retry_wait: float = 0.0  # seconds between them, doubling
+    retry_at: float = 0.0  # event-loop time of its next download
+
+    def wants(self, version: str, served: str | None, now: float) -> bool:
+        """Whether to load `version` now: not served, not refused, not backing off."""
+        if version == served:
+            self.refused = None  # the alias moved back: a refused version may try again
+        if version != self.unfetched:
+            self.unfetched = None  # the alias moved on: a later return starts afresh
+        if version in (served, self.refused):
+            return False
+        return version != self.unfetched or now >= self.retry_at
+
+    def download_failed(self, version: str, now: float, reload_seconds: float) -> bool:
+        """Set when to try `version` again; True at its first failure (the one to log)."""
+        first = version != self.unfetched
+        self.tries = 1 if first else self.tries + 1
+        wait = reload_seconds if first else self.retry_wait
+        self.retry_wait = min(2 * wait, max(MAX_RETRY_SECONDS, reload_seconds))
+        self.unfetched, self.retry_at = version, now + self.retry_wait
+        return first
 
 
 async def follow_alias(app: FastAPI, settings: Settings) -> None:
     """Every `reload_seconds`, serve the version the alias points to, if it loads.
 
     A failing check (registry down, alias deleted) is logged when it starts
-    failing and when it answers again. A download that fails is retried at the
-    next check; a version that does not load for a reason of its own is
-    refused until the alias moves again.
+    failing and when it answers again.
     """
-    refused: str | None = None
-    failing = False
+    follow = Follow()
     while True:
         await asyncio.sleep(settings.reload_seconds)
-        current: LoadedModel = app.state.model
-        served = current.source.version
-        try:
-            version = await asyncio.to_thread(alias_version, *alias_of(current))
-        except ModelFolderError as err:
-            if not failing:
-                log.error("reload check failed (still serving version %s): %s", served, err)
-            failing = True
-            continue
-        if failing:
-            log.info("reload check answers again: %s is version %s", alias_uri(current), version)
-        failing = False
-        if version in (served, refused):
-            refused = None if version == served else refused
-            continue
-        try:
-            new = await asyncio.to_thread(load_version, current, version, settings)
-        except RegistryUnreachable as err:
-            log.error("version %s not downloaded, retrying at the next check: %s", version, err)
-            continue
-        except Exception as err:  # anything else: the current model must keep serving
-            refused = version
-            log.error("refused version %s (still serving version %s): %s", version, served, err)
-            continue
-        serve(app, new)
-        current.retire()
-        log.info("now serving version %s of %s", version, alias_uri(current))
+        # A call per check: its locals, the replaced model among them, end with it.
+        await check_alias(app, settings, follow)
+
+
+async def check_alias(app: FastAPI, settings: Settings, follow: Follow) -> None:
+    """Serve the version the alias points to now, if it is new and loads."""
+    current: LoadedModel = app.state.model
+    version = await read_alias(current, follow)
+    now = asyncio.get_running_loop().time()
+    if version is None or not follow.wants(version, current.source.version, now):
+        return
+    new = await fetch(current, version, settings, follow)
+    if new is None:
+        return
+    serve(app, new)
+    await retire(current)
+    log.info("now serving version %s of %s", version, alias_uri(current))
+
+
+async def read_alias(current: LoadedModel, follow: Follow) -> str | None:
+    """The version the alias points to; None while checks fail."""
+    try:
+        version = await asyncio.to_thread(alias_version, *alias_of(current))
+    except ModelFolderError as err:
+        if not follow.check_failing:
+            served = current.source.version
+            log.error("reload check failed (still serving version %s): %s", served, err)
+        follow.check_failing = True
+        return None
+    if follow.check_failing:
+        log.info("reload check answers again: %s is version %s", alias_uri(current), version)
+    follow.check_failing = False
+    return version
+
+
+async def fetch(
+    current: LoadedModel, version: str, settings: Settings, follow: Follow
+) -> LoadedModel | None:
+    """`version`, loaded; None if refused or if its download is to be tried again later."""
+    served = current.source.version
+    try:
+        new = await load_to_the_end(current, version, settings)
+    except RegistryUnreachable as err:
+        now = asyncio.get_running_loop().time()
+        if follow.download_failed(version, now, settings.reload_seconds):
+            log.error(
+                "version %s not downloaded (still serving version %s), retrying less and "
+                "less often: %s",
+                *(version, served, err),
+            )
+        return None
+    except Exception as err:  # anything else: the current model must keep serving
+        follow.refused = version
+        log.error("refused version %s (still serving version %s): %s", version, served, err)
+        return None
+    if follow.unfetched == version:
+        log.info("version %s downloaded after %d failed tries", version, follow.tries)
+        follow.unfetched = None
+    return new
+
+
+async def load_to_the_end(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:
+    """`load_version` in a thread. Cancelled meanwhile (the server stops), it still waits
+    for the load to end, since a thread cannot be stopped, and deletes its download."""
+    loading = asyncio.ensure_future(asyncio.to_thread(load_version, current, version, settings))
+    try:
+        return await asyncio.shield(loading)
+    except asyncio.CancelledError:
+        await asyncio.wait([loading])
+        if not loading.cancelled() and loading.exception() is None:
+            await retire(loading.result())
+        raise
 
 
 def alias_of(loaded: LoadedModel) -> tuple[str, str]:
@@ -90,6 +174,7 @@ def load_version(current: LoadedModel, version: str, settings: Settings) -> Load
     new = load_model(f"models:/{name}/{version}", settings.threads, settings.spinning)
     labels, served = new.classifier.labels, current.classifier.labels
     if labels != served:
+        new.retire()  # downloaded, never to be served
         raise ModelFolderError(
             f"it predicts {', '.join(labels)}, not the served {', '.join(served)}; "
             "serve it from a new server"

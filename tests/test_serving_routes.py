@@ -5,7 +5,9 @@ BERT), so every answer can be checked against running it directly; the
 end-to-end chain from a training run lives in test_serving.py.
 """
 
+import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
 from serving.app import create_app
-from serving.inference import load_model
+from serving.inference import MicroBatcher, load_model
 from serving.settings import Settings
 from tests.helpers import REPO
 
@@ -226,3 +228,60 @@ def test_a_bad_model_is_one_error_line(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == f"error: model folder {tmp_path / 'missing'} does not exist\n"
+
+
+def requests_counted(client) -> dict[tuple[str, str, str], float]:
+    """distrinews_requests_total by (method, route, status)."""
+    return {
+        (sample.labels["method"], sample.labels["route"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == "distrinews_requests_total"
+    }
+
+
+def test_a_413_on_the_declared_length_is_counted_under_its_route(client):
+    """Refused before routing (by its Content-Length), yet counted where it was going."""
+    before = requests_counted(client)
+    response = client.post(
+        "/predict", content=b"x" * 30_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    after = requests_counted(client)
+    assert after[("POST", "/predict", "413")] - before.get(("POST", "/predict", "413"), 0) == 1
+    assert ("POST", "unmatched", "413") not in after
+
+
+def test_an_unknown_method_is_counted_as_other(client):
+    """Any token is a method to HTTP: the label takes a known few, or "other"."""
+    before = requests_counted(client)
+    assert client.request("BREW", "/health").status_code == 405
+    after = requests_counted(client)
+    assert after[("other", "/health", "405")] - before.get(("other", "/health", "405"), 0) == 1
+    assert not [key for key in after if key[0] == "BREW"]
+
+
+def test_a_request_id_with_a_trailing_newline_is_replaced(client):
+    response = client.get("/health", headers={"X-Request-ID": "t-1\n"})
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+
+
+def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
+    """A request that would overflow the batch waits for the next; one over the size runs alone."""
+    batch_sizes: list[int] = []
+
+    async def send() -> None:
+        batcher = MicroBatcher(
+            local,
+            max_texts=4,
+            window_ms=200,
+            observe=lambda _, tokens: batch_sizes.append(len(tokens)),
+        )
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.probabilities([f"news {n}"] * n) for n in (3, 3, 1, 6)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(send())
+    assert sorted(batch_sizes) == [3, 4, 6]  # 3 | 3 + 1 | 6 alone

@@ -13,7 +13,8 @@ from distrinews.runtime.onnx_classifier import ModelFolderError
 
 
 class RegistryUnreachable(ModelFolderError):
-    """The registry or artifact store did not answer: worth retrying, unlike a bad model."""
+    """The registry or artifact store did not answer (no connection, a timeout, a 5xx):
+    worth retrying, unlike a bad model or a "no" from the store."""
 
 
 #: `models:/<name>@<alias>`: a registered model's alias (MLflow 3; stages are deprecated).
@@ -24,6 +25,8 @@ VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
 
 #: MLflow error codes that mean the registry answered "no" (not "could not ask").
 REGISTRY_ANSWERS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"}
+#: HTTP 4xx statuses that may pass: a request timeout, rate limiting.
+PASSING_CLIENT_ERRORS = {408, 429}
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,14 @@ def fail_fast_on_unreachable_server() -> None:
 def alias_version(name: str, alias: str) -> str:
     """The version `name@alias` points to now; ModelFolderError if it cannot be read."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+        # A string, as in models:/<name>/<version> (a SQLite registry answers an int).
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     except Exception as err:  # MLflow raises several types (not found, unreachable)
         # The registry's own "no such model or alias" is an answer; anything else
         # (connection refused, a timeout, a 5xx) may pass.
-        answered = isinstance(err, MlflowException) and err.error_code in REGISTRY_ANSWERS
-        kind = ModelFolderError if answered else RegistryUnreachable
+        kind = ModelFolderError if is_answer(err) else RegistryUnreachable
         raise kind(
             f"cannot resolve models:/{name}@{alias} at {mlflow.get_tracking_uri()}: "
             f"{first_line(err)}"
@@ -95,10 +97,31 @@ def local_model_folder(source: ModelSource, into: Path | None = None) -> Path:
         folder = Path(
             mlflow.artifacts.download_artifacts(uri, dst_path=str(into) if into else None)
         )
-    except Exception as err:  # MLflow raises several types for a bad URI
-        raise RegistryUnreachable(f"cannot download {uri}: {first_line(err)}") from err
+    except Exception as err:  # MLflow and the artifact stores raise many types
+        # A "no" (no such run, access denied, files missing) is this version's for good;
+        # anything else may pass, and is worth another try later.
+        kind = ModelFolderError if is_answer(err) else RegistryUnreachable
+        raise kind(f"cannot download {uri}: {first_line(err)}") from err
     onnx_files = sorted(folder.rglob("*.onnx"))
     return onnx_files[0].parent if len(onnx_files) == 1 else folder
+
+
+def is_answer(err: BaseException) -> bool:
+    """Whether a failed registry or artifact request was answered "no" (asking again
+    gets the same answer), rather than not answered at all (it may pass)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code in REGISTRY_ANSWERS
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        status = err.response.status_code
+        return 400 <= status < 500 and status not in PASSING_CLIENT_ERRORS
+    # A local or mounted artifact store: the files are not there, or not ours to read
+    # (not any OSError: connection errors and timeouts are OSErrors too).
+    return isinstance(
+        err, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+    )
 
 
 def is_remote(uri: str) -> bool:
