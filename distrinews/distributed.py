@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distrinews.config import UserError
+from distrinews.errors import UserError
 from distrinews.runtime.cpu import available_cpus
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distrinews.config import DataConfig, ExportConfig, UserError
+from distrinews.config import DataConfig, ExportConfig
+from distrinews.errors import UserError
 from distrinews.logged_models import load_logged_model
 from distrinews.mlflow_runs import log_new_params, log_split, step_run
 from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path

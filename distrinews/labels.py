@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distrinews.config import UserError
+from distrinews.errors import UserError
 from distrinews.run_names import data_name
 from distrinews.runtime.labels import LABELS
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from distrinews.config import UserError
+from distrinews.errors import UserError
 
 
 def logged_model_id(run_id: str) -> str:

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distrinews.config import TrackingConfig, UserError
+from distrinews.config import TrackingConfig
+from distrinews.errors import UserError
 from distrinews.run_names import data_name, name_unnamed_run
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
     python -m distrinews.mlproject          # rewrites ./MLproject
 
 Each entry point's parameters (type, default, help) and the flags its command
-passes come from `distrinews.config.STEPS`; tests/test_config.py fails when
+passes come from `distrinews.cli.STEPS`; tests/test_config.py fails when
 MLproject is not what this module renders.
 """
 
@@ -12,7 +12,8 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from distrinews.config import STEPS, TORCHRUN_ONLY, field_type, step_fields
+from distrinews.cli import STEPS, field_type, step_fields, torchrun_command
+from distrinews.config import TORCHRUN_ONLY
 
 #: torchrun's own options for the train step: (MLflow type, default, description).
 TORCHRUN_PARAMETERS = {
@@ -63,10 +64,8 @@ def entry_point(step: str) -> list[str]:
     launch = f"python -m {STEPS[step].module}"
     if step == "train":
         parameters += [parameter_line(k, *v) for k, v in TORCHRUN_PARAMETERS.items()]
-        launch = (
-            "torchrun --standalone --nproc-per-node {nproc} --max-restarts {max_restarts} "
-            f"-m {STEPS[step].module}"
-        )
+        launcher = ("--standalone", "--max-restarts", "{max_restarts}")
+        launch = " ".join(torchrun_command("{nproc}", launcher))
     command = [launch, *(" ".join(flags[i : i + 4]) for i in range(0, len(flags), 4))]
     return [
         f"  {step}:",

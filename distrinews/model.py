@@ -14,7 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from distrinews.config import DEFAULT_MODEL, UserError
+from distrinews.config import DEFAULT_MODEL
+from distrinews.errors import UserError
 from distrinews.runtime.cpu import cpu_flags
 from distrinews.runtime.labels import LABELS
 

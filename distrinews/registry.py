@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from distrinews.config import DataConfig, PromoteConfig, UserError
+from distrinews.config import DataConfig, PromoteConfig
+from distrinews.errors import ModelFolderError, UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, log_split, step_run
 from distrinews.runtime.cpu import available_cpus
-from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
+from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.registry import ModelSource, first_line, local_model_folder
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.splits import load_splits

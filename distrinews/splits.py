@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distrinews.config import DataConfig, UserError
+from distrinews.config import DataConfig
+from distrinews.errors import UserError
 from distrinews.labels import default_names, encode_labels, read_names_file
 
 SPLITS = ("train", "test")

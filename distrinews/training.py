@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from distrinews import checkpoint
-from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob, UserError
+from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob
 from distrinews.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
@@ -33,6 +33,7 @@ from distrinews.distributed import (
     setup_distributed,
     wrap_ddp,
 )
+from distrinews.errors import UserError
 from distrinews.evaluation import evaluate
 from distrinews.labels import metric_safe
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch

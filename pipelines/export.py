@@ -9,7 +9,8 @@ or directly:
 
 import sys
 
-from distrinews.config import UserError, parse_scoring_job
+from distrinews.cli import parse_scoring_job
+from distrinews.errors import UserError
 from distrinews.export import run_export
 
 

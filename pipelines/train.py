@@ -8,23 +8,10 @@ or through MLflow, which records the run it creates:
 
 import sys
 
-from distrinews.config import UserError, parse_training_job
+from distrinews.cli import parse_training_job
 from distrinews.distributed import DistInfo
+from distrinews.errors import UserError
 from distrinews.training import run_training
-
-
-def torchrun_command(
-    nproc: int | str, launcher: tuple[str, ...] = ("--standalone",), **options: object
-) -> list[str]:
-    """`torchrun` launching this script, each option as `--key value`.
-
-    `launcher` holds torchrun's own flags: one machine by default; a
-    rendezvous (`--nnodes`, `--rdzv-endpoint`, ...) for several.
-    """
-    command = ["torchrun", *launcher, "--nproc-per-node", str(nproc), "-m", "pipelines.train"]
-    for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
-    return command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from distrinews import checkpoint
-from distrinews.config import TrainConfig, UserError
+from distrinews.config import TrainConfig
 from distrinews.distributed import DistInfo
+from distrinews.errors import UserError
 from distrinews.model import load_model_and_tokenizer
 from distrinews.training import own_run
 

@@ -7,14 +7,8 @@ import pytest
 import yaml
 
 from distrinews import mlproject
-from distrinews.config import (
-    STEPS,
-    UserError,
-    build_parser,
-    field_type,
-    parse_training_job,
-    step_fields,
-)
+from distrinews.cli import STEPS, build_parser, field_type, parse_training_job, step_fields
+from distrinews.errors import UserError
 from tests.helpers import REPO
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distrinews.config import DataConfig, UserError
+from distrinews.config import DataConfig
+from distrinews.errors import UserError
 from distrinews.loaders import (
     LengthGroupedSampler,
     ShardedEvalSampler,

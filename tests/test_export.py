@@ -3,7 +3,7 @@ never over a folder of something else. The export itself: tests/test_serving.py.
 
 import pytest
 
-from distrinews.config import UserError
+from distrinews.errors import UserError
 from distrinews.export import REPORT, check_replaceable, publish
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distrinews import checkpoint
-from pipelines.train import torchrun_command
+from distrinews.cli import torchrun_command
 from tests.helpers import MlflowStore, train_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration, pytest.mark.timeout(900)]

@@ -1,6 +1,7 @@
 import pytest
 
-from distrinews.config import DEFAULT_MODEL, UserError
+from distrinews.config import DEFAULT_MODEL
+from distrinews.errors import UserError
 from distrinews.model import load_model_and_tokenizer, resolve_model_path
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from distrinews.config import DataConfig, PromoteConfig, UserError
+from distrinews.config import DataConfig, PromoteConfig
+from distrinews.errors import UserError
 from distrinews.registry import Score, decide, judge, run_promote
 from tests.helpers import REPO, MlflowStore, tracking_uri
 from tests.test_serving_routes import broken_copy

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from mlflow.utils.name_utils import _generate_random_name
 
-from distrinews.config import parse_training_job
+from distrinews.cli import parse_training_job
 from distrinews.run_names import (
     data_name,
     default_run_name,

@@ -29,7 +29,7 @@ from fastapi import FastAPI
 
 import serving.inference
 import serving.reload
-from distrinews.runtime.onnx_classifier import ModelFolderError
+from distrinews.errors import ModelFolderError
 from serving.app import configure_logging, create_app
 from serving.inference import load_model
 from serving.settings import Settings

@@ -18,8 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from distrinews.errors import ModelFolderError
 from distrinews.runtime.labels import LABELS
-from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier
+from distrinews.runtime.onnx_classifier import OnnxClassifier
 from serving.app import create_app
 from serving.inference import MicroBatcher, load_model
 from serving.settings import Settings

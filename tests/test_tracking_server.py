@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines.train import torchrun_command
+from distrinews.cli import torchrun_command
 from tests.helpers import MlflowStore
 from tests.servers import MlflowServer, free_port
 

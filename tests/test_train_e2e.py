@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews import checkpoint
-from distrinews.config import DataConfig, TrainConfig, parse_bool
+from distrinews.cli import parse_bool
+from distrinews.config import DataConfig, TrainConfig
 from distrinews.logged_models import logged_model_id
 from distrinews.mlflow_runs import git_commit
 from distrinews.runtime.cpu import available_cpus

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification
 
 from distrinews import checkpoint
-from pipelines.train import torchrun_command
+from distrinews.cli import torchrun_command
 from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

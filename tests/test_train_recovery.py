@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from distrinews import checkpoint
-from pipelines.train import torchrun_command
+from distrinews.cli import torchrun_command
 from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
 from tests.servers import free_port
 

@@ -14,12 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from distrinews.errors import ModelFolderError
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.labels import labels_from_config
-
-
-class ModelFolderError(ValueError):
-    """The folder is not a usable exported model; the message says why."""
 
 
 class OnnxClassifier:

@@ -9,13 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from distrinews.runtime.onnx_classifier import ModelFolderError
-
-
-class RegistryUnreachable(ModelFolderError):
-    """The registry or artifact store did not answer (no connection, a timeout, a 5xx):
-    worth retrying, unlike a bad model or a "no" from the store."""
-
+from distrinews.errors import ModelFolderError, RegistryUnreachable
 
 #: `models:/<name>@<alias>`: a registered model's alias (MLflow 3; stages are deprecated).
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
