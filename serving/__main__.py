@@ -9,7 +9,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from distrinews.runtime.onnx_classifier import ModelFolderError
+from distrinews.errors import ModelFolderError
 from serving.app import create_app, load_served_model
 from serving.settings import Settings
 

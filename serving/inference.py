@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distrinews.runtime.onnx_classifier import ModelFolderError, OnnxClassifier, softmax
+from distrinews.errors import ModelFolderError
+from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
 from distrinews.runtime.registry import ModelSource, is_remote, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")

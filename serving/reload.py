@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 
 from fastapi import FastAPI
 
-from distrinews.runtime.onnx_classifier import ModelFolderError
-from distrinews.runtime.registry import RegistryUnreachable, alias_version
+from distrinews.errors import ModelFolderError, RegistryUnreachable
+from distrinews.runtime.registry import alias_version
 from serving.inference import LoadedModel, load_model, retire
 from serving.settings import Settings
 
