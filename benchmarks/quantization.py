@@ -24,7 +24,9 @@ import numpy as np
 
 from benchmarks.common import DATA, REPO, percentiles, record
 from distrinews.config import DataConfig, ExportConfig
-from distrinews.export import pytorch_logits, quantize_to_int8, resolve_checkpoint
+from distrinews.export import resolve_checkpoint
+from distrinews.export_checks import pytorch_logits
+from distrinews.onnx_conversion import quantize_to_int8
 from distrinews.runtime.cpu import available_cpus, cpu_flags
 from distrinews.runtime.labels import labels_from_config
 from distrinews.runtime.onnx_classifier import OnnxClassifier

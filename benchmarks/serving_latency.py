@@ -27,7 +27,7 @@ from benchmarks.common import (
     percentiles,
     record,
 )
-from distrinews.export import pytorch_logits
+from distrinews.export_checks import pytorch_logits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms

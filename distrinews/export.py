@@ -1,190 +1,38 @@
-"""Checkpoint -> ONNX (Optimum) -> graph-optimised -> dynamic int8, checked against PyTorch.
+"""The export step: a train run's model (or a checkpoint folder) to a checked, logged and
+registered int8 ONNX model, in an MLflow run nested under the train run.
 
-The int8 model is only accepted if its test accuracy stays within
-`max_accuracy_drop` points of the PyTorch model it came from.
+The conversion is `onnx_conversion`'s, the checks `export_checks`'. The int8
+model is registered only if its test accuracy stays within `max_accuracy_drop`
+points of the PyTorch model it came from.
 """
 
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.config import DataConfig, ExportConfig
 from distrinews.errors import UserError
+from distrinews.export_checks import compare_with_pytorch, int8_drop_points
 from distrinews.logged_models import load_logged_model
 from distrinews.mlflow_runs import log_new_params, log_split, step_run
-from distrinews.model import load_model_and_tokenizer, match_inputs_to_model, resolve_model_path
-from distrinews.registry import POINTS_TOLERANCE, UNTRAINED, describe_version
-from distrinews.runtime.cpu import available_cpus, detect_target
+from distrinews.model import load_model_and_tokenizer, resolve_model_path
+from distrinews.onnx_conversion import quantize_to_int8
+from distrinews.promotion import POINTS_TOLERANCE
+from distrinews.runtime.cpu import detect_target
 from distrinews.runtime.labels import LABELS, labels_from_config
-from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.pyfunc import log_onnx_model
-from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.splits import load_splits
+from distrinews.version_evidence import UNTRAINED, describe_version
 
-
-def quantize_to_int8(
-    checkpoint: Path, work_dir: Path, target: str, max_length: int, quantization: Any = None
-) -> tuple[Path, Path]:
-    """Export, optimise and quantize; returns (fp32 ONNX folder, int8 ONNX folder).
-
-    `quantization`: an Optimum QuantizationConfig instead of the target's own
-    (benchmarks compare presets with it).
-    """
-    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoOptimizationConfig
-
-    fp32_dir, optimized_dir, int8_dir = (work_dir / n for n in ("fp32", "optimized", "int8"))
-    ort_model = ORTModelForSequenceClassification.from_pretrained(checkpoint, export=True)
-    ort_model.save_pretrained(fp32_dir)
-    # O2: fused attention, GELU and LayerNorm kernels; exact on CPU (O3's
-    # approximate GELU is not), so int8 is the only approximation made. Not
-    # SkipLayerNormalization: ONNX Runtime 1.32's CPU kernel for it took 5x
-    # as long as Add + LayerNormalization (105 vs 19 us at 52 x 384), 15-20%
-    # of a MiniLM request.
-    no_skip_layer_norm = AutoOptimizationConfig.O2(
-        disable_skip_layer_norm_fusion=True, disable_bias_skip_layer_norm_fusion=True
-    )
-    ORTOptimizer.from_pretrained(ort_model).optimize(no_skip_layer_norm, save_dir=optimized_dir)
-    quantization = quantization or quantization_config(target)
-    type_float_matmul_outputs(optimized_dir / "model_optimized.onnx")
-    quantizer = ORTQuantizer.from_pretrained(optimized_dir, file_name="model_optimized.onnx")
-    quantizer.quantize(quantization_config=quantization, save_dir=int8_dir)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    tokenizer.model_max_length = max_length  # the server truncates where training did
-    for folder in (fp32_dir, int8_dir):
-        _keep_only_model_file(
-            folder, "model_optimized_quantized.onnx" if folder == int8_dir else "model.onnx"
-        )
-        tokenizer.save_pretrained(folder)
-        shutil.copy(checkpoint / "config.json", folder / "config.json")
-    return fp32_dir, int8_dir
-
-
-def quantization_config(target: str) -> Any:
-    """Dynamic int8 quantization for a CPU: int8 weights, activation ranges computed per
-    batch at run time (no calibration data needed).
-
-    Every x86 target gets unsigned activations and signed weights (u8s8), the
-    product ONNX Runtime's fastest x86 kernels compute. Optimum's own avx2 preset
-    uses unsigned weights (u8u8), whose kernel took 2.1x as long per text on the
-    Xeon here (benchmarks/quantization.md). Without VNNI, u8s8 products go through
-    VPMADDUBSW, whose 16-bit sums can saturate, so avx2 weights keep to 7 bits
-    (reduce_range, as ONNX Runtime's quantization guide advises); one scale per
-    output channel wins back what the lost bit cost (7-bit per-tensor weights
-    lost 0.51 points of test accuracy, per-channel ones none).
-    """
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    if target == "arm64":
-        return AutoQuantizationConfig.arm64(is_static=False, per_channel=False)
-    if target == "avx512_vnni":
-        return AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
-    vnni = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
-    return replace(vnni, reduce_range=True)
-
-
-def type_float_matmul_outputs(onnx_file: Path) -> None:
-    """Declare the float32 type of MatMul outputs that shape inference leaves untyped.
-
-    ONNX shape inference cannot see through ONNX Runtime's fused operators
-    (Attention, SkipLayerNormalization: the com.microsoft domain), and the
-    quantizer refuses a MatMul whose output type it does not know. In an fp32
-    model every such output is float32. The names include the MatMul the
-    dynamic quantizer makes of each Gemm (`<output>_MatMul`).
-    """
-    import onnx
-
-    model = onnx.load(str(onnx_file))
-    graph = model.graph
-    known = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
-    names = [out for node in graph.node if node.op_type == "MatMul" for out in node.output]
-    names += [f"{node.output[0]}_MatMul" for node in graph.node if node.op_type == "Gemm"]
-    for name in names:
-        if name not in known:
-            graph.value_info.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-        elif known[name].type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
-            known[name].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    onnx.save(model, str(onnx_file))
-
-
-def _keep_only_model_file(folder: Path, name: str) -> None:
-    for onnx_file in folder.glob("*.onnx"):
-        if onnx_file.name != name:
-            onnx_file.unlink()
-
-
-def pytorch_logits(
-    model: torch.nn.Module, tokenizer, texts: list[str], max_length: int
-) -> np.ndarray:
-    with torch.inference_mode():
-        inputs = tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return model(**inputs).logits.float().numpy()
-
-
-def compare_with_pytorch(
-    checkpoint: Path,
-    fp32_dir: Path,
-    int8_dir: Path,
-    texts: list[str],
-    labels: np.ndarray,
-    latency_texts: int,
-) -> dict[str, float]:
-    """Accuracy of PyTorch fp32, ONNX fp32 and ONNX int8; int8 agreement; batch-1 latency."""
-    threads = available_cpus()
-    torch.set_num_threads(threads)
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    match_inputs_to_model(tokenizer, model)
-    fp32 = OnnxClassifier(fp32_dir, threads=threads)
-    int8 = OnnxClassifier(int8_dir, threads=threads)
-
-    def torch_predict(batch: list[str]) -> np.ndarray:
-        return pytorch_logits(model, tokenizer, batch, int8.max_length)
-
-    predictions = {
-        "pytorch_fp32": batched_predictions(torch_predict, texts),
-        "onnx_fp32": batched_predictions(fp32.logits, texts),
-        "onnx_int8": batched_predictions(int8.logits, texts),
-    }
-    report = {f"accuracy_{name}": float((p == labels).mean()) for name, p in predictions.items()}
-    report["int8_agreement_with_pytorch"] = float(
-        (predictions["onnx_int8"] == predictions["pytorch_fp32"]).mean()
-    )
-    # Batch-1 latency in alternating blocks of texts, so machine noise hits
-    # both models alike. Not text by text: torch's OpenMP threads spin for a
-    # while after each call and would slow the ONNX Runtime call after them.
-    sample = texts[:latency_texts]
-    torch_ms, int8_ms = [], []
-    for start in range(0, len(sample), 25):
-        block = sample[start : start + 25]
-        torch_ms += batch1_latency_ms(torch_predict, block)
-        int8_ms += batch1_latency_ms(int8.logits, block)
-    for name, timings in (("pytorch_fp32", torch_ms), ("onnx_int8", int8_ms)):
-        report[f"latency_p50_ms_{name}"] = percentile(timings, 50)
-        report[f"latency_p95_ms_{name}"] = percentile(timings, 95)
-    report["int8_speedup_p50"] = statistics.median(torch_ms) / statistics.median(int8_ms)
-    report["size_mb_pytorch"] = _size_mb(checkpoint, "*.safetensors")
-    report["size_mb_onnx_fp32"] = _size_mb(fp32_dir, "*.onnx")
-    report["size_mb_onnx_int8"] = _size_mb(int8_dir, "*.onnx")
-    return report
-
-
-def _size_mb(folder: Path, pattern: str) -> float:
-    return sum(f.stat().st_size for f in folder.glob(pattern)) / 2**20
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
@@ -248,34 +96,16 @@ def publish(folder: Path, output: Path) -> None:
 def export_and_check(
     cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str, work_dir: Path
 ) -> tuple[Path, dict[str, float]]:
-    """Quantize, score against PyTorch, log it all to the active run; fail on a large drop."""
-    import mlflow
-
-    config = json.loads((checkpoint / "config.json").read_text())
-    test = load_splits(data_cfg, seed=0, model_labels=labels_from_config(config)).test
-    log_split(test, data_cfg.data, "test")
-    log_new_params(
-        asdict(cfg)
-        | {"resolved_target": target, "test_rows": len(test), "max_length": data_cfg.max_length}
-    )
+    """Quantize, check against PyTorch, log it all to the active run, register it if its
+    accuracy holds; UserError (once logged) if int8 loses more than the limit."""
+    test = test_split(cfg, data_cfg, checkpoint, target)
     fp32_dir, int8_dir = quantize_to_int8(
         checkpoint, work_dir / "onnx", target, data_cfg.max_length
     )
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
     report = compare_with_pytorch(checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts)
-    drop_points = 100 * (report["accuracy_pytorch_fp32"] - report["accuracy_onnx_int8"])
-    report["int8_accuracy_drop_points"] = drop_points
-    mlflow.log_metrics({f"export/{key}": value for key, value in report.items()})
-    run = mlflow.get_run(mlflow.active_run().info.run_id)
-    evidence = {
-        "target": target,
-        "source": run.data.tags.get("source_run_name") or Path(cfg.checkpoint).name,
-        "source_run_id": run.data.tags.get("source_run_id"),
-        "export_run_id": run.info.run_id,
-        "test_rows": len(test),
-        UNTRAINED: run.data.tags.get(UNTRAINED),
-    }
-    (int8_dir / REPORT).write_text(json.dumps(evidence | report, indent=2))
+    report["int8_accuracy_drop_points"] = drop_points = int8_drop_points(report)
+    evidence = record_evidence(cfg, target, len(test), report, int8_dir)
     accepted = drop_points <= cfg.max_accuracy_drop + POINTS_TOLERANCE
     # A rejected model is still logged, to look into, but never registered.
     version = log_and_register(int8_dir, texts[:2], cfg.registered_model if accepted else "")
@@ -289,6 +119,41 @@ def export_and_check(
             f"{cfg.max_accuracy_drop}); try another target or raise max_accuracy_drop"
         )
     return int8_dir, report
+
+
+def test_split(
+    cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str
+) -> "pd.DataFrame":
+    """The test split, labelled as the checkpoint's classes, logged with the settings."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    test = load_splits(data_cfg, seed=0, model_labels=labels_from_config(config)).test
+    log_split(test, data_cfg.data, "test")
+    log_new_params(
+        asdict(cfg)
+        | {"resolved_target": target, "test_rows": len(test), "max_length": data_cfg.max_length}
+    )
+    return test
+
+
+def record_evidence(
+    cfg: ExportConfig, target: str, test_rows: int, report: dict[str, float], int8_dir: Path
+) -> dict[str, Any]:
+    """The checks as `export/` metrics of the run, and with where the model came from,
+    as the folder's export_report.json; returns that provenance."""
+    import mlflow
+
+    mlflow.log_metrics({f"export/{key}": value for key, value in report.items()})
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    evidence = {
+        "target": target,
+        "source": run.data.tags.get("source_run_name") or Path(cfg.checkpoint).name,
+        "source_run_id": run.data.tags.get("source_run_id"),
+        "export_run_id": run.info.run_id,
+        "test_rows": test_rows,
+        UNTRAINED: run.data.tags.get(UNTRAINED),
+    }
+    (int8_dir / REPORT).write_text(json.dumps(evidence | report, indent=2))
+    return evidence
 
 
 def log_and_register(int8_dir: Path, example_texts: list[str], registered_model: str) -> str:

@@ -11,7 +11,7 @@ import sys
 
 from distrinews.cli import parse_scoring_job
 from distrinews.errors import UserError
-from distrinews.registry import run_promote
+from distrinews.promotion import run_promote
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from distrinews.runtime.registry import fail_fast_on_unreachable_server
+from distrinews.runtime.model_source import fail_fast_on_unreachable_server
 from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
 from serving.reload import follow_alias, log_if_stopped, serve

@@ -15,8 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from distrinews.errors import ModelFolderError
+from distrinews.runtime.model_source import (
+    ModelSource,
+    is_remote,
+    local_model_folder,
+    resolve_source,
+)
 from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
-from distrinews.runtime.registry import ModelSource, is_remote, local_model_folder, resolve_source
 
 log = logging.getLogger("serving")
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from distrinews.runtime.registry import ModelSource
+from distrinews.runtime.model_source import ModelSource
 
 access_log = logging.getLogger("serving.access")
 

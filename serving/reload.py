@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from fastapi import FastAPI
 
 from distrinews.errors import ModelFolderError, RegistryUnreachable
-from distrinews.runtime.registry import alias_version
+from distrinews.runtime.model_source import alias_version, no_such_alias
 from serving.inference import LoadedModel, load_model, retire
 from serving.settings import Settings
 
@@ -96,6 +96,8 @@ async def read_alias(current: LoadedModel, follow: Follow) -> str | None:
     """The version the alias points to; None while checks fail."""
     try:
         version = await asyncio.to_thread(alias_version, *alias_of(current))
+        if version is None:
+            raise no_such_alias(*alias_of(current))
     except ModelFolderError as err:
         if not follow.check_failing:
             served = current.source.version

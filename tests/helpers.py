@@ -53,7 +53,7 @@ def export_tiny_onnx(encoder: Path, work: Path) -> Path:
     Seconds instead of a training run: enough for every test of the routes,
     validation and loading, which need a real model but not a good one.
     """
-    from distrinews.export import quantize_to_int8
+    from distrinews.onnx_conversion import quantize_to_int8
 
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(str(encoder))

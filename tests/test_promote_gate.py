@@ -11,7 +11,7 @@ import pytest
 
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import UserError
-from distrinews.registry import Score, decide, judge, run_promote
+from distrinews.promotion import Score, decide, judge, run_promote
 from tests.helpers import REPO, MlflowStore, tracking_uri
 from tests.test_serving_routes import broken_copy
 
@@ -117,7 +117,7 @@ def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
         registry.set_registered_model_alias(NAME, "champion", other)
         return decision
 
-    monkeypatch.setattr("distrinews.registry.judge", a_concurrent_promotion)
+    monkeypatch.setattr("distrinews.promotion.judge", a_concurrent_promotion)
     with pytest.raises(UserError, match=f"moved to version {other} during this promotion"):
         promote_in_process(small_data, candidate)
 

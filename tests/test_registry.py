@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from distrinews.model import load_model_and_tokenizer
-from distrinews.runtime.registry import ModelSource, local_model_folder
+from distrinews.runtime.model_source import ModelSource, local_model_folder
 from tests.helpers import MlflowStore, tracking_uri
 from tests.servers import (
     BackgroundLoad,

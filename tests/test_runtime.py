@@ -13,7 +13,7 @@ SERVE_ONE_REQUEST = """
 import json, sys
 from fastapi.testclient import TestClient
 import distrinews.runtime.cpu, distrinews.runtime.labels, distrinews.runtime.onnx_classifier
-import distrinews.runtime.registry, distrinews.runtime.pyfunc, distrinews.runtime.scoring
+import distrinews.runtime.model_source, distrinews.runtime.pyfunc, distrinews.runtime.scoring
 import serving.__main__
 from serving.app import create_app
 from serving.settings import Settings

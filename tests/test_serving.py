@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distrinews.runtime.labels import LABELS
+from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.runtime.registry import ModelSource, local_model_folder
 from tests.helpers import tracking_uri
 from tests.servers import Server
 from tests.test_serving_routes import broken_copy

@@ -17,6 +17,8 @@ ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
 
 
+#: MLflow error codes for a registered model or alias that does not exist.
+NO_SUCH_ALIAS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 #: MLflow error codes that mean the registry answered "no" (not "could not ask").
 REGISTRY_ANSWERS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"}
 #: HTTP 4xx statuses that may pass: a request timeout, rate limiting.
@@ -43,21 +45,38 @@ def fail_fast_on_unreachable_server() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-def alias_version(name: str, alias: str) -> str:
-    """The version `name@alias` points to now; ModelFolderError if it cannot be read."""
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points to now, None if the registry has no such alias (or
+    model). The one reader of an alias: the server's, and the promotion gate's.
+
+    RegistryUnreachable if the registry did not answer; ModelFolderError if it
+    refused otherwise (access denied).
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     try:
         # A string, as in models:/<name>/<version> (a SQLite registry answers an int).
         return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     except Exception as err:  # MLflow raises several types (not found, unreachable)
-        # The registry's own "no such model or alias" is an answer; anything else
-        # (connection refused, a timeout, a 5xx) may pass.
+        if isinstance(err, MlflowException) and err.error_code in NO_SUCH_ALIAS:
+            return None
+        # Any other "no" is an answer too; anything else (connection refused, a
+        # timeout, a 5xx) may pass.
         kind = ModelFolderError if is_answer(err) else RegistryUnreachable
         raise kind(
             f"cannot resolve models:/{name}@{alias} at {mlflow.get_tracking_uri()}: "
             f"{first_line(err)}"
         ) from err
+
+
+def no_such_alias(name: str, alias: str) -> ModelFolderError:
+    import mlflow
+
+    return ModelFolderError(
+        f"cannot resolve models:/{name}@{alias} at {mlflow.get_tracking_uri()}: the registry "
+        "has no such alias or registered model"
+    )
 
 
 def resolve_source(model: str) -> ModelSource:
@@ -70,7 +89,8 @@ def resolve_source(model: str) -> ModelSource:
         return ModelSource(model, match["name"], match["version"])
     if match := ALIAS_URI.match(model):
         name, alias = match["name"], match["alias"]
-        version = alias_version(name, alias)
+        if (version := alias_version(name, alias)) is None:
+            raise no_such_alias(name, alias)
         return ModelSource(f"models:/{name}/{version}", name, version, alias)
     return ModelSource(model)
 

@@ -18,10 +18,16 @@ from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import ModelFolderError, UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, log_split, step_run
 from distrinews.runtime.cpu import available_cpus
+from distrinews.runtime.model_source import (
+    ModelSource,
+    alias_version,
+    first_line,
+    local_model_folder,
+)
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.runtime.registry import ModelSource, first_line, local_model_folder
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.splits import load_splits
+from distrinews.version_evidence import UNTRAINED
 
 #: The alias the server follows and `promote` moves.
 CHAMPION = "champion"
@@ -29,42 +35,6 @@ CHAMPION = "champion"
 #: Float slack when comparing accuracy points with a limit: 100 * (182/200 - 181/200)
 #: is 0.5000000000000004, and a drop of exactly the limit is allowed.
 POINTS_TOLERANCE = 1e-9
-
-#: Version tag set by export on a model whose head was never trained (exported to time it).
-UNTRAINED = "untrained_head"
-
-#: Export report figures copied onto a registered version, as tag name: report key.
-VERSION_EVIDENCE = {
-    "test_accuracy_fp32": "accuracy_pytorch_fp32",
-    "test_accuracy_int8": "accuracy_onnx_int8",
-    "int8_agreement": "int8_agreement_with_pytorch",
-    "latency_p50_ms": "latency_p50_ms_onnx_int8",
-    "latency_p95_ms": "latency_p95_ms_onnx_int8",
-    "size_mb": "size_mb_onnx_int8",
-}
-
-
-def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
-    """Tags and a description on a registered version: where it came from, how it scored."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    tags = {tag: f"{report[key]:.4f}" for tag, key in VERSION_EVIDENCE.items()}
-    tags |= {
-        key: str(report[key])
-        for key in ("target", "source", "source_run_id", "export_run_id", "test_rows", UNTRAINED)
-        if report.get(key) is not None
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    description = (
-        f"int8 ONNX ({report['target']}) of {report['source']}. Test accuracy "
-        f"{report['accuracy_onnx_int8']:.4f} int8 vs {report['accuracy_pytorch_fp32']:.4f} "
-        f"PyTorch fp32 ({report['int8_agreement_with_pytorch']:.2%} agreement) on "
-        f"{report['test_rows']} rows; batch-1 p50 {report['latency_p50_ms_onnx_int8']:.1f} ms, "
-        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms; {report['size_mb_onnx_int8']:.1f} MB."
-    )
-    client.update_model_version(name, version, description=description)
 
 
 @dataclass(frozen=True)
@@ -88,7 +58,7 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
     client = mlflow.MlflowClient()
     name = cfg.registered_model
     versions = {"candidate": resolve_version(client, name, cfg.version)}
-    if (holder := champion_version(client, name)) is not None:
+    if (holder := champion_version(name)) is not None:
         versions["champion"] = holder
     candidate_tags = client.get_model_version(name, versions["candidate"]).tags
     with (
@@ -136,10 +106,10 @@ def move_alias(client: Any, name: str, versions: dict[str, str]) -> str | None:
     Returns None once moved, else why not. MLflow has no compare-and-set for an
     alias: the holder is read again right before and right after the move.
     """
-    if (before := champion_version(client, name)) != versions.get("champion"):
+    if (before := champion_version(name)) != versions.get("champion"):
         return f"{name}@{CHAMPION} moved to version {before} during this promotion; run it again"
     client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
-    if (after := champion_version(client, name)) != versions["candidate"]:
+    if (after := champion_version(name)) != versions["candidate"]:
         return f"{name}@{CHAMPION} was moved to version {after} by a concurrent promotion"
     return None
 
@@ -188,17 +158,13 @@ def resolve_version(client: Any, name: str, version: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def champion_version(client: Any, name: str) -> str | None:
-    """The version `champion` points to, None if the alias is not set yet."""
-    from mlflow.exceptions import MlflowException
-
+def champion_version(name: str) -> str | None:
+    """The version `champion` points to, None if the alias is not set yet; a registry that
+    does not answer or refuses must not read as "no champion" (it would skip the gate)."""
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException as err:
-        # Only "no such alias" means no champion: a registry error must not skip the gate.
-        if err.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-            return None
-        raise UserError(f"cannot read {name}@{CHAMPION}: {first_line(err)}") from err
+        return alias_version(name, CHAMPION)
+    except ModelFolderError as err:
+        raise UserError(f"cannot read {name}@{CHAMPION}: {err}") from err
 
 
 def open_version(name: str, version: str, into: Path) -> OnnxClassifier:
