@@ -28,7 +28,7 @@ from distrinews.export import resolve_checkpoint
 from distrinews.export_checks import pytorch_logits
 from distrinews.onnx_conversion import quantize_to_int8
 from distrinews.runtime.cpu import available_cpus, cpu_flags
-from distrinews.runtime.labels import labels_from_config
+from distrinews.runtime.labels import class_names
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions
 from distrinews.splits import load_splits
@@ -99,7 +99,7 @@ def measure(checkpoint: Path, models: dict[str, OnnxClassifier], args) -> tuple[
     first = next(iter(models.values()))
     config = {"id2label": {str(i): label for i, label in enumerate(first.labels)}}
     test = load_splits(
-        DataConfig(data=args.data), seed=0, model_labels=labels_from_config(config)
+        DataConfig(data=args.data), seed=0, model_labels=class_names(config.get("id2label"))
     ).test
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
     fp32 = pytorch_accuracy(checkpoint, texts, labels, args.max_length)

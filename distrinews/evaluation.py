@@ -14,9 +14,10 @@ from distrinews.loaders import TokenizedDataset, make_loader
 from distrinews.logged_models import load_logged_model, logged_model_id
 from distrinews.metrics import classification_metrics, confusion_matrix
 from distrinews.mlflow_runs import log_split, step_run
-from distrinews.model import autocast, class_names
+from distrinews.model import autocast
 from distrinews.plots import confusion_matrix_figure
 from distrinews.progress import progress_bar
+from distrinews.runtime.labels import class_names
 from distrinews.splits import load_splits
 
 
@@ -34,7 +35,7 @@ def evaluate(
     counts make the metrics exact for the whole split. Pass the unwrapped
     model: evaluation needs no DDP gradient hooks.
     """
-    labels = class_names(model.config)
+    labels = class_names(model.config.id2label)
     was_training = model.training
     model.eval()
     counts = torch.zeros(len(labels), len(labels), dtype=torch.int64, device=info.device)
@@ -85,7 +86,7 @@ def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, 
     # Same truncation and the same split seed as the training run.
     params = train_run.data.params
     data_cfg = replace(data_cfg, max_length=int(params.get("max_length", data_cfg.max_length)))
-    labels = class_names(model.config)
+    labels = class_names(model.config.id2label)
     seed = int(params.get("seed", TrainConfig.seed))
     test = load_splits(data_cfg, seed, model_labels=labels).test
     metrics, counts = evaluate_frame(model, tokenizer, test, data_cfg.max_length, cfg.batch_size)

@@ -26,7 +26,7 @@ from distrinews.model import load_model_and_tokenizer, resolve_model_path
 from distrinews.onnx_conversion import quantize_to_int8
 from distrinews.promotion import POINTS_TOLERANCE
 from distrinews.runtime.cpu import detect_target
-from distrinews.runtime.labels import LABELS, labels_from_config
+from distrinews.runtime.labels import LABELS, class_names
 from distrinews.runtime.pyfunc import log_onnx_model
 from distrinews.splits import load_splits
 from distrinews.version_evidence import UNTRAINED, describe_version
@@ -126,7 +126,7 @@ def test_split(
 ) -> "pd.DataFrame":
     """The test split, labelled as the checkpoint's classes, logged with the settings."""
     config = json.loads((checkpoint / "config.json").read_text())
-    test = load_splits(data_cfg, seed=0, model_labels=labels_from_config(config)).test
+    test = load_splits(data_cfg, seed=0, model_labels=class_names(config.get("id2label"))).test
     log_split(test, data_cfg.data, "test")
     log_new_params(
         asdict(cfg)

@@ -17,7 +17,7 @@ from transformers import (
 from distrinews.config import DEFAULT_MODEL
 from distrinews.errors import UserError
 from distrinews.runtime.cpu import cpu_flags
-from distrinews.runtime.labels import LABELS
+from distrinews.runtime.labels import LABELS, class_names
 
 
 def resolve_model_path(name: str) -> str:
@@ -70,18 +70,13 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def class_names(config: PretrainedConfig) -> tuple[str, ...]:
-    """The classes a model config names, in id order."""
-    return tuple(config.id2label[i] for i in range(len(config.id2label or {})))
-
-
 def check_head_labels(name: str, config: PretrainedConfig, labels: tuple[str, ...]) -> None:
     """A trained head is reused only for the classes it was trained on.
 
     from_pretrained keeps a head whose size fits, whatever its classes are
     called: a 4-class head trained in another order would mislabel every class.
     """
-    trained = class_names(config)
+    trained = class_names(config.id2label)
     generic = all(label == f"LABEL_{i}" for i, label in enumerate(trained))
     if not generic and len(trained) == len(labels) and trained != labels:
         raise UserError(

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from distrinews.config import DataConfig
+from distrinews.data_labels import default_names, encode_labels, read_names_file
 from distrinews.errors import UserError
-from distrinews.labels import default_names, encode_labels, read_names_file
 
 SPLITS = ("train", "test")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 
 from distrinews import checkpoint
 from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob
+from distrinews.data_labels import metric_safe
 from distrinews.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
@@ -35,13 +36,13 @@ from distrinews.distributed import (
 )
 from distrinews.errors import UserError
 from distrinews.evaluation import evaluate
-from distrinews.labels import metric_safe
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
 from distrinews.mlflow_runs import check_tracking_server, git_commit
-from distrinews.model import autocast, autocast_dtype, class_names, load_model_and_tokenizer
+from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
 from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
 from distrinews.progress import progress_bar
 from distrinews.run_names import data_name, default_run_name, short_model_name
+from distrinews.runtime.labels import class_names
 from distrinews.splits import Splits, load_splits
 from distrinews.tracking import ModelCard, Tracker, start_tracker
 
@@ -420,7 +421,7 @@ def finish(
     weight_divergence = replica_divergence(model, info)
     get_logger(info).info("test: %s", _fmt(test_metrics))
     tracker.log_metrics({"train/replica_weight_divergence": weight_divergence}, step=step)
-    labels = class_names(model.config)
+    labels = class_names(model.config.id2label)
     # At the artifact root: the compare view of runs shows only root files.
     tracker.log_figure(
         lambda: confusion_matrix_figure(counts, labels, "test split"), "confusion_matrix.png"
@@ -439,7 +440,7 @@ def model_card(job: TrainingJob, splits: Splits, model: PreTrainedModel) -> Mode
     source = job.model.model
     if Path(source).expanduser().exists():
         source = Path(source).name  # a local folder: its name, not this machine's path
-    labels = ", ".join(class_names(model.config))
+    labels = ", ".join(class_names(model.config.id2label))
     data = data_name(job.data.data)
     return ModelCard(
         name=f"{short_model_name(job.model.model)}-{data}",

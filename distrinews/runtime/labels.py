@@ -1,5 +1,6 @@
 """The class names a model predicts, read from the model's own config."""
 
+from collections.abc import Mapping
 from typing import Any
 
 #: AG News topics, in label-id order. The model config carries them as
@@ -7,7 +8,8 @@ from typing import Any
 LABELS: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
 
 
-def labels_from_config(config: dict[str, Any]) -> tuple[str, ...]:
-    """Label names in id order from a config.json's id2label (keys are strings there)."""
-    id2label = config.get("id2label") or {}
-    return tuple(id2label[str(i)] for i in range(len(id2label)))
+def class_names(id2label: Mapping[Any, str] | None) -> tuple[str, ...]:
+    """Class names in id order from a model config's id2label. The one reader: keys are
+    ints in a transformers config, strings in a config.json."""
+    by_id = {int(key): name for key, name in (id2label or {}).items()}
+    return tuple(by_id[i] for i in range(len(by_id)))

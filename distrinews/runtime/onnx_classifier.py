@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from distrinews.errors import ModelFolderError
 from distrinews.runtime.cpu import available_cpus
-from distrinews.runtime.labels import labels_from_config
+from distrinews.runtime.labels import class_names
 
 
 class OnnxClassifier:
@@ -32,7 +32,7 @@ class OnnxClassifier:
         self.max_padding_share = max_padding_share
         self.model_file = _check_folder(self.folder)
         config = json.loads((self.folder / "config.json").read_text())
-        self.labels = labels_from_config(config)
+        self.labels = class_names(config.get("id2label"))
         # Truncate where training did (the export stores it as model_max_length).
         tokenizer_config_file = self.folder / "tokenizer_config.json"
         tokenizer_config = (
