@@ -20,9 +20,9 @@ from pathlib import Path
 import mlflow
 
 from benchmarks.common import DATA, REPO, ag_news_test_texts, percentiles, record
+from devkit.mlflow_store import MlflowStore
+from devkit.servers import Answer, BackgroundLoad, MlflowServer, Server, wait_for_version
 from distrinews.config import DEFAULT_MODEL, REGISTERED_MODEL
-from tests.helpers import MlflowStore
-from tests.servers import Answer, BackgroundLoad, MlflowServer, Server, wait_for_version
 
 
 def register_two_versions(store: MlflowStore, model: str, data: str) -> None:

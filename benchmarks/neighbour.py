@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import DATA, REPO, ag_news_test_texts, percentiles, record
-from tests.servers import Server
+from devkit.servers import Server
 
 #: The neighbour: counts units of pure-Python work done in the given seconds.
 NEIGHBOUR = """

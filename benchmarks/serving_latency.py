@@ -27,12 +27,12 @@ from benchmarks.common import (
     percentiles,
     record,
 )
+from devkit.servers import Server
 from distrinews.export_checks import pytorch_logits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms
 from serving.inference import export_report
-from tests.servers import Server
 
 #: Server configurations compared, spinning set explicitly so the rows keep their
 #: meaning whatever the server's default ("default": the server's default today).

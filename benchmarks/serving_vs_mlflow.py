@@ -23,8 +23,8 @@ from benchmarks.common import (
     one_client,
     record,
 )
+from devkit.servers import LocalServer, Server
 from distrinews.logged_models import logged_model_id
-from tests.servers import LocalServer, Server
 
 
 def mlflow_server(run_id: str) -> LocalServer:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import DATA, REPO, ag_news_test_texts, drive, percentiles, record
-from tests.servers import Server
+from devkit.servers import Server
 
 #: Largest memory growth (MB) over the soak that the table calls bounded.
 MEMORY_BOUND_MB = 100

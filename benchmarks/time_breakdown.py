@@ -147,10 +147,10 @@ def training_parts(args: argparse.Namespace) -> dict[str, float]:
 def serving_parts(args: argparse.Namespace) -> dict[str, float]:
     from fastapi.responses import JSONResponse
 
+    from devkit.servers import Server
     from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
     from serving.routes import request_models, to_predictions
     from serving.settings import Settings
-    from tests.servers import Server
 
     classifier = OnnxClassifier(args.model)
     PredictRequest, _ = request_models(Settings())

@@ -28,8 +28,8 @@ import mlflow
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from devkit.servers import LocalServer, Server, headless_chromium  # noqa: E402
 from distrinews.config import TrackingConfig  # noqa: E402
-from tests.servers import LocalServer, Server, headless_chromium  # noqa: E402
 
 EXPERIMENT = TrackingConfig.experiment
 #: Two short runs that differ in one setting, as a user comparing them would train.

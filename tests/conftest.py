@@ -7,16 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from devkit.mlflow_store import E2E_TRAINING, MlflowStore, train_run
+from devkit.processes import SHARED_DATA
+from devkit.tiny_models import export_tiny_onnx, make_tiny_model
 from distrinews import checkpoint
 from distrinews.runtime.labels import LABELS
-from tests.helpers import (
-    E2E_TRAINING,
-    SHARED_DATA,
-    MlflowStore,
-    export_tiny_onnx,
-    make_tiny_model,
-    train_run,
-)
 
 #: Session fixtures that cost a real training run: the tests using them share one
 #: pytest-xdist worker, so the run happens once (each worker has its own session).

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, SHARED_DATA, MlflowStore
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import REPO, SHARED_DATA
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -6,10 +6,10 @@ import shlex
 import pytest
 import yaml
 
+from devkit.processes import REPO
 from distrinews import mlproject
 from distrinews.cli import STEPS, build_parser, field_type, parse_training_job, step_fields
 from distrinews.errors import UserError
-from tests.helpers import REPO
 
 
 def test_mlflow_style_strings_are_parsed_to_typed_fields():

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, MlflowStore
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -7,9 +7,9 @@ these with a real training run and the GPU scaling benchmark.
 import pytest
 import torch
 
+from devkit.mlflow_store import MlflowStore, train_run
 from distrinews import checkpoint
 from distrinews.cli import torchrun_command
-from tests.helpers import MlflowStore, train_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -7,8 +7,8 @@ import sys
 import httpx
 import pytest
 
-from tests.helpers import REPO
-from tests.servers import MlflowServer, Server
+from devkit.processes import REPO
+from devkit.servers import MlflowServer, Server
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.helpers import MlflowStore, train_run
-from tests.servers import Server
+from devkit.mlflow_store import MlflowStore, train_run
+from devkit.servers import Server
 
 pytestmark = pytest.mark.integration
 

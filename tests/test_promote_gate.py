@@ -9,11 +9,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.processes import REPO
+from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import UserError
 from distrinews.promotion import Score, decide, judge, run_promote
-from tests.helpers import REPO, MlflowStore, tracking_uri
-from tests.test_serving_routes import broken_copy
 
 VERSIONS = {"candidate": "3", "champion": "2"}
 

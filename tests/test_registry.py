@@ -16,10 +16,8 @@ import mlflow
 import pytest
 import torch
 
-from distrinews.model import load_model_and_tokenizer
-from distrinews.runtime.model_source import ModelSource, local_model_folder
-from tests.helpers import MlflowStore, tracking_uri
-from tests.servers import (
+from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.servers import (
     BackgroundLoad,
     MlflowServer,
     Server,
@@ -27,7 +25,9 @@ from tests.servers import (
     served_version,
     wait_for_version,
 )
-from tests.test_serving_routes import broken_copy
+from devkit.tiny_models import broken_copy
+from distrinews.model import load_model_and_tokenizer
+from distrinews.runtime.model_source import ModelSource, local_model_folder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

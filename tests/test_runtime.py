@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
+from devkit.processes import REPO
 from distrinews.runtime.cpu import QUANTIZATION_TARGETS, cpu_flags, detect_target
-from tests.helpers import REPO
 
 #: Loads the server and serves one request in process, then reports what got imported.
 SERVE_ONE_REQUEST = """

@@ -14,12 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from devkit.mlflow_store import tracking_uri
+from devkit.servers import Server
+from devkit.tiny_models import broken_copy
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from tests.helpers import tracking_uri
-from tests.servers import Server
-from tests.test_serving_routes import broken_copy
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server
+from devkit.servers import Server
 
 pytestmark = pytest.mark.integration
 

@@ -29,12 +29,13 @@ from fastapi import FastAPI
 
 import serving.inference
 import serving.reload
+from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.processes import REPO
+from devkit.servers import Server, free_port
 from distrinews.errors import ModelFolderError
 from serving.app import configure_logging, create_app
 from serving.inference import load_model
 from serving.settings import Settings
-from tests.helpers import REPO, MlflowStore, tracking_uri
-from tests.servers import Server, free_port
 
 NAME = "lifecycle"
 ALIAS = "champion"

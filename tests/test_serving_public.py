@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.servers import Server, headless_chromium
 from distrinews.runtime.labels import LABELS
-from tests.servers import Server, headless_chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

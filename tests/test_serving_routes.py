@@ -18,13 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.processes import REPO
+from devkit.tiny_models import broken_copy
 from distrinews.errors import ModelFolderError
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from serving.app import create_app
 from serving.inference import MicroBatcher, load_model
 from serving.settings import Settings
-from tests.helpers import REPO
 
 LIMITS = {"max_batch_texts": 8, "max_text_chars": 2000, "max_body_bytes": 20_000}
 
@@ -133,20 +134,6 @@ def test_long_text_within_the_limit_is_truncated_not_refused(client, local):
     response = client.post("/predict", json={"text": text})
     assert response.status_code == 200
     assert len(local.tokenizer.encode(text).ids) == local.max_length == 64
-
-
-def broken_copy(folder: Path, destination: Path, problem: str) -> Path:
-    if problem == "missing folder":
-        return destination / "missing"
-    shutil.copytree(folder, destination / "model")
-    broken = destination / "model"
-    if problem == "corrupt onnx":
-        next(broken.glob("*.onnx")).write_bytes(b"not an onnx model")
-    if problem == "wrong labels":
-        config = json.loads((broken / "config.json").read_text())
-        config["id2label"] = {"0": "neg", "1": "pos"}
-        (broken / "config.json").write_text(json.dumps(config))
-    return broken
 
 
 BAD_MODELS = {

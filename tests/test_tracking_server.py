@@ -6,9 +6,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from devkit.mlflow_store import MlflowStore
+from devkit.servers import MlflowServer, free_port
 from distrinews.cli import torchrun_command
-from tests.helpers import MlflowStore
-from tests.servers import MlflowServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

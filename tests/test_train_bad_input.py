@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import processes_mentioning
 from distrinews.runtime.cpu import available_cpus
-from tests.helpers import MlflowStore, processes_mentioning
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

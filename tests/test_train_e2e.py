@@ -11,13 +11,14 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from devkit.mlflow_store import E2E_TRAINING, train_run
+from devkit.processes import REPO, processes_mentioning
 from distrinews import checkpoint
 from distrinews.cli import parse_bool
 from distrinews.config import DataConfig, TrainConfig
 from distrinews.logged_models import logged_model_id
 from distrinews.mlflow_runs import git_commit
 from distrinews.runtime.cpu import available_cpus
-from tests.helpers import E2E_TRAINING, REPO, processes_mentioning, train_run
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification
 
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import REPO, processes_mentioning, rank_pid
 from distrinews import checkpoint
 from distrinews.cli import torchrun_command
-from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import REPO, processes_mentioning, rank_pid
+from devkit.servers import free_port
 from distrinews import checkpoint
 from distrinews.cli import torchrun_command
-from tests.helpers import REPO, MlflowStore, processes_mentioning, rank_pid
-from tests.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.processes import REPO
 
 
 def free_port() -> int:
