@@ -100,8 +100,9 @@ def match_inputs_to_model(tokenizer: PreTrainedTokenizerBase, model: PreTrainedM
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """bf16 for "bf16", and for "auto" where the hardware computes it natively; else None (fp32).
 
-    On a CPU with AVX512-BF16 a MiniLM training step took 1.4x less time in
-    bf16 autocast than in fp32; without native bf16 it would be emulated, slower.
+    Where the CPU has AVX512-BF16 a training step is faster in bf16 autocast
+    than in fp32 (docs/performance.md, "Accuracy": epoch times); without
+    native bf16 it would be emulated, slower.
     """
     native = device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     if precision == "bf16" or (precision == "auto" and native):

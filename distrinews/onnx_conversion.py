@@ -24,9 +24,9 @@ def quantize_to_int8(
     ort_model.save_pretrained(fp32_dir)
     # O2: fused attention, GELU and LayerNorm kernels; exact on CPU (O3's
     # approximate GELU is not), so int8 is the only approximation made. Not
-    # SkipLayerNormalization: ONNX Runtime 1.32's CPU kernel for it took 5x
-    # as long as Add + LayerNormalization (105 vs 19 us at 52 x 384), 15-20%
-    # of a MiniLM request.
+    # SkipLayerNormalization: ONNX Runtime's CPU kernel for it was several
+    # times slower than Add + LayerNormalization (docs/performance.md, "ONNX
+    # graph choices").
     no_skip_layer_norm = AutoOptimizationConfig.O2(
         disable_skip_layer_norm_fusion=True, disable_bias_skip_layer_norm_fusion=True
     )
@@ -51,13 +51,13 @@ def quantization_config(target: str) -> Any:
     batch at run time (no calibration data needed).
 
     Every x86 target gets unsigned activations and signed weights (u8s8), the
-    product ONNX Runtime's fastest x86 kernels compute. Optimum's own avx2 preset
-    uses unsigned weights (u8u8), whose kernel took 2.1x as long per text on the
-    Xeon here (benchmarks/quantization.md). Without VNNI, u8s8 products go through
+    product ONNX Runtime's fastest x86 kernels compute; Optimum's own avx2 preset
+    uses unsigned weights (u8u8), whose kernel is much slower per text
+    (benchmarks/quantization.md). Without VNNI, u8s8 products go through
     VPMADDUBSW, whose 16-bit sums can saturate, so avx2 weights keep to 7 bits
     (reduce_range, as ONNX Runtime's quantization guide advises); one scale per
-    output channel wins back what the lost bit cost (7-bit per-tensor weights
-    lost 0.51 points of test accuracy, per-channel ones none).
+    output channel wins back the accuracy that per-tensor 7-bit weights lose
+    (the same table).
     """
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 

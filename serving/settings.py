@@ -22,9 +22,9 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
     # Off: on 2 vCPUs shared with a busy neighbour process, spinning threads
-    # took 0.89 cores at 20 requests/s (0.17 not spinning) and doubled the
-    # server's own p95 (22.9 vs 13.0 ms); alone, the two were within noise
-    # (benchmarks/neighbour.md, benchmarks/serving.md). A Space shares its host.
+    # took several times the CPU of sleeping ones and slowed the server itself;
+    # alone, the two were within noise (benchmarks/neighbour.md,
+    # benchmarks/serving.md). A Space shares its host.
     spinning: bool = Field(
         False, description="Let idle ONNX Runtime threads spin, waiting for the next request"
     )
