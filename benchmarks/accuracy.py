@@ -56,7 +56,7 @@ def train(rows: int, args: argparse.Namespace, work: Path) -> list[dict[str, flo
         for name, key in logged.items()
     }
     return [
-        test_metrics(output_dir / f"epoch-{epoch}", args.data)
+        test_metrics(output_dir / run.info.run_id / f"epoch-{epoch}", args.data)
         | {key: values[epoch - 1] for key, values in history.items()}
         | {"train_rows": int(run.data.params["train_rows"])}
         for epoch in range(1, args.epochs + 1)

@@ -34,7 +34,7 @@ step train timeout 1800 mlflow run . -e train --env-manager local --experiment-n
     -P nproc=auto -P data="$data" -P max_train_rows=4000 -P max_eval_rows=1000 -P epochs=1 \
     -P output_dir="$out/checkpoints"
 step export timeout 1800 mlflow run . -e export --env-manager local --experiment-name gpu-check \
-    -P checkpoint="$out/checkpoints/epoch-1" -P data="$data" -P max_eval_rows=1000 \
+    -P checkpoint="$(echo "$out"/checkpoints/*/epoch-1)" -P data="$data" -P max_eval_rows=1000 \
     -P output="$out/onnx"
 step ddp_scaling timeout 1800 python -m benchmarks.ddp_scaling --gpus --data "$data" \
     --rows 8000 --rounds 1 --output "$out/ddp_scaling_gpu.md"
