@@ -1,5 +1,5 @@
 """Dev-only helpers shared by the tests, the benchmarks and docs/screenshots.py: tiny models,
-a throwaway MLflow store, server processes on 127.0.0.1, process checks.
+small data folders, a throwaway MLflow store, server processes on 127.0.0.1, process checks.
 
 Not installed with the package (pyproject.toml lists distrinews, pipelines and
 serving only); imported from the repository root.

@@ -106,3 +106,26 @@ def tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def model_registry(folder: Path, name: str) -> Iterator[MlflowStore]:
+    """A store in a new `folder` with an experiment and a registered model both called `name`,
+    MLflow's module-level API pointed at it meanwhile."""
+    folder.mkdir()
+    store = MlflowStore(folder)
+    store.experiment(name)
+    store.client.create_registered_model(name)
+    with tracking_uri(store.uri):
+        yield store
+
+
+def register_folder(client: mlflow.MlflowClient, name: str, folder: Path, experiment: str) -> str:
+    """A version of `name` made from a model folder, logged as the `onnx_model` artifacts of a
+    run in `experiment` (as a user's tool could); its number."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(folder), "onnx_model")
+    client.set_terminated(run_id)
+    version = client.create_model_version(name, f"runs:/{run_id}/onnx_model", run_id)
+    return str(version.version)  # an int from a SQLite registry, a string over REST

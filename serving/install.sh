@@ -1,6 +1,6 @@
 #!/bin/sh
 # The server image's build steps as plain shell, so they run (and are tested)
-# without Docker: the Dockerfile runs this script, tests/test_image.py runs
+# without Docker: the Dockerfile runs this script, tests/integration/test_image.py runs
 # it in a fresh virtual environment.
 #
 #   serving/install.sh <project folder> <exported model folder> <destination for the model>

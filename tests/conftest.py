@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-init models, a tiny int8 ONNX model, a small slice of AG News,
-a temp MLflow store, and one real training run and export for the end-to-end tests."""
+a temp MLflow store, and one real training run and export for the end-to-end tests; and the
+`integration` marker, given by the folder (tests/integration/)."""
 
 from pathlib import Path
 
@@ -18,8 +19,15 @@ from distrinews.runtime.labels import LABELS
 SHARED_RUNS = {"trained_run", "exported"}
 
 
+#: Every test under this folder starts real processes: it is marked `integration`.
+INTEGRATION = Path(__file__).parent / "integration"
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Group the tests of the shared training run (before xdist reads the groups)."""
+    """Mark the tests under tests/integration/ `integration` (before `-m` selects), and group
+    the tests of the shared training run (before xdist reads the groups)."""
+    if INTEGRATION in item.path.parents:
+        item.add_marker(pytest.mark.integration)
     if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
         item.add_marker(pytest.mark.xdist_group("trained_run"))
 

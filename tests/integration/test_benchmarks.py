@@ -1,0 +1,202 @@
+"""Benchmarks are scripts, not tests: here each runs once on a tiny configuration.
+
+Each must finish, write its table with every row filled, and log it to an
+MLflow run tagged `benchmark`.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from devkit.mlflow_store import MlflowStore
+from devkit.processes import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def run_benchmark(store: MlflowStore, script: str, *args: object) -> tuple[str, object]:
+    """`python -m benchmarks.<script>` against `store`; its table and its MLflow run."""
+    if store.client.get_experiment_by_name("bench") is None:
+        store.experiment("bench")
+    output = store.folder / f"{script}.md"
+    command = [sys.executable, "-m", f"benchmarks.{script}", *map(str, args)]
+    command += ["--experiment", "bench", "--output", str(output)]
+    # Run from the temp folder (its mlruns/ stays there), the repository on the path.
+    env = store.env | {"PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=store.folder
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    experiment_id = store.client.get_experiment_by_name("bench").experiment_id
+    runs = store.client.search_runs([experiment_id], f"tags.benchmark = '{script}'")
+    assert [r.info.status for r in runs[:1]] == ["FINISHED"]
+    return output.read_text(), runs[0]
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """Cells of the table rows whose first cell starts with `first_cell`."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
+
+
+def test_train_vs_trainer(tmp_path, tiny_bert, small_data):
+    text, _ = run_benchmark(
+        MlflowStore(tmp_path),
+        "train_vs_trainer",
+        *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--eval-rows", 32),
+        *("--batch-size", 8, "--rounds", 1),
+    )
+    ours = table_rows(text, "ours")
+    trainer = table_rows(text, "Trainer")
+    assert len(ours) == 2 and len(trainer) == 3
+    assert [row[1] for row in ours] == ["4", "8"], "2 processes take half the steps"
+    assert {row[1] for row in trainer} == {"8"}
+    for row in ours + trainer:
+        assert float(row[2]) > 0 and float(row[5]) > 0, row  # samples/s, held-out loss
+
+
+def test_ddp_scaling(tmp_path, tiny_bert, small_data):
+    text, run = run_benchmark(
+        MlflowStore(tmp_path),
+        "ddp_scaling",
+        *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--rounds", 1),
+    )
+    assert len(table_rows(text, "nproc=")) == 3
+    (side_by_side,) = table_rows(text, "2 separate nproc=1")
+    assert float(side_by_side[1]) > 0
+    efficiency = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))
+    assert efficiency > 0
+    assert run.data.metrics["bench_scaling_efficiency"] == pytest.approx(efficiency, abs=0.005)
+    ceiling = run.data.metrics["bench_samples_per_s_1x1_side_by_side"]
+    assert run.data.metrics["bench_ddp_share_of_ceiling"] == pytest.approx(
+        run.data.metrics["bench_samples_per_s_2x1"] / ceiling
+    )
+
+
+def test_accuracy(tmp_path, tiny_bert, small_data):
+    text, run = run_benchmark(
+        MlflowStore(tmp_path),
+        "accuracy",
+        *("--model", tiny_bert, "--data", small_data, "--epochs", 2, "--curve-rows", 100),
+    )
+    epochs = table_rows(text, "1 ") + table_rows(text, "2 ")
+    assert len(epochs) == 2 and all(0 <= float(row[1]) <= 1 for row in epochs)
+    curve = table_rows(text, "100 ") + table_rows(text, "760 ")
+    assert len(curve) == 2, "2 curve points: 100 rows and all 760"
+    artifacts = MlflowStore(tmp_path).client.list_artifacts(run.info.run_id, "benchmarks")
+    assert "benchmarks/accuracy.png" in [a.path for a in artifacts]
+
+
+def test_serving_latency(exported):
+    store, _, folder, reference = exported
+    text, _ = run_benchmark(
+        store,
+        "serving_latency",
+        *("--model", folder, "--checkpoint", reference, "--model-avx2", folder),
+        *("--data", SHARED_DATA),
+        *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
+    )
+    target = json.loads((folder / "export_report.json").read_text())["target"]
+    assert f"ONNX int8 server ({target} build), HTTP, 1 client" in text
+    assert "ONNX int8 server (avx2 build), HTTP, 1 client" in text
+    (default,) = table_rows(text, "default (threads not spinning, no micro-batching)")
+    assert float(default[1]) > 0 and default[4] == "0", "requests/s, and no failed request"
+
+
+def test_serving_vs_mlflow(exported):
+    store, train_run_id, folder, _ = exported
+    text, _ = run_benchmark(
+        store,
+        "serving_vs_mlflow",
+        *("--run-id", train_run_id, "--model", folder),
+        *("--data", SHARED_DATA),
+        *("--texts", 10, "--clients", 4, "--requests", 20, "--rounds", 1),
+    )
+    rows = table_rows(text, "mlflow models serve") + table_rows(text, "ours")
+    assert len(rows) == 2
+    assert [row[-1] for row in rows] == ["0", "0"], "no failed request on either server"
+
+
+def test_time_breakdown(exported, tiny_bert, small_data):
+    store, _, folder, _ = exported
+    text, _ = run_benchmark(
+        store,
+        "time_breakdown",
+        *("--model", folder, "--train-model", tiny_bert, "--data", small_data),
+        *("--rows", 256, "--steps", 4, "--requests", 20),
+    )
+    parts = ("forward |", "backward |", "gradient all-reduce", "ONNX Runtime", "tokenization |")
+    for part in parts:
+        (row,) = table_rows(text, part)
+        assert float(row[1]) >= 0, row
+    shares = [int(row[2].rstrip("%")) for row in table_rows(text, "") if row[2].endswith("%")]
+    assert 195 <= sum(shares) <= 205, "each table's shares add up to 100%"
+
+
+def test_soak(exported):
+    store, _, folder, _ = exported
+    text, run = run_benchmark(
+        store,
+        "soak",
+        *("--model", folder, "--data", SHARED_DATA),
+        *("--seconds", 5, "--clients", 8),
+    )
+    (row,) = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert int(cells[0]) > 0 and cells[1] == "0", "requests served, none failed"
+    ok, probes = map(int, cells[5].split("/"))
+    assert ok == probes >= 5, "/health answered throughout"
+    assert run.data.metrics["bench_soak_errors"] == 0
+
+
+def test_accuracy_trials(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    # The recipe settings a trial changes, through torchrun.
+    flags = ("--model", tiny_bert, "--epochs", 1, "--max-train-rows", 96)
+    flags += ("--head-lr", 1e-3, "--label-smoothing", 0.1, "--freeze-embeddings", "true")
+    args = ("--name", "tiny", "--seeds", 1, 2, "--data", small_data, "--nproc", 1, *flags)
+    run_benchmark(store, "accuracy_trials", *args)
+    text, run = run_benchmark(store, "accuracy_trials", "--name", "again", *args[2:])
+    (first,), (second,) = table_rows(text, "tiny"), table_rows(text, "again")
+    assert first[1].startswith(f"`--model {tiny_bert} --epochs 1") and first[2] == "1 2"
+    assert 0 <= float(first[3].split(" ± ")[0]) <= 1 and float(first[6]) > 0
+    assert first[3:5] == second[3:5], "the same seeds train the same model"
+    mean_test = float(second[4].split(" ± ")[0])
+    assert run.data.metrics["bench_test_mean"] == pytest.approx(mean_test, abs=5e-5)
+
+
+def test_alias_switch(tmp_path, tiny_bert, small_data):
+    store = MlflowStore(tmp_path)
+    args = ("--model", tiny_bert, "--data", small_data, "--seconds", 2, "--clients", 4)
+    text, run = run_benchmark(store, "alias_switch", *args)
+    rows = table_rows(text, "before") + table_rows(text, "switch") + table_rows(text, "after")
+    assert len(rows) == 3 and all(int(row[1]) > 0 and row[2] == "0" for row in rows)
+    assert run.data.metrics["bench_errors"] == 0
+    assert 0 < run.data.metrics["bench_seconds_to_serve"] < 60
+
+
+def test_neighbour(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--seconds", 1, "--rounds", 1)
+    text, run = run_benchmark(store, "neighbour", *args, "--rate", 50)
+    rows = {row[0]: row for row in table_rows(text, "")[1:]}
+    assert {"no server", "idle, spinning on", "back to back, spinning off"} <= set(rows)
+    assert float(rows["no server"][2]) == 1.0 and float(rows["back to back, spinning on"][3]) > 0
+    assert run.data.metrics["bench_neighbour_share_idle_spinning_on"] > 0
+
+
+def test_quantization(exported, small_data):
+    store, _, _, checkpoint = exported
+    args = ("--checkpoint", checkpoint, "--data", small_data, "--max-length", 64)
+    text, run = run_benchmark(store, "quantization", *args, "--latency-texts", 20, "--rounds", 1)
+    rows = table_rows(text, "avx")
+    assert [row[0].split(" (")[0] for row in rows] == ["avx512_vnni", "avx2", "avx2"]
+    assert all(0 <= float(row[1]) <= 1 and float(row[4]) > 0 for row in rows)
+    fp32 = run.data.metrics["bench_accuracy_pytorch_fp32"]
+    assert float(rows[0][2]) == pytest.approx(100 * (float(rows[0][1]) - fp32), abs=0.01)

@@ -1,0 +1,34 @@
+"""Settings: the dataclasses refuse bad values with a UserError (naming the setting)."""
+
+import re
+
+import pytest
+
+from distrinews.cli import parse_training_job
+from distrinews.config import PromoteConfig
+from distrinews.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "epochs=0"),
+        (["--lr", "-1"], "lr=-1"),
+        (["--val-fraction", "0.9"], "val_fraction"),
+        (["--max-length", "4"], "max_length"),
+        (["--grad-accum", "0"], "grad_accum"),
+        (["--precision", "fp8"], "precision='fp8'"),
+    ],
+)
+def test_bad_values_raise_a_user_error(argv, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_training_job(argv)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"version": "v2"}, {"registered_model": " "}, {"max_p95_ms": 0}, {"max_accuracy_drop": -1}],
+)
+def test_bad_settings_are_refused(settings):
+    with pytest.raises(UserError):
+        PromoteConfig(**settings)

@@ -1,0 +1,149 @@
+"""The promotion gate's decision, case by case (the full flow: integration/test_registry.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.processes import REPO
+from devkit.tiny_models import broken_copy
+from distrinews.config import DataConfig, PromoteConfig
+from distrinews.errors import UserError
+from distrinews.promotion import Score, decide, judge, run_promote
+
+VERSIONS = {"candidate": "3", "champion": "2"}
+
+
+def test_the_first_champion_only_needs_the_latency_budget():
+    first = {"candidate": "1"}
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.25, 9.0), None, first)
+    assert promoted and "first champion" in reason
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.95, 11.0), None, first)
+    assert not promoted and "over max_p95_ms=10" in reason
+    # A champion that does not load is not scored, and the reason names it.
+    promoted, reason = decide(PromoteConfig(max_p95_ms=10), Score(0.25, 9.0), None, VERSIONS)
+    assert promoted and "the champion (version 2) does not load: replaced" in reason
+
+
+@pytest.mark.parametrize(
+    ("candidate", "limit", "promoted"),
+    [(0.9100, 0.0, True), (0.9200, 0.0, True), (0.9099, 0.0, False), (0.9060, 0.5, True)],
+)
+def test_accuracy_may_drop_at_most_the_limit(candidate, limit, promoted):
+    cfg = PromoteConfig(max_accuracy_drop=limit)
+    decision, reason = decide(cfg, Score(candidate, 5.0), Score(0.9100), VERSIONS)
+    assert decision is promoted, reason
+    assert "version 2" in reason and ("points lower" in reason) is not promoted
+
+
+def test_force_skips_the_accuracy_gate_but_not_the_latency_budget():
+    worse, slow = Score(0.50, 5.0), Score(0.50, 50.0)
+    assert decide(PromoteConfig(force=True), worse, Score(0.91), VERSIONS)[0]
+    assert not decide(PromoteConfig(force=True), slow, Score(0.91), VERSIONS)[0]
+
+
+# --- The whole gate in process, against a real SQLite registry (no server needed). ---
+
+NAME = "distrinews"
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    """An empty MLflow store and registry in `tmp_path`, as MLflow's fluent API sees it."""
+    store = MlflowStore(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with tracking_uri(store.uri):
+        mlflow.set_experiment(experiment_id=store.experiment("promote"))
+        yield store.client
+
+
+def register(client: mlflow.MlflowClient, folder: Path) -> str:
+    """`folder` registered as a new version of NAME, as a user's tool could; its number."""
+    experiment_id = client.get_experiment_by_name("promote").experiment_id
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_artifacts(run_id, str(folder), "onnx_model")
+    client.set_terminated(run_id)
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        client.create_registered_model(NAME)
+    return str(client.create_model_version(NAME, f"runs:/{run_id}/onnx_model", run_id).version)
+
+
+def promote_in_process(small_data: Path, version: str) -> str:
+    cfg = PromoteConfig(version=version, latency_texts=5, max_p95_ms=1000)
+    return run_promote(cfg, DataConfig(data=str(small_data), max_eval_rows=50))
+
+
+def test_a_champion_that_no_longer_loads_is_replaced_and_the_tags_say_so(
+    registry, tiny_onnx, small_data, tmp_path
+):
+    broken = register(registry, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
+    registry.set_registered_model_alias(NAME, "champion", broken)
+    candidate = register(registry, tiny_onnx)
+
+    message = promote_in_process(small_data, candidate)
+
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == candidate
+    assert f"version {broken}) does not load: replaced" in message
+    tags = registry.get_model_version(NAME, candidate).tags
+    assert tags["promotion"] == "promoted" and tags["promotion_champion_version"] == broken
+    run = registry.get_run(tags["promotion_run_id"])
+    assert run.data.tags["decision"] == "promoted" and run.info.status == "FINISHED"
+
+
+def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
+    registry, tiny_onnx, small_data, monkeypatch
+):
+    """Another promotion moves the alias while this one scores: the alias stays where
+    the other put it, and this candidate is tagged refused, with why."""
+    first, candidate, other = (register(registry, tiny_onnx) for _ in range(3))
+    registry.set_registered_model_alias(NAME, "champion", first)
+
+    def a_concurrent_promotion(*args, **kwargs):
+        decision = judge(*args, **kwargs)
+        registry.set_registered_model_alias(NAME, "champion", other)
+        return decision
+
+    monkeypatch.setattr("distrinews.promotion.judge", a_concurrent_promotion)
+    with pytest.raises(UserError, match=f"moved to version {other} during this promotion"):
+        promote_in_process(small_data, candidate)
+
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == other
+    tags = registry.get_model_version(NAME, candidate).tags
+    assert tags["promotion"] == "refused" and "run it again" in tags["promotion_reason"]
+    run = registry.get_run(tags["promotion_run_id"])
+    assert run.data.tags["decision"] == "refused" and run.info.status == "FAILED"
+
+
+#: Runs the promote step in process, then reports its exit code and what got imported.
+PROMOTE_AND_REPORT = """
+import json, sys
+from pipelines.promote import main
+code = main(sys.argv[1:])
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "transformers"})
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def test_promote_runs_without_importing_torch_or_transformers(registry, tiny_onnx, small_data):
+    """The gate scores through the server's runtime: a machine without torch can promote."""
+    version = register(registry, tiny_onnx)
+    arguments = ["--data", str(small_data), "--version", version, "--max-eval-rows", "50"]
+    arguments += ["--latency-texts", "5", "--max-p95-ms", "1000"]
+    result = subprocess.run(
+        [sys.executable, "-c", PROMOTE_AND_REPORT, *arguments],
+        cwd=REPO,
+        env=os.environ | {"MLFLOW_EXPERIMENT_NAME": "promote"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"code": 0, "heavy": []}, result.stderr[-3000:]
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == version

@@ -1,0 +1,25 @@
+"""The app's start-up: a model that does not load stops it before it answers."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from devkit.tiny_models import broken_copy
+from distrinews.errors import ModelFolderError
+from serving.app import create_app
+from serving.inference import load_model
+from serving.settings import Settings
+
+BAD_MODELS = {
+    "missing folder": "does not exist",
+    "corrupt onnx": "cannot load",
+    "wrong labels": "names 2 classes",
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD_MODELS))
+def test_a_bad_model_stops_the_app_at_start_up(problem, tiny_onnx, tmp_path):
+    broken = broken_copy(tiny_onnx, tmp_path, problem)
+    with pytest.raises(ModelFolderError, match=BAD_MODELS[problem]):
+        load_model(str(broken), threads=1, spinning=False)
+    with pytest.raises(ModelFolderError), TestClient(create_app(Settings(model=str(broken)))):
+        pass  # the lifespan raised: the server never answers

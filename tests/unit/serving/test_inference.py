@@ -1,0 +1,26 @@
+"""Micro-batched inference off the event loop."""
+
+import asyncio
+
+from serving.inference import MicroBatcher
+
+
+def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
+    """A request that would overflow the batch waits for the next; one over the size runs alone."""
+    batch_sizes: list[int] = []
+
+    async def send() -> None:
+        batcher = MicroBatcher(
+            local,
+            max_texts=4,
+            window_ms=200,
+            observe=lambda _, tokens: batch_sizes.append(len(tokens)),
+        )
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.probabilities([f"news {n}"] * n) for n in (3, 3, 1, 6)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(send())
+    assert sorted(batch_sizes) == [3, 4, 6]  # 3 | 3 + 1 | 6 alone
