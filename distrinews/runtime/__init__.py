@@ -2,6 +2,7 @@
 
 Every module in this package imports neither torch nor transformers: the
 server image installs only ONNX Runtime, tokenizers and NumPy, and the export
-step checks its model with the same code. `tests/unit/distrinews/runtime/test_torch_free.py` proves the
-contract by importing the server in a fresh interpreter.
+step checks its model with the same code.
+`tests/unit/distrinews/runtime/test_torch_free.py` proves the contract by
+importing the server in a fresh interpreter.
 """
