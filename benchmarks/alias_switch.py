@@ -1,8 +1,9 @@
 """The served model changing version under load: errors, p99 before and during, time to serve.
 
 Against a real `mlflow server` on 127.0.0.1 (SQLite, local artifacts):
-exports the MiniLM twice (`-P checkpoint=`, a new untrained head: a real-size
-model for timing, its accuracy means nothing), points `champion` at version 1,
+exports the MiniLM (`-P checkpoint=`, a new untrained head: a real-size model
+for timing, its accuracy means nothing) and registers it as versions 1 and 2,
+points `champion` at version 1,
 starts `python -m serving` from `models:/distrinews@champion` with
 DISTRINEWS_RELOAD_SECONDS, drives it with concurrent clients, then moves the
 alias to version 2 and watches `/model` until version 2 serves.
@@ -25,13 +26,20 @@ from devkit.servers import Answer, BackgroundLoad, MlflowServer, Server, wait_fo
 from distrinews.config import DEFAULT_MODEL, REGISTERED_MODEL
 
 
-def register_two_versions(store: MlflowStore, model: str, data: str) -> None:
-    for _ in range(2):
-        params = {"checkpoint": model, "data": data, "max_eval_rows": 200, "latency_texts": 20}
-        params["max_accuracy_drop"] = 100  # an untrained head: its accuracy means nothing
-        result = store.mlflow_run("export", "alias-switch", params, timeout=1800)
-        if result.returncode:
-            raise SystemExit(f"export failed: {result.stderr[-2000:]}")
+def register_two_versions(
+    store: MlflowStore, client: mlflow.MlflowClient, model: str, data: str
+) -> None:
+    """Export once (version 1), and register the same model again as version 2: the switch
+    downloads, loads and warms version 2 as it would any other model of that size."""
+    params = {"checkpoint": model, "data": data, "max_eval_rows": 200, "latency_texts": 20}
+    params["max_accuracy_drop"] = 100  # an untrained head: its accuracy means nothing
+    result = store.mlflow_run("export", "alias-switch", params, timeout=1800)
+    if result.returncode:
+        raise SystemExit(f"export failed: {result.stderr[-2000:]}")
+    first = client.get_model_version(REGISTERED_MODEL, "1")
+    # The source is the logged model (models:/m-...), which MLflow wants named by its id too.
+    model_id = first.model_id or first.source.removeprefix("models:/")
+    client.create_model_version(REGISTERED_MODEL, first.source, first.run_id, model_id=model_id)
 
 
 def switch(server: Server, client: mlflow.MlflowClient, texts: list[str], args) -> dict:
@@ -93,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tracking.wait_ready(timeout=120)
             store.env["MLFLOW_TRACKING_URI"] = tracking.url
-            register_two_versions(store, args.model, args.data)
             client = mlflow.MlflowClient(tracking.url)
+            register_two_versions(store, client, args.model, args.data)
             client.set_registered_model_alias(REGISTERED_MODEL, "champion", "1")
             env = store.env | {"PATH": os.environ["PATH"]}
             server = Server(

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from benchmarks.accuracy_trials import HEADER
 from devkit.mlflow_store import MlflowStore
 from devkit.processes import REPO, SHARED_DATA
 
@@ -156,18 +157,22 @@ def test_soak(exported):
 
 
 def test_accuracy_trials(tmp_path, tiny_bert, small_data):
+    """One trial, its seed given twice: the same seed trains the same model (a spread of 0),
+    and its row is added below the rows already in the table."""
     store = MlflowStore(tmp_path)
+    earlier = "| earlier | `--lr 2e-4` | 42 | 0.9 ± 0.0 | 0.9 ± 0.0 | 1.0 | 2.0 | a CPU |\n"
+    (store.folder / "accuracy_trials.md").write_text(HEADER + earlier)
     # The recipe settings a trial changes, through torchrun.
     flags = ("--model", tiny_bert, "--epochs", 1, "--max-train-rows", 96)
     flags += ("--head-lr", 1e-3, "--label-smoothing", 0.1, "--freeze-embeddings", "true")
-    args = ("--name", "tiny", "--seeds", 1, 2, "--data", small_data, "--nproc", 1, *flags)
-    run_benchmark(store, "accuracy_trials", *args)
-    text, run = run_benchmark(store, "accuracy_trials", "--name", "again", *args[2:])
-    (first,), (second,) = table_rows(text, "tiny"), table_rows(text, "again")
-    assert first[1].startswith(f"`--model {tiny_bert} --epochs 1") and first[2] == "1 2"
-    assert 0 <= float(first[3].split(" ± ")[0]) <= 1 and float(first[6]) > 0
-    assert first[3:5] == second[3:5], "the same seeds train the same model"
-    mean_test = float(second[4].split(" ± ")[0])
+    args = ("--name", "tiny", "--seeds", 1, 1, "--data", small_data, "--nproc", 1, *flags)
+    text, run = run_benchmark(store, "accuracy_trials", *args)
+    assert HEADER + earlier + "| tiny |" in text, "the new row goes below the earlier ones"
+    (row,) = table_rows(text, "tiny")
+    assert row[1].startswith(f"`--model {tiny_bert} --epochs 1") and row[2] == "1 1"
+    assert 0 <= float(row[3].split(" ± ")[0]) <= 1 and float(row[6]) > 0
+    assert row[3].endswith(" ± 0.0000") and row[4].endswith(" ± 0.0000"), "the same model"
+    mean_test = float(row[4].split(" ± ")[0])
     assert run.data.metrics["bench_test_mean"] == pytest.approx(mean_test, abs=5e-5)
 
 

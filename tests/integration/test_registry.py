@@ -6,9 +6,11 @@ follows the alias under 16 clients without failing a request; a worse or
 broken version is refused and the alias or the served model stays.
 """
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,11 @@ from devkit.servers import (
     wait_for_version,
 )
 from devkit.tiny_models import broken_copy
+from distrinews.config import DataConfig, ExportConfig, PromoteConfig
+from distrinews.errors import UserError
+from distrinews.export import run_export
 from distrinews.model import load_model_and_tokenizer
+from distrinews.promotion import run_promote
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 
 pytestmark = pytest.mark.timeout(900)
@@ -60,6 +66,35 @@ def promote(store: MlflowStore, data: Path, **params: object):
     )
 
 
+@contextlib.contextmanager
+def in_process(client: mlflow.MlflowClient) -> Iterator[None]:
+    """MLflow's fluent API at the registry's server and experiment: a step run in this process.
+
+    The first export and promote above run as `mlflow run` commands; the later
+    ones call the same step functions here, a process launch cheaper each.
+    """
+    with tracking_uri(client.tracking_uri), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", "registry")
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        yield
+
+
+def export_here(client: mlflow.MlflowClient, checkpoint: Path, data: Path) -> dict:
+    """As `export`, in this process."""
+    cfg = ExportConfig(checkpoint=str(checkpoint), latency_texts=20, max_accuracy_drop=100)
+    with in_process(client):
+        return run_export(cfg, DataConfig(data=str(data), max_eval_rows=300))
+
+
+def promote_here(client: mlflow.MlflowClient, data: Path, **params: object) -> str:
+    """As `promote`, in this process: what was done, or UserError. Timed beside the load
+    clients' threads, latency is not gated here (the first promote and the unit tests are)."""
+    with in_process(client):
+        cfg = PromoteConfig(latency_texts=20, max_p95_ms=1000, **params)
+        return run_promote(cfg, DataConfig(data=str(data), max_eval_rows=300))
+
+
 def champion(client: mlflow.MlflowClient) -> str:
     return client.get_model_version_by_alias(NAME, "champion").version
 
@@ -84,14 +119,14 @@ def test_export_registers_promote_gates_and_the_server_follows(
         server.wait_ready()
         info = httpx.get(f"{server.url}/model").json()
         assert (info["registered_model"], info["version"], info["alias"]) == (NAME, "1", "champion")
-        switch_under_load(store, server, trained, small_data, texts, client)
+        switch_under_load(server, trained, small_data, texts, client)
         refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path)
         refuse_other_labels(store, small_data, client, tmp_path)
         broken = refuse_a_broken_version(server, client, tiny_onnx, tmp_path)
         # Rollback, from a champion that no longer loads: replaced, and the tags say so.
-        result = promote(store, small_data, version=1, force="true")
-        assert result.returncode == 0 and champion(client) == "1", result.stderr[-3000:]
-        assert f"the champion (version {broken}) does not load: replaced" in result.stdout
+        message = promote_here(client, small_data, version="1", force=True)
+        assert champion(client) == "1"
+        assert f"the champion (version {broken}) does not load: replaced" in message
         tags = client.get_model_version(NAME, "1").tags
         assert (tags["promotion"], tags["promotion_champion_version"]) == ("promoted", broken)
         wait_for_version(server.url, "1")
@@ -112,14 +147,12 @@ def check_version_evidence(client: mlflow.MlflowClient, version) -> None:
     assert prediction.label in ("World", "Sports", "Business", "Sci/Tech")
 
 
-def switch_under_load(store, server, trained, small_data, texts, client) -> None:
+def switch_under_load(server, trained, small_data, texts, client) -> None:
     """Version 2 (as good: the same model) is promoted while 16 clients send requests."""
-    result = export(store, trained, small_data)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert export_here(client, trained, small_data)["registered_version"] == 2
     with BackgroundLoad(server.url, texts, clients=16) as load:
         time.sleep(2)
-        result = promote(store, small_data)
-        assert result.returncode == 0, result.stderr[-3000:]
+        promote_here(client, small_data)
         assert champion(client) == "2"
         wait_for_version(server.url, "2")
         time.sleep(2)
@@ -134,8 +167,7 @@ def refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path) -> No
     model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
     model.save_pretrained(tmp_path / "random-head")  # a head, so export does not flag it
     tokenizer.save_pretrained(tmp_path / "random-head")
-    result = export(store, tmp_path / "random-head", small_data)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert export_here(client, tmp_path / "random-head", small_data)["registered_version"] == 3
     result = promote(store, small_data, version=3)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
@@ -147,8 +179,8 @@ def refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path) -> No
     )
     # Flagged as export flags an encoder exported to time it: refused before scoring.
     client.set_model_version_tag(NAME, "3", "untrained_head", "true")
-    result = promote(store, small_data, version=3)
-    assert result.returncode != 0 and "never trained" in result.stderr, result.stderr[-3000:]
+    with pytest.raises(UserError, match="never trained"):
+        promote_here(client, small_data, version="3")
 
 
 def register_folder(client: mlflow.MlflowClient, folder: Path) -> str:
@@ -170,10 +202,8 @@ def refuse_other_labels(store, small_data, client, tmp_path) -> None:
     config["label2id"] = {f"topic {i}": i for i in range(4)}
     (folder / "config.json").write_text(json.dumps(config))
     version = register_folder(client, folder)
-    result = promote(store, small_data, version=version, force="true")
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
-    assert "predicts topic 0" in errors[0], errors
+    with pytest.raises(UserError, match="predicts topic 0"):
+        promote_here(client, small_data, version=str(version), force=True)
     assert champion(client) == "2"
 
 

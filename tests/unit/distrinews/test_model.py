@@ -32,3 +32,9 @@ def test_a_trained_head_is_reused_only_for_its_own_classes(tmp_path, tiny_bert):
     alphabetical = ("Business", "Sci/Tech", "Sports", "World")
     with pytest.raises(UserError, match="was trained for the classes World, Sports"):
         load_model_and_tokenizer(trained, alphabetical)
+
+
+def test_a_hub_id_that_cannot_be_loaded_offline_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot load model 'no-such-org/no-such-model'"):
+        load_model_and_tokenizer("no-such-org/no-such-model")
