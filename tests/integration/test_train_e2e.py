@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from devkit.mlflow_store import E2E_TRAINING, train_run
-from devkit.processes import REPO, processes_mentioning
+from devkit.processes import processes_mentioning
 from distrinews import checkpoint
 from distrinews.cli import parse_bool
 from distrinews.config import DataConfig, TrainConfig
@@ -262,23 +262,3 @@ def test_evaluate_entry_point_scores_the_logged_model(trained_run, small_data):
     artifacts = {a.path for a in store.client.list_artifacts(child.info.run_id)}
     assert "confusion_matrix.png" in artifacts
     assert store.client.get_run(source.info.run_id).data.metrics == source.data.metrics
-
-
-def test_mlflow_experiment_name_and_run_name_are_honoured(mlflow_store, tiny_bert, small_data):
-    """MLFLOW_EXPERIMENT_NAME picks the experiment, --run-name wins; system metrics off."""
-    mlflow_store.env["MLFLOW_EXPERIMENT_NAME"] = "news"
-    command = ["mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local"]
-    command += ["--run-name", "baseline"]
-    params = {"nproc": 1, "model": tiny_bert, "data": small_data, "epochs": 1}
-    params |= {"max_train_rows": 64, "max_eval_rows": 32, "system_metrics": "false"}
-    params |= {"output_dir": mlflow_store.folder / "checkpoints"}
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = mlflow_store.run(command, cwd=mlflow_store.folder)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Default experiment" not in result.stderr
-    experiment = mlflow_store.client.get_experiment_by_name("news")
-    (run,) = mlflow_store.runs(experiment.experiment_id)
-    assert run.info.run_name == "baseline" and run.info.status == "FINISHED"
-    assert "test/accuracy" in run.data.metrics
-    assert not [key for key in run.data.metrics if key.startswith("system/")]
