@@ -20,6 +20,8 @@ COPY --chown=user pipelines/ pipelines/
 COPY --chown=user serving/ serving/
 ARG MODEL_DIR=serving-model
 COPY --chown=user ${MODEL_DIR}/ /tmp/model/
+# No pip cache in the image.
+ENV PIP_NO_CACHE_DIR=1
 RUN sh serving/install.sh . /tmp/model /home/user/app/model && rm -rf /tmp/model
 
 USER user

@@ -9,8 +9,10 @@ project=$1
 model=$2
 destination=$3
 
-# The serve extra only: ONNX Runtime, FastAPI, uvicorn; no torch.
-python -m pip install --no-cache-dir "${project}[serve]"
+# The serve extra only: ONNX Runtime, FastAPI, uvicorn; no torch. The Dockerfile sets
+# PIP_NO_CACHE_DIR, so the image keeps no pip cache; elsewhere (the tests) pip's cache
+# serves the wheels it already holds.
+python -m pip install "${project}[serve]"
 
 if [ -z "$(ls -A "$model" 2>/dev/null)" ]; then
     echo "no model in '$model': set DISTRINEWS_MODEL to an MLflow URI when starting the server"

@@ -35,6 +35,8 @@ def test_a_trained_head_is_reused_only_for_its_own_classes(tmp_path, tiny_bert):
 
 
 def test_a_hub_id_that_cannot_be_loaded_offline_is_a_user_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Offline as HF_HUB_OFFLINE=1 at start-up makes it: both libraries read it on import.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("transformers.utils.hub._is_offline_mode", True)
     with pytest.raises(UserError, match="cannot load model 'no-such-org/no-such-model'"):
         load_model_and_tokenizer("no-such-org/no-such-model")
