@@ -1,14 +1,14 @@
 """Screenshots of the MLflow UI for the README, taken in a real headless Chromium.
 
-    python docs/screenshots.py                 # trains two short runs first (~6 min on 2 vCPUs)
+    python docs/screenshots.py                 # trains three short runs first (~9 min on 2 vCPUs)
     python docs/screenshots.py --store DIR     # reuse the runs a previous call left in DIR
     python docs/screenshots.py --page FOLDER   # only docs/page.png: the server's page at /
 
-Trains two short runs of the default MiniLM that differ in learning rate
+Trains three short runs of the default MiniLM that differ in learning rate
 (`mlflow run . -e train`, as the README does, in the experiment
 `distrinews`), evaluates and exports the first, starts `mlflow ui` on
 127.0.0.1, and saves the runs table, the chart view, the compare view of the
-two runs and the logged model's page as PNGs in docs/. Needs Debian's
+runs and the logged model's page as PNGs in docs/. Needs Debian's
 `chromium` and `chromium-driver` (`apt-get install chromium chromium-driver`)
 and the dev extra (selenium).
 """
@@ -32,8 +32,8 @@ from devkit.servers import LocalServer, Server, headless_chromium  # noqa: E402
 from distrinews.config import TrackingConfig  # noqa: E402
 
 EXPERIMENT = TrackingConfig.experiment
-#: Two short runs that differ in one setting, as a user comparing them would train.
-RUNS = ({"lr": "1e-4"}, {"lr": "3e-4"})
+#: Three short runs that differ in one setting, as a user comparing them would train.
+RUNS = ({"lr": "1e-4"}, {"lr": "2e-4"}, {"lr": "3e-4"})
 COMMON = {"nproc": "2", "max_train_rows": "2000", "max_eval_rows": "600", "epochs": "2"}
 
 
@@ -116,7 +116,8 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
     return [
-        Page("mlflow-runs.png", runs_url, names[-1], height=420),
+        # Tall enough for every run's row with its name, datasets and model.
+        Page("mlflow-runs.png", runs_url, names[-1], height=760),
         # Searching "loss" shows one chart per section: train, validation and test loss.
         Page(
             "mlflow-charts.png",

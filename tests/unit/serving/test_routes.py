@@ -104,5 +104,11 @@ def test_bad_batches_get_a_4xx(client, body, status):
 def test_long_text_within_the_limit_is_truncated_not_refused(client, local):
     text = "market " * 280  # 1,960 characters: under the limit, far over 64 tokens
     response = client.post("/predict", json={"text": text})
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert len(local.tokenizer.encode(text).ids) == local.max_length == 64
+    # Answered as its first 64 tokens: 62 words and the two special tokens.
+    first_tokens = "market " * 62
+    assert len(local.tokenizer.encode(first_tokens).ids) == 64
+    expected = client.post("/predict", json={"text": first_tokens}).json()
+    assert response.json()["label"] == expected["label"]
+    assert response.json()["probabilities"] == pytest.approx(expected["probabilities"])
