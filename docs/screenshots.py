@@ -80,6 +80,13 @@ class Page:
     height: int = 1000  # window height
 
 
+def scroll_to(driver, text: str) -> None:
+    """Scroll the element showing `text` to the top of the window, and let it render."""
+    target = driver.find_element("xpath", f"//*[text()='{text}']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", target)
+    time.sleep(1)
+
+
 def shoot(driver, page: Page, settle: float = 3.0) -> None:
     driver.set_window_size(1700, page.height)
     driver.get("about:blank")  # a fresh page: a changed #fragment alone would not reload it
@@ -93,14 +100,17 @@ def shoot(driver, page: Page, settle: float = 3.0) -> None:
         box = driver.find_element("css selector", f"input[placeholder='{placeholder}']")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
         box.send_keys(text)
+    if page.scroll_to:  # first, so what renders only when scrolled to is there to click
+        scroll_to(driver, page.scroll_to)
     if page.click:
-        target = driver.find_element("xpath", f"//*[text()='{page.click}']")
+        # The first one shown: with several runs, the text stands in hidden places too.
+        matches = driver.find_elements("xpath", f"//*[text()='{page.click}']")
+        target = next(element for element in matches if element.is_displayed())
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", target)
         time.sleep(1)  # the click lands where the element is once scrolling ends
         target.click()
     if page.scroll_to:
-        target = driver.find_element("xpath", f"//*[text()='{page.scroll_to}']")
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", target)
+        scroll_to(driver, page.scroll_to)
     time.sleep(settle)  # charts and images draw
     driver.save_screenshot(str(REPO / "docs" / page.file))
     print(f"wrote docs/{page.file}", file=sys.stderr)
@@ -111,7 +121,8 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     exp_id = experiment.experiment_id
     train_runs = client.search_runs([exp_id], "tags.step = 'train'", order_by=["start_time ASC"])
     names = [r.info.run_name for r in train_runs]
-    ids = json.dumps([r.info.run_id for r in train_runs])
+    # Two of them side by side: their training curves fill the window's width.
+    ids = json.dumps([r.info.run_id for r in train_runs[:2]])
     compare = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
     (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
