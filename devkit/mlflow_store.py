@@ -127,5 +127,7 @@ def register_folder(client: mlflow.MlflowClient, name: str, folder: Path, experi
     run_id = client.create_run(experiment_id).info.run_id
     client.log_artifacts(run_id, str(folder), "onnx_model")
     client.set_terminated(run_id)
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run_id}/onnx_model", run_id)
     return str(version.version)  # an int from a SQLite registry, a string over REST

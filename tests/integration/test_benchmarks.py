@@ -85,7 +85,6 @@ def test_accuracy(tmp_path, tiny_bert, small_data):
         MlflowStore(tmp_path),
         "accuracy",
         *("--model", tiny_bert, "--data", small_data, "--epochs", 2, "--curve-rows", 100),
-        *("--nproc", 1),
     )
     epochs = table_rows(text, "1 ") + table_rows(text, "2 ")
     assert len(epochs) == 2 and all(0 <= float(row[1]) <= 1 for row in epochs)

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import torch
 
-from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
 from devkit.servers import (
     BackgroundLoad,
     MlflowServer,
@@ -183,15 +183,6 @@ def refuse_a_worse_version(store, tiny_bert, small_data, client, tmp_path) -> No
         promote_here(client, small_data, version="3")
 
 
-def register_folder(client: mlflow.MlflowClient, folder: Path) -> str:
-    """A version made by hand from a folder (as a user or a faulty tool could); its number."""
-    experiment_id = client.get_experiment_by_name("registry").experiment_id
-    run_id = client.create_run(experiment_id).info.run_id
-    client.log_artifacts(run_id, str(folder), "onnx_model")
-    client.set_terminated(run_id)
-    return client.create_model_version(NAME, f"runs:/{run_id}/onnx_model", run_id).version
-
-
 def refuse_other_labels(store, small_data, client, tmp_path) -> None:
     """A version that names the classes otherwise: promote refuses it in one line."""
     with tracking_uri(client.tracking_uri):
@@ -201,7 +192,7 @@ def refuse_other_labels(store, small_data, client, tmp_path) -> None:
     config["id2label"] = {i: f"topic {i}" for i in range(4)}
     config["label2id"] = {f"topic {i}": i for i in range(4)}
     (folder / "config.json").write_text(json.dumps(config))
-    version = register_folder(client, folder)
+    version = register_folder(client, NAME, folder, "registry")
     with pytest.raises(UserError, match="predicts topic 0"):
         promote_here(client, small_data, version=str(version), force=True)
     assert champion(client) == "2"
@@ -210,7 +201,9 @@ def refuse_other_labels(store, small_data, client, tmp_path) -> None:
 def refuse_a_broken_version(server, client, tiny_onnx, tmp_path) -> str:
     """The alias moved by hand to a version whose ONNX file is corrupt: the server keeps 2.
     Returns that version, still the champion."""
-    version = register_folder(client, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
+    version = register_folder(
+        client, NAME, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"), "registry"
+    )
     client.set_registered_model_alias(NAME, "champion", version)
     deadline = time.monotonic() + 60
     while f"refused version {version}" not in server.output():

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from devkit.mlflow_store import MlflowStore, tracking_uri
+from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
 from devkit.processes import REPO
 from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, PromoteConfig
@@ -64,14 +64,8 @@ def registry(tmp_path, monkeypatch):
 
 
 def register(client: mlflow.MlflowClient, folder: Path) -> str:
-    """`folder` registered as a new version of NAME, as a user's tool could; its number."""
-    experiment_id = client.get_experiment_by_name("promote").experiment_id
-    run_id = client.create_run(experiment_id).info.run_id
-    client.log_artifacts(run_id, str(folder), "onnx_model")
-    client.set_terminated(run_id)
-    if not client.search_registered_models(f"name = '{NAME}'"):
-        client.create_registered_model(NAME)
-    return str(client.create_model_version(NAME, f"runs:/{run_id}/onnx_model", run_id).version)
+    """`folder` registered as a new version of NAME; its number."""
+    return register_folder(client, NAME, folder, "promote")
 
 
 def promote_in_process(small_data: Path, version: str) -> str:
