@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from distrinews.runtime.model_source import (
 from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
 
 log = logging.getLogger("serving")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,25 @@ class LoadedModel:
             shutil.rmtree(self.download, ignore_errors=True)
 
 
-async def retire(model: LoadedModel) -> None:
-    """Delete `model`'s download in a thread (a large folder takes a while), and to the
-    end even if the caller is cancelled meanwhile: a stopping server must not leave it."""
-    deletion = asyncio.ensure_future(asyncio.to_thread(model.retire))
+async def to_thread_to_the_end(
+    func: Callable[..., T], *args: object, if_cancelled: Callable[[T], object] | None = None
+) -> T:
+    """`func(*args)` in a thread. If the caller is cancelled meanwhile, it still waits for
+    the thread to end (a thread cannot be stopped), hands the result to `if_cancelled`,
+    then lets the cancellation go on: a stopping server leaves nothing half done."""
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
     try:
-        await asyncio.shield(deletion)
+        return await asyncio.shield(work)
     except asyncio.CancelledError:
-        await asyncio.wait([deletion])
+        await asyncio.wait([work])
+        if if_cancelled is not None and not work.cancelled() and work.exception() is None:
+            await asyncio.to_thread(if_cancelled, work.result())
         raise
+
+
+async def retire(model: LoadedModel) -> None:
+    """Delete `model`'s download in a thread (a large folder takes a while), to the end."""
+    await to_thread_to_the_end(model.retire)
 
 
 #: Texts of a few lengths run once after loading: the first requests then

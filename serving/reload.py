@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from distrinews.errors import ModelFolderError, RegistryUnreachable
 from distrinews.runtime.model_source import alias_version, no_such_alias
-from serving.inference import LoadedModel, load_model, retire
+from serving.inference import LoadedModel, load_model, retire, to_thread_to_the_end
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -137,16 +137,11 @@ async def fetch(
 
 
 async def load_to_the_end(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:
-    """`load_version` in a thread. Cancelled meanwhile (the server stops), it still waits
-    for the load to end, since a thread cannot be stopped, and deletes its download."""
-    loading = asyncio.ensure_future(asyncio.to_thread(load_version, current, version, settings))
-    try:
-        return await asyncio.shield(loading)
-    except asyncio.CancelledError:
-        await asyncio.wait([loading])
-        if not loading.cancelled() and loading.exception() is None:
-            await retire(loading.result())
-        raise
+    """`load_version` in a thread; cancelled meanwhile (the server stops), the load still
+    ends, and its download is deleted."""
+    return await to_thread_to_the_end(
+        load_version, current, version, settings, if_cancelled=LoadedModel.retire
+    )
 
 
 def alias_of(loaded: LoadedModel) -> tuple[str, str]:
