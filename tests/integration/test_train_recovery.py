@@ -65,11 +65,20 @@ def final_weights(output_dir: Path, run) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
+def test_a_killed_worker_a_manual_resume_and_a_restart_in_the_first_epoch(
     tmp_path, tiny_bert, small_data
 ):
-    """Both runs write into one output_dir: each resumes and prunes only its own checkpoints
-    (the straight run's epoch-2 outranks the restarted run's epoch-1 by number)."""
+    """Three runs write into one output_dir; each resumes and prunes only its own checkpoints
+    (the straight run's epoch-2 outranks the restarted run's epoch-1 by number).
+
+    1. A worker killed in epoch 2 under plain torchrun: the restart finds its run by
+       TORCHELASTIC_RUN_ID and continues it exactly (the straight run is the reference).
+    2. That run resumed by hand to a third epoch: `mlflow run --run-id <id> -P resume=true`.
+    3. A new run under `mlflow run` whose worker dies in its first epoch, before any
+       checkpoint of its own, while the folder holds the others': it starts its own run
+       again (MLFLOW_RUN_ID), not an older one.
+    One test, so that one straight run is the reference for all three (it was two tests
+    with two reference runs)."""
     store = MlflowStore(tmp_path)
     for name in ("straight", "restarted"):
         store.experiment(name)
@@ -77,30 +86,9 @@ def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
     command = torchrun_command(2, **training_options(tiny_bert, small_data, output_dir, "straight"))
     result = store.run(command)
     assert result.returncode == 0, result.stderr[-3000:]
+    straight = the_run(store, "straight")
 
-    log_file = tmp_path / "restarted.log"
-    command = torchrun_command(
-        2,
-        ("--standalone", "--max-restarts", "1"),
-        **training_options(tiny_bert, small_data, output_dir, "restarted"),
-    )
-    with log_file.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            # Kill rank 1 once epoch 1's checkpoint is complete and a step of
-            # epoch 2 has been logged: the restart must resume mid-run.
-            wait_for_epoch_2(store, process, output_dir)
-            os.kill(rank_pid(output_dir, 1), signal.SIGKILL)
-            assert process.wait(timeout=300) == 0, log_file.read_text()[-3000:]
-        finally:
-            if process.poll() is None:
-                process.kill()
-    output = log_file.read_text()
-    assert "resuming from" in output and "epoch-1" in output
-
-    straight, restarted = the_run(store, "straight"), the_run(store, "restarted")
+    restarted = kill_a_worker_in_epoch_2(store, tiny_bert, small_data, output_dir)
     assert restarted.info.status == "FINISHED", "the same run continued and finished"
     # Every step logged once, with the values of the uninterrupted run.
     for key in ("train/loss", "val/accuracy", "test/accuracy"):
@@ -121,8 +109,42 @@ def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
         assert torch.equal(tensor, expected_weights[name]), name
     assert processes_mentioning(str(output_dir)) == []
 
-    # Later, by hand, the finished run goes on to a third epoch, as the README says:
-    # mlflow run . -e train --run-id <run id> -P resume=true -P epochs=3
+    resume_by_hand_to_a_third_epoch(store, restarted, tiny_bert, small_data, output_dir)
+    # The straight run's checkpoint is untouched by the other run's saves and pruning.
+    assert checkpoint.latest_checkpoint(output_dir / straight.info.run_id).name == "epoch-2"
+
+    restart_in_the_first_epoch(store, the_run(store, "restarted"), tiny_bert, small_data)
+    assert checkpoint.latest_checkpoint(output_dir / straight.info.run_id).name == "epoch-2"
+
+
+def kill_a_worker_in_epoch_2(store: MlflowStore, tiny_bert, small_data, output_dir: Path):
+    """A 2-epoch run under `torchrun --max-restarts 1` whose rank 1 is killed once epoch 1's
+    checkpoint is complete and a step of epoch 2 is logged; its MLflow run once it ends."""
+    log_file = store.folder / "restarted.log"
+    command = torchrun_command(
+        2,
+        ("--standalone", "--max-restarts", "1"),
+        **training_options(tiny_bert, small_data, output_dir, "restarted"),
+    )
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=store.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_epoch_2(store, process, output_dir)
+            os.kill(rank_pid(output_dir, 1), signal.SIGKILL)
+            assert process.wait(timeout=300) == 0, log_file.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log_file.read_text()
+    assert "resuming from" in output and "epoch-1" in output
+    return the_run(store, "restarted")
+
+
+def resume_by_hand_to_a_third_epoch(store, restarted, tiny_bert, small_data, output_dir) -> None:
+    """As the README says: mlflow run . -e train --run-id <run id> -P resume=true -P epochs=3"""
+
     def val_accuracy() -> list:
         history = store.client.get_metric_history(restarted.info.run_id, "val/accuracy")
         return sorted((m.step, m.value) for m in history)
@@ -141,8 +163,6 @@ def test_a_killed_worker_and_then_a_manual_resume_continue_the_same_run_exactly(
     after = val_accuracy()
     assert after[:2] == before and len(after) == 3 and after[2][0] > before[-1][0]
     assert checkpoint.latest_checkpoint(output_dir / resumed.info.run_id).name == "epoch-3"
-    # The straight run's checkpoint is untouched by the other run's saves and pruning.
-    assert checkpoint.latest_checkpoint(output_dir / straight.info.run_id).name == "epoch-2"
 
 
 def test_two_nodes_train_one_model_into_one_run(tmp_path, tiny_bert, small_data):
@@ -183,27 +203,20 @@ def test_two_nodes_train_one_model_into_one_run(tmp_path, tiny_bert, small_data)
     assert run.data.metrics["train/replica_weight_divergence"] == 0.0, "same weights on both nodes"
 
 
-def test_a_restart_in_the_first_epoch_starts_its_own_run_again_not_an_older_one(
-    tmp_path, tiny_bert, small_data
-):
-    """A 3-epoch run, then a 2-epoch one into the same output_dir whose worker dies in its
-    first epoch (before any checkpoint of its own), under `mlflow run`: the restart trains
-    the second run from scratch, in its own MLflow run; the first run's checkpoint stays."""
-    store = MlflowStore(tmp_path)
-    experiment_id = store.experiment("shared-dir")
-    output_dir = tmp_path / "checkpoints"
-    common = {"model": tiny_bert, "data": small_data, "output_dir": output_dir, "nproc": 2}
-    common |= {"threads": 1, "max_eval_rows": 50, "log_every": 1}
-    first = common | {"epochs": 3, "batch_size": 16, "max_train_rows": 100}
-    result = store.mlflow_run("train", "shared-dir", first)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (older,) = store.runs(experiment_id)
-
-    second = common | {"epochs": 2, "batch_size": 4, "max_restarts": 1}
-    log_file = tmp_path / "second.log"
+def restart_in_the_first_epoch(store: MlflowStore, older, tiny_bert, small_data) -> None:
+    """A 2-epoch run into `older`'s experiment and output_dir, under `mlflow run -P
+    max_restarts=1`, whose rank 1 dies in its first epoch: the restart trains it from scratch
+    in its own MLflow run; `older` gets nothing and keeps its checkpoint."""
+    experiment_id = older.info.experiment_id
+    output_dir = store.folder / "checkpoints"
+    before = checkpoint.latest_checkpoint(output_dir / older.info.run_id).name
+    second = {"model": tiny_bert, "data": small_data, "output_dir": output_dir, "nproc": 2}
+    second |= {"threads": 1, "max_eval_rows": 50, "log_every": 1}
+    second |= {"epochs": 2, "batch_size": 4, "max_restarts": 1}
+    log_file = store.folder / "second.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(
-            store.mlflow_command("train", "shared-dir", second),
+            store.mlflow_command("train", "restarted", second),
             cwd=store.folder,
             env=store.env,
             stdout=log,
@@ -226,7 +239,7 @@ def test_a_restart_in_the_first_epoch_starts_its_own_run_again_not_an_older_one(
     assert len({m.step for m in history}) == 2, "the second run trained its own 2 epochs"
     assert runs[older.info.run_id].data.metrics == older.data.metrics, "nothing logged there"
     assert checkpoint.latest_checkpoint(output_dir / newer).name == "epoch-2"
-    assert checkpoint.latest_checkpoint(output_dir / older.info.run_id).name == "epoch-3"
+    assert checkpoint.latest_checkpoint(output_dir / older.info.run_id).name == before
 
 
 def wait_for_a_step_of_a_new_run(store, experiment_id, older, process) -> str:
