@@ -68,12 +68,17 @@ def log_onnx_model(folder: Path, example_texts: list[str], registered_model: str
         )
 
 
+#: The modules of `distrinews` outside `runtime/` that the runtime imports (torch-free).
+RUNTIME_NEEDS = ("errors.py",)
+
+
 def runtime_package(work: Path) -> Path:
-    """A copy of `distrinews` holding only `runtime/` (what the model imports), in `work`."""
+    """A copy of `distrinews` holding only `runtime/` and what it imports, in `work`."""
     package = work / "distrinews"
-    shutil.copytree(
-        Path(__file__).parent, package / "runtime", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    runtime = Path(__file__).parent
+    shutil.copytree(runtime, package / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    for module in RUNTIME_NEEDS:
+        shutil.copy2(runtime.parent / module, package / module)
     (package / "__init__.py").write_text("")
     return package
 
