@@ -148,7 +148,7 @@ def serving_parts(args: argparse.Namespace) -> dict[str, float]:
     from fastapi.responses import JSONResponse
 
     from devkit.servers import Server
-    from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
+    from distrinews.runtime.onnx_classifier import OnnxClassifier
     from serving.routes import request_models, to_predictions
     from serving.settings import Settings
 
@@ -165,7 +165,8 @@ def serving_parts(args: argparse.Namespace) -> dict[str, float]:
         with watch.part("ONNX Runtime (int8 model)"):
             logits = classifier.run_encoded(encodings)
         with watch.part("softmax, answer building and JSON"):
-            JSONResponse(to_predictions(softmax(logits), classifier.labels)[0])  # renders the body
+            rows = classifier.calibrated(logits)
+            JSONResponse(to_predictions(rows, classifier.labels)[0])  # renders the body
     parts = watch.medians(skip=10)
     del classifier  # its idle threads must not compete with the server's
     server = Server(args.model, dict(os.environ), access_log=False)

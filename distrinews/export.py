@@ -13,13 +13,14 @@ import sys
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from distrinews.config import DataConfig, ExportConfig
+from distrinews.config import DataConfig, ExportConfig, TrainConfig
 from distrinews.errors import UserError
 from distrinews.export_checks import compare_with_pytorch, int8_drop_points
+from distrinews.export_monitoring import calibrate_and_profile
 from distrinews.logged_models import load_logged_model
 from distrinews.mlflow_runs import log_new_params, log_split, step_run
 from distrinews.model import load_model_and_tokenizer, resolve_model_path
@@ -28,11 +29,8 @@ from distrinews.promotion import POINTS_TOLERANCE
 from distrinews.runtime.cpu import detect_target
 from distrinews.runtime.labels import LABELS, class_names
 from distrinews.runtime.pyfunc import log_onnx_model
-from distrinews.splits import load_splits
+from distrinews.splits import Splits, load_splits
 from distrinews.version_evidence import UNTRAINED, describe_version
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
@@ -43,10 +41,7 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="distrinews-export-") as work:
         work_dir = Path(work)
         source_run, checkpoint, untrained = resolve_checkpoint(cfg, work_dir)
-        if source_run is not None:
-            # Truncate as the model was trained.
-            max_length = int(source_run.data.params.get("max_length", data_cfg.max_length))
-            data_cfg = replace(data_cfg, max_length=max_length)
+        data_cfg, seed = as_trained(data_cfg, source_run)
         source = source_run.info.run_name if source_run else Path(cfg.checkpoint).name
         with step_run("export", f"export {source} int8-{target}", source_run) as run:
             import mlflow
@@ -54,7 +49,7 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
             mlflow.set_tags({"quantization": f"dynamic int8 ({target})"})
             if untrained:  # the registered version says so, and promote refuses it
                 mlflow.set_tag(UNTRAINED, "true")
-            int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, target, work_dir)
+            int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, (target, seed), work_dir)
             report["export_run_id"] = run.info.run_id
         if cfg.output:
             publish(int8_dir, Path(cfg.output))
@@ -62,6 +57,16 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
 
 
 REPORT = "export_report.json"
+
+
+def as_trained(data_cfg: DataConfig, source_run: Any) -> tuple[DataConfig, int]:
+    """The data settings and seed of the train run (the defaults for a checkpoint folder):
+    truncate as it was trained, and carve the same validation rows, which it never saw."""
+    params = source_run.data.params if source_run is not None else {}
+    max_length = int(params.get("max_length", data_cfg.max_length))
+    val_fraction = float(params.get("val_fraction", data_cfg.val_fraction))
+    seed = int(params.get("seed", TrainConfig.seed))
+    return replace(data_cfg, max_length=max_length, val_fraction=val_fraction), seed
 
 
 def check_replaceable(output: Path) -> None:
@@ -94,17 +99,27 @@ def publish(folder: Path, output: Path) -> None:
 
 
 def export_and_check(
-    cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str, work_dir: Path
+    cfg: ExportConfig,
+    data_cfg: DataConfig,
+    checkpoint: Path,
+    target_and_seed: tuple[str, int],
+    work_dir: Path,
 ) -> tuple[Path, dict[str, float]]:
-    """Quantize, check against PyTorch, log it all to the active run, register it if its
-    accuracy holds; UserError (once logged) if int8 loses more than the limit."""
-    test = test_split(cfg, data_cfg, checkpoint, target)
+    """Quantize, check against PyTorch, calibrate and profile, log it all to the active run,
+    register it if its accuracy holds; UserError (once logged) if int8 loses more than the
+    limit."""
+    target, seed = target_and_seed
+    splits = export_splits(cfg, data_cfg, checkpoint, target, seed)
     fp32_dir, int8_dir = quantize_to_int8(
         checkpoint, work_dir / "onnx", target, data_cfg.max_length
     )
+    test = splits.test
     texts, labels = test["text"].tolist(), test["label"].to_numpy()
-    report = compare_with_pytorch(checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts)
+    report, int8_logits = compare_with_pytorch(
+        checkpoint, fp32_dir, int8_dir, texts, labels, cfg.latency_texts
+    )
     report["int8_accuracy_drop_points"] = drop_points = int8_drop_points(report)
+    report |= calibrate_and_profile(int8_dir, splits, int8_logits, labels)
     evidence = record_evidence(cfg, target, len(test), report, int8_dir)
     accepted = drop_points <= cfg.max_accuracy_drop + POINTS_TOLERANCE
     # A rejected model is still logged, to look into, but never registered.
@@ -121,18 +136,31 @@ def export_and_check(
     return int8_dir, report
 
 
-def test_split(
-    cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str
-) -> "pd.DataFrame":
-    """The test split, labelled as the checkpoint's classes, logged with the settings."""
+def export_splits(
+    cfg: ExportConfig, data_cfg: DataConfig, checkpoint: Path, target: str, seed: int
+) -> Splits:
+    """The splits, labelled as the checkpoint's classes; the test split logged with the
+    settings. Validation is the train run's (its `seed`): the temperature and the reference
+    profile are fitted on rows it never trained on. Test is the rows `promote` scores
+    (seed 0 picks them when max_eval_rows caps it), so the two compare."""
     config = json.loads((checkpoint / "config.json").read_text())
-    test = load_splits(data_cfg, seed=0, model_labels=class_names(config.get("id2label"))).test
-    log_split(test, data_cfg.data, "test")
+    labels = class_names(config.get("id2label"))
+    splits = load_splits(data_cfg, seed=seed, model_labels=labels)
+    if seed != 0 and data_cfg.max_eval_rows:
+        splits = replace(splits, test=load_splits(data_cfg, seed=0, model_labels=labels).test)
+    if splits.validation.empty:
+        raise UserError(
+            f"no validation rows in {data_cfg.data} (val_fraction={data_cfg.val_fraction}): "
+            "the temperature and the reference profile are fitted on them"
+        )
+    log_split(splits.test, data_cfg.data, "test")
+    log_split(splits.validation, data_cfg.data, "validation")
     log_new_params(
         asdict(cfg)
-        | {"resolved_target": target, "test_rows": len(test), "max_length": data_cfg.max_length}
+        | {"resolved_target": target, "test_rows": len(splits.test), "seed": seed}
+        | {"validation_rows": len(splits.validation), "max_length": data_cfg.max_length}
     )
-    return test
+    return splits
 
 
 def record_evidence(

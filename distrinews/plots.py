@@ -1,4 +1,4 @@
-"""Figures logged as PNG artifacts: confusion matrix and training curves.
+"""Figures logged as PNG artifacts: confusion matrix, training curves, reliability diagram.
 
 matplotlib loads on the first figure drawn: only the main process draws, and
 the other ranks start faster without it.
@@ -90,3 +90,24 @@ def _draw_curves(series: dict, steps_per_epoch: int, loss_ax, acc_ax) -> None:
     loss_ax.legend()
     handles = [h for ax in (acc_ax, lr_ax) for h in ax.get_legend_handles_labels()[0]]
     acc_ax.legend(handles=handles, loc="center right")
+
+
+def reliability_figure(
+    curves: dict[str, tuple[Sequence[float], Sequence[float], Sequence[int]]], title: str
+) -> "Figure":
+    """Accuracy against mean confidence per confidence bin, one line per curve name (e.g.
+    before and after temperature scaling); the diagonal is perfect calibration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, (confidence, accuracy, counts) in curves.items():
+        used = [i for i, count in enumerate(counts) if count]
+        ax.plot([confidence[i] for i in used], [accuracy[i] for i in used], marker="o", label=name)
+    ax.set_xlabel("confidence (mean in bin)")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig

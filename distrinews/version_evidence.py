@@ -18,6 +18,9 @@ VERSION_EVIDENCE = {
     "latency_p50_ms": "latency_p50_ms_onnx_int8",
     "latency_p95_ms": "latency_p95_ms_onnx_int8",
     "size_mb": "size_mb_onnx_int8",
+    # Expected calibration error of the served confidence (temperature applied), on test.
+    "ece": "ece_test",
+    "temperature": "temperature",
 }
 
 
@@ -39,6 +42,8 @@ def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
         f"{report['accuracy_onnx_int8']:.4f} int8 vs {report['accuracy_pytorch_fp32']:.4f} "
         f"PyTorch fp32 ({report['int8_agreement_with_pytorch']:.2%} agreement) on "
         f"{report['test_rows']} rows; batch-1 p50 {report['latency_p50_ms_onnx_int8']:.1f} ms, "
-        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms; {report['size_mb_onnx_int8']:.1f} MB."
+        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms; {report['size_mb_onnx_int8']:.1f} MB; "
+        f"confidence calibrated (T={report['temperature']:.3f}): test ECE "
+        f"{report['ece_test']:.4f}, {report['ece_test_uncalibrated']:.4f} before."
     )
     client.update_model_version(name, version, description=description)

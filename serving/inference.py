@@ -22,7 +22,8 @@ from distrinews.runtime.model_source import (
     local_model_folder,
     resolve_source,
 )
-from distrinews.runtime.onnx_classifier import OnnxClassifier, softmax
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.reference_profile import read_profile
 
 log = logging.getLogger("serving")
 
@@ -38,6 +39,7 @@ class LoadedModel:
     loaded_at: str
     report: dict  # the export's export_report.json, read at load
     download: Path | None = None  # the folder it was downloaded into (ours to delete)
+    profile: dict | None = None  # its reference profile (None: exported without one)
 
     def retire(self) -> None:
         """Delete its download once another model serves, or the server stops. Requests
@@ -84,6 +86,7 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
         folder = local_model_folder(source, into=download)
         classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
         report = export_report(folder)
+        profile = read_profile(folder)
         for text in WARM_UP_TEXTS:
             classifier.probabilities([text])
     except BaseException:
@@ -91,7 +94,7 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
             shutil.rmtree(download, ignore_errors=True)
         raise
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return LoadedModel(classifier, source, loaded_at, report, download)
+    return LoadedModel(classifier, source, loaded_at, report, download, profile)
 
 
 def export_report(folder: Path) -> dict:
@@ -172,7 +175,7 @@ class MicroBatcher:
         a request whole, even if another is swapped in meanwhile (serving.reload)."""
         start = time.perf_counter()
         encodings = classifier.encode(texts)
-        rows = softmax(classifier.logits_of(encodings))
+        rows = classifier.calibrated(classifier.logits_of(encodings))
         self.observe(time.perf_counter() - start, [len(e.ids) for e in encodings])
         return Scores(rows, classifier.labels)
 

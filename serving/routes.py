@@ -140,7 +140,8 @@ async def ready(request: Request) -> dict[str, bool]:
 
 
 async def model_info(request: Request, batcher: BatcherDep) -> dict:
-    """What is served: its source (and registry version), labels, and when it was loaded."""
+    """What is served: its source (and registry version), labels, when it was loaded, its
+    calibration and reference profile."""
     loaded: LoadedModel = request.app.state.model
     classifier, report = loaded.classifier, loaded.report
     return {
@@ -154,6 +155,11 @@ async def model_info(request: Request, batcher: BatcherDep) -> dict:
         "onnx_file": classifier.model_file.name,
         "labels": list(classifier.labels),
         "max_tokens": classifier.max_length,
+        # Fitted at export: confidence is softmax(logits / temperature).
+        "temperature": classifier.temperature,
+        "calibration_error": report.get("ece_test"),
+        # What held-out data looked like, for drift: absent for a model exported before.
+        "reference_profile": loaded.profile,
     }
 
 

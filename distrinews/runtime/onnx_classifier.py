@@ -15,6 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from distrinews.errors import ModelFolderError
+from distrinews.runtime.calibration import read_temperature, softmax
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.labels import class_names
 
@@ -51,6 +52,8 @@ class OnnxClassifier:
         self.session = _session(self.model_file, threads, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         _check_labels(self.labels, self.session, self.folder)
+        # Fitted at export (runtime.calibration); 1 for a folder exported without one.
+        self.temperature = read_temperature(self.folder)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Logits in the texts' order."""
@@ -94,7 +97,11 @@ class OnnxClassifier:
         return logits
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        return softmax(self.logits(texts))
+        return self.calibrated(self.logits(texts))
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities (float64) of logits, scaled by the fitted temperature."""
+        return softmax(logits, self.temperature)
 
 
 def _check_folder(folder: Path) -> Path:
@@ -145,14 +152,6 @@ def _session(model_file: Path, threads: int, spinning: bool) -> ort.InferenceSes
         )
     except Exception as err:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"cannot load {model_file}: {err}") from err
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities per row, in float64."""
-    logits = logits.astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _padded(rows: list[list[int]], width: int, value: int) -> np.ndarray:

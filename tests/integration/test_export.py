@@ -7,6 +7,7 @@ Where the step writes its folder: tests/unit/distrinews/test_export.py.
 import json
 
 import onnx
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -26,8 +27,12 @@ def test_export_run_is_logged_and_linked(exported):
     # It says what it is and where it came from.
     train_name = store.client.get_run(train_run_id).info.run_name
     assert run.info.run_name.startswith(f"export {train_name} int8-")
-    (dataset,) = run.inputs.dataset_inputs
-    assert [t.value for t in dataset.tags if t.key == "mlflow.data.context"] == ["test"]
+    contexts = [t.value for d in run.inputs.dataset_inputs for t in d.tags]
+    assert sorted(contexts) == ["test", "validation"]
+    # Calibrated on the train run's own validation rows: its seed, its row count.
+    train_params = store.client.get_run(train_run_id).data.params
+    assert run.data.params["seed"] == train_params["seed"]
+    assert run.data.params["validation_rows"] == train_params["validation_rows"]
     metrics = run.data.metrics
     for key in (
         "export/accuracy_pytorch_fp32",
@@ -50,11 +55,28 @@ def test_export_run_is_logged_and_linked(exported):
     assert (str(version.version), version.run_id) == ("1", run.info.run_id)
     assert version.tags["source_run_id"] == train_run_id
     assert version.tags["test_accuracy_int8"] == f"{metrics['export/accuracy_onnx_int8']:.4f}"
+    check_calibration(store, run, version, folder)
     with tracking_uri(store.uri):
         model_folder = local_model_folder(ModelSource(f"models:/distrinews/{version.version}"))
-    assert {"config.json", "tokenizer.json", "export_report.json"} <= {
-        p.name for p in model_folder.iterdir()
-    }
+    files = {"config.json", "tokenizer.json", "export_report.json", "calibration.json"}
+    assert files | {"reference_profile.json"} <= {p.name for p in model_folder.iterdir()}
+
+
+def check_calibration(store, run, version, folder) -> None:
+    """A temperature fitted, its ECE logged, tagged and drawn; the profile beside it."""
+    metrics = run.data.metrics
+    for key in ("ece_test", "ece_test_uncalibrated", "ece_validation", "temperature"):
+        assert key in json.loads((folder / "export_report.json").read_text()), key
+    assert 0 <= metrics["export/ece_test"] <= 1 and metrics["export/temperature"] > 0
+    assert version.tags["ece"] == f"{metrics['export/ece_test']:.4f}"
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["temperature"] == metrics["export/temperature"]
+    artifacts = [a.path for a in store.client.list_artifacts(run.info.run_id, "calibration")]
+    assert artifacts == ["calibration/reliability.png"]
+    profile = json.loads((folder / "reference_profile.json").read_text())
+    assert profile["split"] == "validation"
+    assert profile["rows"] == int(run.data.params["validation_rows"])
+    assert sum(profile["predicted_labels"].values()) == pytest.approx(1.0)
 
 
 def test_a_pretrained_encoder_exports_with_a_new_head(

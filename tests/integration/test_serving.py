@@ -5,6 +5,7 @@ The export itself: test_export.py.
 """
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -15,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from devkit.servers import Server
 from devkit.tiny_models import broken_copy
+from distrinews.runtime.calibration import softmax
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 
 
@@ -42,6 +44,14 @@ def test_server_agrees_with_the_models(server, exported, texts):
     # as the server does (dynamic int8 scales activations per batch).
     local = OnnxClassifier(folder)  # same threads as the server: same float sums
     assert served == [local.labels[int(local.logits([t]).argmax())] for t in texts]
+    # The confidence served is the calibrated one: softmax(logits / T), T fitted at export.
+    temperature = json.loads((folder / "calibration.json").read_text())["temperature"]
+    assert temperature != 1.0 and local.temperature == temperature
+    calibrated = softmax(local.logits([texts[0]]), temperature)
+    assert responses[0].json()["confidence"] == pytest.approx(float(calibrated.max()), abs=1e-6)
+    info = httpx.get(f"{server.url}/model").json()
+    assert info["temperature"] == temperature
+    assert info["reference_profile"] == json.loads((folder / "reference_profile.json").read_text())
     # And the PyTorch model's, up to int8 rounding on borderline texts.
     model = AutoModelForSequenceClassification.from_pretrained(reference).eval()
     tokenizer = AutoTokenizer.from_pretrained(reference)

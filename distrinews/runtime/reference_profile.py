@@ -1,0 +1,126 @@
+"""What the model's inputs and answers looked like on held-out data: the reference that
+production traffic is compared with to tell drift.
+
+Export computes it on the validation split (never test) with the int8 model and its
+fitted temperature, and writes it into the model folder, so it travels with every
+logged and registered version. Each signal is a histogram over fixed bins, stored with
+its edges, so the server bins live traffic exactly as the reference was binned.
+NumPy and tokenizers only: the server reads it too.
+"""
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distrinews.errors import ModelFolderError
+
+PROFILE_FILE = "reference_profile.json"
+
+#: Confidence bins: 20 of equal width (a 4-class confidence is at least 0.25).
+CONFIDENCE_EDGES = tuple(round(i / 20, 2) for i in range(21))
+#: Per-text share of unknown tokens: most texts have none, so the first bin is exactly 0.
+UNKNOWN_SHARE_EDGES = (0.0, 1e-9, 0.02, 0.05, 0.1, 0.2, 1.0)
+
+
+def token_length_edges(max_length: int) -> tuple[int, ...]:
+    """Token-count bins of width max_length/8, the last closed at max_length (truncated
+    texts land there)."""
+    step = max(1, max_length // 8)
+    return (*range(0, max_length, step), max_length + 1)
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """What the server can see of one text once tokenized, without keeping the text."""
+
+    tokens: int  # after truncation, special tokens included
+    truncated: bool
+    unknown_share: float  # of its tokens, [UNK]
+
+
+def text_features(encoding, unknown_id: int | None) -> TextFeatures:
+    """Features of one tokenizers Encoding (truncation enabled, no padding)."""
+    ids = encoding.ids
+    unknown = ids.count(unknown_id) if unknown_id is not None else 0
+    return TextFeatures(len(ids), bool(encoding.overflowing), unknown / max(1, len(ids)))
+
+
+def unknown_token_id(tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token ([UNK] for WordPiece), None if it has none."""
+    token = getattr(tokenizer.model, "unk_token", None)
+    return tokenizer.token_to_id(token) if token else None
+
+
+def shares(values: np.ndarray, edges: tuple[float, ...]) -> list[float]:
+    """The share of `values` in each bin [edges[i], edges[i+1]); the last bin is closed."""
+    counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=np.asarray(edges))
+    return (counts / max(1, counts.sum())).tolist()
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    rows: int
+    split: str
+    temperature: float
+    class_prior: dict[str, float]  # the training labels' shares
+    predicted_labels: dict[str, float]  # the int8 model's, on `split`
+    confidence_edges: tuple[float, ...]
+    confidence: list[float]
+    token_length_edges: tuple[int, ...]
+    token_length: list[float]
+    unknown_share_edges: tuple[float, ...]
+    unknown_share: list[float]
+    truncated_share: float
+    unknown_token_share: float  # of all tokens
+
+    def write(self, folder: Path) -> None:
+        (folder / PROFILE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+
+def label_shares(indices: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    counts = np.bincount(np.asarray(indices, dtype=np.int64), minlength=len(labels))
+    return dict(zip(labels, (counts / max(1, counts.sum())).tolist(), strict=True))
+
+
+def build_profile(
+    classifier, texts: list[str], train_labels: np.ndarray, split: str = "validation"
+) -> ReferenceProfile:
+    """The profile of `classifier` (an OnnxClassifier, temperature applied) on `texts`."""
+    encodings = classifier.encode(texts)
+    probabilities = classifier.calibrated(classifier.logits_of(encodings))
+    unknown_id = unknown_token_id(classifier.tokenizer)
+    features = [text_features(e, unknown_id) for e in encodings]
+    tokens = np.array([f.tokens for f in features])
+    unknown = np.array([f.unknown_share for f in features])
+    edges = token_length_edges(classifier.max_length)
+    return ReferenceProfile(
+        rows=len(texts),
+        split=split,
+        temperature=classifier.temperature,
+        class_prior=label_shares(train_labels, classifier.labels),
+        predicted_labels=label_shares(probabilities.argmax(axis=1), classifier.labels),
+        confidence_edges=CONFIDENCE_EDGES,
+        confidence=shares(probabilities.max(axis=1), CONFIDENCE_EDGES),
+        token_length_edges=edges,
+        token_length=shares(tokens, edges),
+        unknown_share_edges=UNKNOWN_SHARE_EDGES,
+        unknown_share=shares(unknown, UNKNOWN_SHARE_EDGES),
+        truncated_share=float(np.mean([f.truncated for f in features])),
+        unknown_token_share=float((unknown * tokens).sum() / max(1, tokens.sum())),
+    )
+
+
+def read_profile(folder: Path) -> dict | None:
+    """The folder's reference profile as written; None for a model exported without one."""
+    path = folder / PROFILE_FILE
+    if not path.is_file():
+        return None
+    try:
+        profile = json.loads(path.read_text())
+    except ValueError as err:
+        raise ModelFolderError(f"{path} is not valid JSON ({err}); re-export the model") from err
+    if not isinstance(profile, dict) or "predicted_labels" not in profile:
+        raise ModelFolderError(f"{path} is not a reference profile; re-export the model")
+    return profile
