@@ -24,8 +24,14 @@ COPY --chown=user ${MODEL_DIR}/ /tmp/model/
 ENV PIP_NO_CACHE_DIR=1
 RUN sh serving/install.sh . /tmp/model /home/user/app/model && rm -rf /tmp/model
 
+# The prediction log: a SQLite file in a folder the server's user owns (a Space with
+# persistent storage mounts /data: set DISTRINEWS_PREDICTION_LOG=sqlite:////data/predictions.db
+# to keep it across restarts, or a PostgreSQL URL).
+RUN mkdir -p /home/user/log && chown user /home/user/log
+
 USER user
 ENV DISTRINEWS_MODEL=/home/user/app/model \
+    DISTRINEWS_PREDICTION_LOG=sqlite:////home/user/log/predictions.db \
     PYTHONUNBUFFERED=1
 EXPOSE 7860
 CMD ["python", "-m", "serving", "--host", "0.0.0.0", "--port", "7860"]

@@ -88,11 +88,24 @@ class Server(LocalServer):
         cwd: Path = REPO,
         **settings: object,
     ):
-        """`settings` become DISTRINEWS_<NAME> variables; `python` picks the environment."""
+        """`settings` become DISTRINEWS_<NAME> variables; `python` picks the environment.
+
+        Unless `prediction_log` is given, each server logs to a SQLite file of its own
+        (`self.prediction_log`, deleted at stop), never to a shared one in `cwd`.
+        """
+        self.log_folder = tempfile.TemporaryDirectory(prefix="distrinews-log-")
+        self.prediction_log = str(
+            settings.pop("prediction_log", f"sqlite:///{self.log_folder.name}/predictions.db")
+        )
         env = env | {f"DISTRINEWS_{k.upper()}": str(v) for k, v in settings.items()}
+        env["DISTRINEWS_PREDICTION_LOG"] = self.prediction_log
         super().__init__(
             lambda port: [python, "-m", "serving", "--model", model, "--port", str(port)], env, cwd
         )
+
+    def stop(self) -> None:
+        super().stop()
+        self.log_folder.cleanup()
 
 
 class MlflowServer(LocalServer):

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from distrinews.errors import ModelFolderError
 from serving.app import create_app, load_served_model
+from serving.prediction_log import LogUnavailable, open_store
 from serving.settings import Settings
 
 
@@ -30,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         # Here rather than in the app's start-up (which also runs before the port
-        # opens): a bad model is then one error line, not uvicorn's traceback.
+        # opens): a bad model or log store is then one error line, not a traceback.
         model = load_served_model(settings)
-    except ModelFolderError as err:
-        print(f"error: {err}", file=sys.stderr)
+        store = open_store(settings.prediction_log) if settings.prediction_log else None
+    except (ModelFolderError, LogUnavailable) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     # uvicorn's own access log is off: the app writes one JSON line per request.
-    app = create_app(settings, model)
+    app = create_app(settings, model, store)
     # The app owns it now: held here while the server runs, it would outlive the
     # first reload (its ONNX Runtime session, arena and threads).
     del model

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -19,11 +20,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import fail_fast_on_unreachable_server
+from serving.feedback import LiveAccuracy, RecentPredictions
 from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
+from serving.prediction_log import PredictionLog, open_store
 from serving.reload import follow_alias, log_if_stopped, serve
 from serving.routes import build_router
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 @asynccontextmanager
@@ -53,6 +59,7 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
     model = app.state.preloaded or await asyncio.to_thread(load_served_model, settings)
     app.state.preloaded = None
     metrics: ServerMetrics = app.state.metrics
+    app.state.prediction_log = await asyncio.to_thread(start_prediction_log, app, settings)
     batcher = MicroBatcher(
         model.classifier,
         settings.micro_batch_size,
@@ -74,7 +81,26 @@ async def stop_serving(app: FastAPI, reloader: asyncio.Task | None) -> None:
         await asyncio.wait([reloader])  # a load under way ends, and its download is deleted
     batcher, app.state.batcher = app.state.batcher, None
     await batcher.stop()
+    if app.state.prediction_log is not None:  # what is queued is written first
+        await asyncio.to_thread(app.state.prediction_log.close)
     await retire(app.state.model)
+
+
+def start_prediction_log(app: FastAPI, settings: Settings) -> PredictionLog | None:
+    """The prediction log's writer, on the store opened before start-up (python -m
+    serving) or opened here; None if the log is off."""
+    engine, app.state.store = app.state.store, None
+    if engine is None and settings.prediction_log:
+        engine = open_store(settings.prediction_log)  # LogUnavailable stops the start-up
+    if engine is None:
+        return None
+    return PredictionLog(
+        engine,
+        settings.log_queue,
+        settings.log_flush_seconds,
+        settings.log_sample,
+        counts=app.state.metrics.count_logged,
+    )
 
 
 def load_served_model(settings: Settings) -> LoadedModel:
@@ -170,7 +196,11 @@ async def readable_validation_errors(request: Request, exc: RequestValidationErr
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
-def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    model: LoadedModel | None = None,
+    store: "sa.Engine | None" = None,
+) -> FastAPI:
     """The app for `settings`; without them, read from DISTRINEWS_* (uvicorn --factory).
 
     `model`: already loaded from `settings.model`, else the app loads it at start-up.
@@ -186,7 +216,11 @@ def create_app(settings: Settings | None = None, model: LoadedModel | None = Non
     app.state.settings = settings
     app.state.batcher = None
     app.state.preloaded = model
-    app.state.metrics = ServerMetrics()
+    app.state.store = store  # the prediction log's store, if opened already
+    app.state.prediction_log = None
+    app.state.recent = RecentPredictions()  # what /feedback looks up first
+    app.state.metrics = ServerMetrics(settings.drift_window, settings.monitoring)
+    app.state.live_accuracy = LiveAccuracy(app.state.metrics.registry, settings.feedback_window)
     app.add_exception_handler(RequestValidationError, readable_validation_errors)
     app.include_router(build_router(settings))
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)

@@ -23,7 +23,7 @@ from distrinews.runtime.model_source import (
     resolve_source,
 )
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.runtime.reference_profile import read_profile
+from distrinews.runtime.reference_profile import TextFeatures, text_features
 
 log = logging.getLogger("serving")
 
@@ -39,7 +39,6 @@ class LoadedModel:
     loaded_at: str
     report: dict  # the export's export_report.json, read at load
     download: Path | None = None  # the folder it was downloaded into (ours to delete)
-    profile: dict | None = None  # its reference profile (None: exported without one)
 
     def retire(self) -> None:
         """Delete its download once another model serves, or the server stops. Requests
@@ -86,7 +85,6 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
         folder = local_model_folder(source, into=download)
         classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
         report = export_report(folder)
-        profile = read_profile(folder)
         for text in WARM_UP_TEXTS:
             classifier.probabilities([text])
     except BaseException:
@@ -94,7 +92,7 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
             shutil.rmtree(download, ignore_errors=True)
         raise
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return LoadedModel(classifier, source, loaded_at, report, download, profile)
+    return LoadedModel(classifier, source, loaded_at, report, download)
 
 
 def export_report(folder: Path) -> dict:
@@ -114,14 +112,18 @@ def export_report(folder: Path) -> dict:
 
 @dataclass(frozen=True)
 class Scores:
-    """Rows of class probabilities, and the labels of their columns."""
+    """Rows of class probabilities, the labels of their columns, and what each text looked
+    like to the model (its token count and unknown-token share)."""
 
     rows: np.ndarray
     labels: tuple[str, ...]
+    features: list[TextFeatures]
 
 
 #: A request's texts, and the future its scores are set on.
 Waiting = tuple[list[str], asyncio.Future]
+#: (seconds of one inference, its classifier, its texts' features, their probabilities).
+Observer = Callable[[float, OnnxClassifier, list[TextFeatures], np.ndarray], None]
 
 
 class MicroBatcher:
@@ -140,10 +142,11 @@ class MicroBatcher:
         classifier: OnnxClassifier,
         max_texts: int,
         window_ms: float,
-        observe: Callable[[float, list[int]], None] = lambda seconds, tokens: None,
+        observe: Observer = lambda seconds, classifier, features, rows: None,
     ):
         self.classifier = classifier
-        self.observe = observe  # (seconds of one inference, tokens of each of its texts)
+        # Called in the inference thread with what one inference saw and answered.
+        self.observe = observe
         self.max_texts = max_texts
         self.window = window_ms / 1000
         self.queue: asyncio.Queue[Waiting] = asyncio.Queue()
@@ -176,8 +179,9 @@ class MicroBatcher:
         start = time.perf_counter()
         encodings = classifier.encode(texts)
         rows = classifier.calibrated(classifier.logits_of(encodings))
-        self.observe(time.perf_counter() - start, [len(e.ids) for e in encodings])
-        return Scores(rows, classifier.labels)
+        features = [text_features(e, classifier.unknown_id) for e in encodings]
+        self.observe(time.perf_counter() - start, classifier, features, rows)
+        return Scores(rows, classifier.labels, features)
 
     async def _collect(self) -> list[Waiting]:
         """The next batch: at most `max_texts` texts, unless its one request holds more."""
@@ -226,6 +230,8 @@ class MicroBatcher:
             start = 0
             for request_texts, future in batch:
                 if not future.done():  # the client may have gone away
-                    rows = scores.rows[start : start + len(request_texts)]
-                    future.set_result(Scores(rows, scores.labels))
+                    end = start + len(request_texts)
+                    future.set_result(
+                        Scores(scores.rows[start:end], scores.labels, scores.features[start:end])
+                    )
                 start += len(request_texts)

@@ -12,11 +12,15 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import ModelSource
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.reference_profile import TextFeatures
+from serving.monitoring import DriftMonitor
 
 access_log = logging.getLogger("serving.access")
 
@@ -50,9 +54,10 @@ TOKEN_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 class ServerMetrics:
     """The server's metrics, in a registry of its own (one per app, so tests start at zero)."""
 
-    def __init__(self) -> None:
+    def __init__(self, drift_window: int = 1000, monitoring: bool = True) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.monitor = DriftMonitor(r, drift_window) if monitoring else None
         self.requests = Counter(
             "distrinews_requests",
             "HTTP requests answered, by route and status",
@@ -82,11 +87,29 @@ class ServerMetrics:
             "distrinews_requests_in_flight", "Requests being handled now", registry=r
         )
         self.model = Info("distrinews_model", "The model being served", registry=r)
+        self.logged = Counter(
+            "distrinews_prediction_log",
+            "Predictions by what became of them in the prediction log: written, dropped "
+            "(queue full) or failed (the store did not take them)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("written", "dropped", "failed"):
+            self.logged.labels(outcome)  # at 0 from the start, for rate() and alerts
 
-    def observe_inference(self, seconds: float, tokens: list[int]) -> None:
+    def observe_inference(
+        self,
+        seconds: float,
+        classifier: OnnxClassifier,
+        features: list[TextFeatures],
+        rows: np.ndarray,
+    ) -> None:
+        """One inference (in its thread): its time, its texts' tokens, its predictions."""
         self.inference.observe(seconds)
-        for count in tokens:
-            self.tokens.observe(count)
+        for text in features:
+            self.tokens.observe(text.tokens)
+        if self.monitor is not None:
+            self.monitor.record(classifier, features, rows)
 
     def describe_model(self, source: ModelSource, labels: tuple[str, ...]) -> None:
         self.model.info(
@@ -98,6 +121,10 @@ class ServerMetrics:
                 "labels": ",".join(labels),
             }
         )
+
+    def count_logged(self, outcome: str, predictions: int) -> None:
+        """What became of `predictions` predictions in the prediction log (any thread)."""
+        self.logged.labels(outcome).inc(predictions)
 
 
 class Observe:
@@ -113,6 +140,7 @@ class Observe:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
+        state["request_id"] = request_id  # the prediction log keys its rows by it
         status: int | None = None  # until the app answers (500 if it never does)
 
         async def send_with_id(message: Message) -> None:

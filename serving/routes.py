@@ -11,10 +11,14 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StringConstraints, create_model
 
+from serving.feedback import check_token, record_feedback
 from serving.inference import LoadedModel, MicroBatcher
+from serving.observability import REQUEST_ID
+from serving.prediction_log import Answered, now
 from serving.settings import Settings
 
 #: Some character that is not whitespace, and no NUL anywhere. (pydantic checks it with
@@ -48,8 +52,9 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
-def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
-    """PredictRequest and BatchRequest with this server's limits in their schema."""
+def request_models(settings: Settings) -> tuple[type[BaseModel], ...]:
+    """PredictRequest, BatchRequest and FeedbackRequest with this server's limits in their
+    schema."""
     news_text = Annotated[
         str,
         StringConstraints(strict=True, max_length=settings.max_text_chars, pattern=TEXT_PATTERN),
@@ -62,6 +67,22 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]
     return (
         create_model("PredictRequest", text=(news_text, ...)),
         create_model("BatchRequest", texts=(list[news_text], texts)),
+        create_model(
+            "FeedbackRequest",
+            request_id=(
+                Annotated[str, StringConstraints(strict=True, pattern=f"^{REQUEST_ID.pattern}$")],
+                Field(description="The X-Request-ID of the /predict answer"),
+            ),
+            label=(
+                Annotated[str, StringConstraints(strict=True, max_length=256)],
+                Field(description="The true label: one of the model's labels"),
+            ),
+            position=(
+                int,
+                Field(0, ge=0, lt=settings.max_batch_texts, description="Index in a batch"),
+            ),
+            text=(news_text | None, None),
+        ),
     )
 
 
@@ -94,18 +115,37 @@ def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[dict]:
 
 
 async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list[dict]:
-    """Predictions for `texts`; their length and labels go to the access log (not the texts)."""
+    """Predictions for `texts`; their length and labels go to the access log (not the texts),
+    and they go to the prediction log (the texts only if the operator said so)."""
     scores = await batcher.probabilities(texts)
     predictions = to_predictions(scores.rows, scores.labels)
     request.state.text_chars = sum(map(len, texts))
     request.state.label = ",".join(p["label"] for p in predictions)
+    state = request.app.state
+    if state.prediction_log is not None:
+        source = state.model.source
+        state.recent.remember(
+            request.state.request_id, source.version, tuple(p["label"] for p in predictions)
+        )
+        state.prediction_log.add(
+            Answered(
+                now(),
+                request.state.request_id,
+                source.registered_model,
+                source.version,
+                scores.labels,
+                scores.rows,
+                scores.features,
+                texts if state.settings.log_texts else None,
+            )
+        )
     return predictions
 
 
 def build_router(settings: Settings) -> APIRouter:
     """Every route, with request models that carry `settings`' limits."""
     router = APIRouter()
-    PredictRequest, BatchRequest = request_models(settings)
+    PredictRequest, BatchRequest, FeedbackRequest = request_models(settings)
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -120,11 +160,45 @@ def build_router(settings: Settings) -> APIRouter:
     async def predict_batch(body: BatchRequest, batcher: BatcherDep, request: Request) -> Response:
         return JSONResponse({"predictions": await predict_texts(body.texts, batcher, request)})
 
+    if settings.feedback_token:
+        add_feedback_route(router, settings, FeedbackRequest)
     router.add_api_route("/health", health, methods=["GET"])
     router.add_api_route("/ready", ready, methods=["GET"], responses=NOT_LOADED)
     router.add_api_route("/model", model_info, methods=["GET"], responses=NOT_LOADED)
     router.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     return router
+
+
+FEEDBACK_ERRORS = {
+    401: {"model": ErrorDetail, "description": "No valid bearer token"},
+    404: {"model": ErrorDetail, "description": "No logged prediction with that request id"},
+    413: {"model": ErrorDetail, "description": "Request body over the configured size"},
+    503: {"model": ErrorDetail, "description": "The prediction log is unavailable"},
+}
+
+
+def add_feedback_route(router: APIRouter, settings: Settings, body_model: type[BaseModel]) -> None:
+    """POST /feedback, answering only requests with the bearer token (checked before the body
+    is looked at)."""
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        check_token(credentials, settings.feedback_token)
+
+    @router.post("/feedback", responses=FEEDBACK_ERRORS, dependencies=[Depends(require_token)])
+    async def feedback(body: body_model, request: Request) -> dict:  # type: ignore[valid-type]
+        """Record the true label of a logged prediction."""
+        state = request.app.state
+        labels = state.model.classifier.labels
+        if body.label not in labels:
+            raise HTTPException(
+                422, f"unknown label {body.label!r}; the model's labels are {', '.join(labels)}"
+            )
+        item = (body.request_id, body.position, body.label, body.text)
+        engine = state.prediction_log.engine
+        return await record_feedback(engine, state.recent, state.live_accuracy, item)
 
 
 async def health() -> dict[str, str]:
@@ -159,7 +233,7 @@ async def model_info(request: Request, batcher: BatcherDep) -> dict:
         "temperature": classifier.temperature,
         "calibration_error": report.get("ece_test"),
         # What held-out data looked like, for drift: absent for a model exported before.
-        "reference_profile": loaded.profile,
+        "reference_profile": classifier.profile,
     }
 
 

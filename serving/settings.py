@@ -1,6 +1,6 @@
 """Every server setting in one place; each can be set as DISTRINEWS_<NAME> in the environment."""
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +43,47 @@ class Settings(BaseSettings):
     micro_batch_size: int = Field(
         1, ge=1, description="Most texts from concurrent requests combined into one inference"
     )
+    monitoring: bool = Field(
+        True,
+        description="Count predictions by label and confidence, and keep the drift window "
+        "(off: request metrics only)",
+    )
+    drift_window: int = Field(
+        1000,
+        ge=10,
+        description="Predictions in the sliding window that the drift gauges on /metrics "
+        "compare with the model's reference profile",
+    )
+    prediction_log: str = Field(
+        "sqlite:///predictions.db",
+        description="Where each answered prediction is written: a SQLAlchemy URL (a SQLite "
+        "file by default, relative to the working directory; PostgreSQL for several "
+        "replicas); empty: no log",
+    )
+    log_texts: bool = Field(
+        False, description="Also write each text into the prediction log (off: never stored)"
+    )
+    log_sample: float = Field(
+        1.0, gt=0, le=1, description="Share of requests whose predictions are logged"
+    )
+    log_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Requests waiting to be written; when full, new ones are dropped "
+        "(counted), never waited for",
+    )
+    log_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="The writer writes at least this often (a kill -9 loses at most this)",
+    )
+    feedback_token: str = Field(
+        "",
+        description="Bearer token that POST /feedback requires (empty: no /feedback route)",
+    )
+    feedback_window: int = Field(
+        200, ge=1, description="Feedback items per model version behind the live-accuracy gauge"
+    )
     access_log: bool = Field(
         True,
         description="Log one JSON line per request (time, id, route, status, latency, text "
@@ -53,3 +94,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a request waits for others to share its inference (0: none)",
     )
+
+    @model_validator(mode="after")
+    def feedback_needs_the_log(self) -> "Settings":
+        if self.feedback_token and not self.prediction_log:
+            raise ValueError(
+                "DISTRINEWS_FEEDBACK_TOKEN is set but DISTRINEWS_PREDICTION_LOG is empty: "
+                "feedback is recorded against the prediction log; set both"
+            )
+        return self

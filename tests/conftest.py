@@ -2,6 +2,8 @@
 a temp MLflow store, and one real training run and export for the end-to-end tests; and the
 `integration` marker, given by the folder (tests/integration/)."""
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +15,8 @@ from devkit.processes import SHARED_DATA
 from devkit.tiny_models import export_tiny_onnx, make_tiny_model
 from distrinews import checkpoint
 from distrinews.runtime.labels import LABELS
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.reference_profile import build_profile
 
 #: Session fixtures that cost a real training run: the tests using them share one
 #: pytest-xdist worker, so the run happens once (each worker has its own session).
@@ -41,6 +45,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prediction_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A server built in a test logs its predictions under a temp folder, never to the
+    default predictions.db in the working directory (the repository). Session-wide, so
+    module fixtures that build servers see it too."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('prediction-log')}/predictions.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTRINEWS_PREDICTION_LOG", url)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
@@ -55,6 +70,19 @@ def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """An untrained tiny BERT through the export step's int8 conversion (2 s)."""
     return export_tiny_onnx(tiny_bert, tmp_path_factory.mktemp("tiny-onnx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_profiled(
+    tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, small_data: Path
+) -> Path:
+    """The tiny int8 model with a reference profile of 400 real training texts, as export
+    profiles the validation split (no temperature: 1)."""
+    folder = shutil.copytree(tiny_onnx, tmp_path_factory.mktemp("profiled") / "model")
+    frame = pd.read_parquet(small_data / "train.parquet").iloc[400:800]
+    profile = build_profile(OnnxClassifier(folder), frame["text"].tolist(), frame["label"])
+    profile.write(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

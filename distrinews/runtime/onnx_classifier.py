@@ -18,6 +18,7 @@ from distrinews.errors import ModelFolderError
 from distrinews.runtime.calibration import read_temperature, softmax
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.labels import class_names
+from distrinews.runtime.reference_profile import read_profile, unknown_token_id
 
 
 class OnnxClassifier:
@@ -54,6 +55,9 @@ class OnnxClassifier:
         _check_labels(self.labels, self.session, self.folder)
         # Fitted at export (runtime.calibration); 1 for a folder exported without one.
         self.temperature = read_temperature(self.folder)
+        # What held-out data looked like (runtime.reference_profile); None if not exported.
+        self.profile = read_profile(self.folder)
+        self.unknown_id = unknown_token_id(self.tokenizer)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Logits in the texts' order."""

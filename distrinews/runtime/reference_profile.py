@@ -124,3 +124,19 @@ def read_profile(folder: Path) -> dict | None:
     if not isinstance(profile, dict) or "predicted_labels" not in profile:
         raise ModelFolderError(f"{path} is not a reference profile; re-export the model")
     return profile
+
+
+def js_distance(p: list[float] | np.ndarray, q: list[float] | np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2) between two histograms of the same bins: 0 for the
+    same shares, 1 for shares on disjoint bins. Symmetric, bounded, and defined when a bin
+    is empty on one side (unlike the population stability index)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p, q = p / max(p.sum(), 1e-12), q / max(q.sum(), 1e-12)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        used = a > 0
+        return float((a[used] * np.log2(a[used] / m[used])).sum())
+
+    return float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))

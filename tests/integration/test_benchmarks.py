@@ -205,3 +205,15 @@ def test_quantization(exported, small_data):
     assert all(0 <= float(row[1]) <= 1 and float(row[4]) > 0 for row in rows)
     fp32 = run.data.metrics["bench_accuracy_pytorch_fp32"]
     assert float(rows[0][2]) == pytest.approx(100 * (float(rows[0][1]) - fp32), abs=0.01)
+
+
+def test_monitoring_overhead(tmp_path, tiny_onnx_profiled):
+    args = ("--model", tiny_onnx_profiled, "--data", SHARED_DATA, "--texts", 20, "--rounds", 2)
+    text, run = run_benchmark(MlflowStore(tmp_path), "monitoring_overhead", *args, "--window", 50)
+    rounds = table_rows(text, "1 ") + table_rows(text, "2 ")
+    assert len(rounds) == 2
+    for _, on, off, difference in rounds:
+        assert float(on) > 0 and float(off) > 0
+        assert float(difference) == pytest.approx(float(on) - float(off), abs=0.002)
+    assert run.data.metrics["bench_monitor_record_us"] > 0
+    assert run.data.metrics["bench_monitor_scrape_us"] > 0

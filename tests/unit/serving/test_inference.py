@@ -14,7 +14,7 @@ def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
             local,
             max_texts=4,
             window_ms=200,
-            observe=lambda _, tokens: batch_sizes.append(len(tokens)),
+            observe=lambda _, classifier, features, rows: batch_sizes.append(len(rows)),
         )
         batcher.start()
         try:

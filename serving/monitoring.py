@@ -1,0 +1,115 @@
+"""What the model answers, watched: predictions per label, a confidence histogram, and how
+far a sliding window of the last predictions has drifted from the served version's
+reference profile (distrinews.runtime.reference_profile), one gauge per signal.
+
+Per prediction, the inference thread only counts and appends a small tuple to a bounded
+window; the distances are computed when Prometheus scrapes /metrics, off the request path.
+Label values come from the model's own labels, never from clients.
+"""
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.reference_profile import (
+    CONFIDENCE_EDGES,
+    TextFeatures,
+    js_distance,
+    shares,
+)
+
+#: The drift signals, as the `signal` label of distrinews_drift.
+SIGNALS = ("predicted_label", "confidence", "token_length", "unknown_share")
+
+
+class DriftMonitor:
+    """Prediction counts and drift gauges for the served model, in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, window: int):
+        self.predictions = Counter(
+            "distrinews_predictions",
+            "Predictions answered, by predicted label",
+            ["label"],
+            registry=registry,
+        )
+        self.confidence = Histogram(
+            "distrinews_prediction_confidence",
+            "Confidence (calibrated top probability) of each prediction",
+            buckets=CONFIDENCE_EDGES[1:],
+            registry=registry,
+        )
+        self.size = window
+        # (label index, confidence, tokens, unknown share) of the last `window` predictions.
+        self.window: deque[tuple[int, float, int, float]] = deque(maxlen=window)
+        self.lock = threading.Lock()  # the window is appended to and read from two threads
+        self.classifier: OnnxClassifier | None = None
+        registry.register(self)
+
+    def record(
+        self, classifier: OnnxClassifier, features: list[TextFeatures], rows: np.ndarray
+    ) -> None:
+        """One inference's predictions (in the inference thread: cheap work only)."""
+        labels = rows.argmax(axis=1).tolist()
+        confidences = rows.max(axis=1).tolist()
+        with self.lock:
+            if classifier is not self.classifier:
+                # Another model serves: its predictions are compared with its own reference.
+                self.classifier = classifier
+                self.window.clear()
+            for label, confidence, text in zip(labels, confidences, features, strict=True):
+                self.window.append((label, confidence, text.tokens, text.unknown_share))
+        for label, confidence in zip(labels, confidences, strict=True):
+            self.predictions.labels(classifier.labels[label]).inc()
+            self.confidence.observe(confidence)
+
+    def distances(self) -> dict[str, float]:
+        """The window's Jensen-Shannon distance from the reference, per signal ({} if the
+        model has no reference profile or nothing was predicted yet)."""
+        with self.lock:
+            classifier, window = self.classifier, list(self.window)
+        if classifier is None or classifier.profile is None or not window:
+            return {}
+        profile = classifier.profile
+        columns = np.array(window, dtype=np.float64)  # one row per prediction
+        label, confidence, tokens, unknown = columns.T
+        predicted = np.bincount(label.astype(np.int64), minlength=len(classifier.labels))
+        reference = profile["predicted_labels"]
+        reference_labels = [reference.get(name, 0.0) for name in classifier.labels]
+        return {
+            "predicted_label": js_distance(predicted, reference_labels),
+            "confidence": js_distance(
+                shares(confidence, profile["confidence_edges"]), profile["confidence"]
+            ),
+            "token_length": js_distance(
+                shares(tokens, profile["token_length_edges"]), profile["token_length"]
+            ),
+            "unknown_share": js_distance(
+                shares(unknown, profile["unknown_share_edges"]), profile["unknown_share"]
+            ),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by prometheus_client at each scrape."""
+        drift = GaugeMetricFamily(
+            "distrinews_drift",
+            "Jensen-Shannon distance (0 same, 1 disjoint) of the last predictions' window "
+            "from the served model's reference profile, by signal",
+            labels=["signal"],
+        )
+        for signal, distance in self.distances().items():
+            drift.add_metric([signal], distance)
+        yield drift
+        yield GaugeMetricFamily(
+            "distrinews_drift_window_fill",
+            "Share of the drift window filled (the distances are noisy while it is low)",
+            value=len(self.window) / self.size,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """No samples at registration (the collector is called at scrape time only)."""
+        return iter(())
