@@ -153,7 +153,7 @@ def serving_parts(args: argparse.Namespace) -> dict[str, float]:
     from serving.settings import Settings
 
     classifier = OnnxClassifier(args.model)
-    PredictRequest, _ = request_models(Settings())
+    PredictRequest, *_ = request_models(Settings())
     texts = ag_news_test_texts(args.data)[: args.requests]
     watch = Stopwatch()
     for text in texts:

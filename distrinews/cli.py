@@ -15,6 +15,7 @@ from distrinews.config import (
     EvaluateConfig,
     ExportConfig,
     ModelConfig,
+    MonitorConfig,
     PromoteConfig,
     TrackingConfig,
     TrainConfig,
@@ -57,6 +58,12 @@ STEPS = {
         "pipelines.promote",
         "Move the `champion` alias to a registered version if it scores as well and is fast.",
         ((PromoteConfig, ()), (DataConfig, TEST_DATA_FIELDS)),
+    ),
+    "monitor": Step(
+        "pipelines.monitor",
+        "Report a window of the server's prediction log and feedback to MLflow: drift from "
+        "the reference, live accuracy, whether to retrain.",
+        ((MonitorConfig, ()),),
     ),
 }
 

@@ -237,3 +237,43 @@ class PromoteConfig:
             raise UserError("registered_model is empty; pass -P registered_model=<name>")
         if self.max_accuracy_drop < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
             raise UserError("max_accuracy_drop must be >= 0, max_p95_ms > 0, latency_texts >= 1")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    store: str = _help(
+        "The prediction log to read: the server's DISTRINEWS_PREDICTION_LOG (a SQLAlchemy URL).",
+        "sqlite:///predictions.db",
+    )
+    since: str = _help(
+        "Start of the window: an ISO date or time (UTC), or a span back from `until` such as "
+        "30m, 24h or 7d.",
+        "24h",
+    )
+    until: str = _help("End of the window: an ISO date or time (UTC); empty: now.", "")
+    reference: str = _help(
+        "The model folder (or MLflow model URI) whose reference profile the predictions of a "
+        "model served from a folder are compared with; registered versions' own profiles "
+        "are read from the registry.",
+        "",
+    )
+    registered_model: str = _help(
+        "Registered model whose versions the logged predictions name.", REGISTERED_MODEL
+    )
+    max_drift: float = _help(
+        "Recommend retraining when a signal's Jensen-Shannon distance from the reference is "
+        "over this.",
+        0.3,
+    )
+    min_live_accuracy: float = _help(
+        "Recommend retraining when accuracy on the window's feedback is under this ...", 0.85
+    )
+    min_feedback: int = _help("... given at least this many feedback items.", 50)
+
+    def __post_init__(self) -> None:
+        if not self.store.strip():
+            raise UserError("store is empty; pass -P store=<the server's prediction log URL>")
+        if not 0 < self.max_drift <= 1 or not 0 <= self.min_live_accuracy <= 1:
+            raise UserError("max_drift must be in (0, 1] and min_live_accuracy in [0, 1]")
+        if self.min_feedback < 1:
+            raise UserError(f"min_feedback={self.min_feedback} must be >= 1")

@@ -10,8 +10,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from distrinews.errors import ModelFolderError
+from distrinews.runtime.prediction_store import LogUnavailable, open_store
 from serving.app import create_app, load_served_model
-from serving.prediction_log import LogUnavailable, open_store
 from serving.settings import Settings
 
 

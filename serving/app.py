@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import fail_fast_on_unreachable_server
+from distrinews.runtime.prediction_store import open_store
 from serving.feedback import LiveAccuracy, RecentPredictions
 from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
-from serving.prediction_log import PredictionLog, open_store
+from serving.prediction_log import PredictionLog
 from serving.reload import follow_alias, log_if_stopped, serve
 from serving.routes import build_router
 from serving.settings import Settings

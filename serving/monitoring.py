@@ -104,10 +104,29 @@ class DriftMonitor:
         for signal, distance in self.distances().items():
             drift.add_metric([signal], distance)
         yield drift
+        yield from self.confidence_means()
         yield GaugeMetricFamily(
             "distrinews_drift_window_fill",
             "Share of the drift window filled (the distances are noisy while it is low)",
             value=len(self.window) / self.size,
+        )
+
+    def confidence_means(self) -> Iterator[Metric]:
+        """The window's mean confidence and the reference's, for a "confidence falling"
+        alert (absent until there is something to compare)."""
+        with self.lock:
+            classifier, confidences = self.classifier, [row[1] for row in self.window]
+        if classifier is None or classifier.profile is None or not confidences:
+            return
+        yield GaugeMetricFamily(
+            "distrinews_window_confidence_mean",
+            "Mean confidence over the drift window",
+            value=sum(confidences) / len(confidences),
+        )
+        yield GaugeMetricFamily(
+            "distrinews_reference_confidence_mean",
+            "Mean confidence on the served version's reference (validation) data",
+            value=classifier.profile["confidence_mean"],
         )
 
     def describe(self) -> Iterator[Metric]:

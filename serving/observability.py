@@ -48,6 +48,7 @@ LATENCY_BUCKETS = (
     1.0,
     2.5,
 )
+RELOAD_OUTCOMES = ("loaded", "refused", "download_failed", "check_failed")
 TOKEN_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
@@ -96,6 +97,15 @@ class ServerMetrics:
         )
         for outcome in ("written", "dropped", "failed"):
             self.logged.labels(outcome)  # at 0 from the start, for rate() and alerts
+        self.reloads = Counter(
+            "distrinews_reloads",
+            "Alias checks and loads while following an alias: loaded, refused (it cannot "
+            "serve), download_failed (retried), check_failed (the registry did not answer)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
 
     def observe_inference(
         self,
@@ -121,6 +131,9 @@ class ServerMetrics:
                 "labels": ",".join(labels),
             }
         )
+
+    def count_reload(self, outcome: str) -> None:
+        self.reloads.labels(outcome).inc()
 
     def count_logged(self, outcome: str, predictions: int) -> None:
         """What became of `predictions` predictions in the prediction log (any thread)."""

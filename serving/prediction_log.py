@@ -1,6 +1,5 @@
-"""The durable prediction log: every answered prediction (or a sampled share), and labelled
-feedback against it, in SQL: a SQLite file by default, any SQLAlchemy URL (PostgreSQL for
-several replicas) otherwise.
+"""The durable prediction log's writer: every answered prediction (or a sampled share),
+into the store of distrinews.runtime.prediction_store.
 
 Requests never wait for the store: they put entries on a bounded queue, and one
 background thread writes them in batches. A full queue drops the entry and counts it.
@@ -21,41 +20,10 @@ from datetime import datetime, timezone
 import numpy as np
 import sqlalchemy as sa
 
+from distrinews.runtime.prediction_store import PREDICTIONS
 from distrinews.runtime.reference_profile import TextFeatures
 
 log = logging.getLogger("serving")
-
-METADATA = sa.MetaData()
-PREDICTIONS = sa.Table(
-    "predictions",
-    METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
-    sa.Column("position", sa.Integer, nullable=False),  # the text's index in its request
-    sa.Column("model_name", sa.String(256)),
-    sa.Column("model_version", sa.String(64)),
-    sa.Column("label", sa.String(256), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
-    sa.Column("probabilities", sa.Text, nullable=False),  # JSON: label -> probability
-    sa.Column("tokens", sa.Integer, nullable=False),
-    sa.Column("unknown_share", sa.Float, nullable=False),
-    sa.Column("text", sa.Text),  # only with DISTRINEWS_LOG_TEXTS
-)
-FEEDBACK = sa.Table(
-    "feedback",
-    METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("label", sa.String(256), nullable=False),
-    sa.Column("text", sa.Text),
-)
-
-
-class LogUnavailable(Exception):
-    """The store could not be opened at start; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -94,27 +62,6 @@ class Answered:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def open_store(url: str) -> sa.Engine:
-    """An engine on `url` with the tables created; LogUnavailable if it cannot be reached."""
-    try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-        if engine.dialect.name == "sqlite":
-            # WAL: a reader (the monitor step) never blocks the writer, and a killed
-            # server leaves a store that opens.
-            sa.event.listen(engine, "connect", _sqlite_wal)
-        METADATA.create_all(engine)
-    except Exception as err:  # any driver's error: a bad URL, no server, no permission
-        raise LogUnavailable(f"prediction log {url!r} cannot be opened: {err}") from err
-    return engine
-
-
-def _sqlite_wal(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 class PredictionLog:

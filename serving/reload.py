@@ -16,6 +16,7 @@ once replaced, a model's ONNX Runtime session is freed and its download deleted.
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fastapi import FastAPI
@@ -80,25 +81,30 @@ async def follow_alias(app: FastAPI, settings: Settings) -> None:
 async def check_alias(app: FastAPI, settings: Settings, follow: Follow) -> None:
     """Serve the version the alias points to now, if it is new and loads."""
     current: LoadedModel = app.state.model
-    version = await read_alias(current, follow)
+    count = app.state.metrics.count_reload
+    version = await read_alias(current, follow, count)
     now = asyncio.get_running_loop().time()
     if version is None or not follow.wants(version, current.source.version, now):
         return
-    new = await fetch(current, version, settings, follow)
+    new = await fetch(current, version, settings, follow, count)
     if new is None:
         return
     serve(app, new)
+    count("loaded")
     await retire(current)
     log.info("now serving version %s of %s", version, alias_uri(current))
 
 
-async def read_alias(current: LoadedModel, follow: Follow) -> str | None:
+async def read_alias(
+    current: LoadedModel, follow: Follow, count: Callable[[str], None]
+) -> str | None:
     """The version the alias points to; None while checks fail."""
     try:
         version = await asyncio.to_thread(alias_version, *alias_of(current))
         if version is None:
             raise no_such_alias(*alias_of(current))
     except ModelFolderError as err:
+        count("check_failed")
         if not follow.check_failing:
             served = current.source.version
             log.error("reload check failed (still serving version %s): %s", served, err)
@@ -111,13 +117,18 @@ async def read_alias(current: LoadedModel, follow: Follow) -> str | None:
 
 
 async def fetch(
-    current: LoadedModel, version: str, settings: Settings, follow: Follow
+    current: LoadedModel,
+    version: str,
+    settings: Settings,
+    follow: Follow,
+    count: Callable[[str], None],
 ) -> LoadedModel | None:
     """`version`, loaded; None if refused or if its download is to be tried again later."""
     served = current.source.version
     try:
         new = await load_to_the_end(current, version, settings)
     except RegistryUnreachable as err:
+        count("download_failed")
         now = asyncio.get_running_loop().time()
         if follow.download_failed(version, now, settings.reload_seconds):
             log.error(
@@ -127,6 +138,7 @@ async def fetch(
             )
         return None
     except Exception as err:  # anything else: the current model must keep serving
+        count("refused")
         follow.refused = version
         log.error("refused version %s (still serving version %s): %s", version, served, err)
         return None

@@ -68,6 +68,7 @@ class ReferenceProfile:
     predicted_labels: dict[str, float]  # the int8 model's, on `split`
     confidence_edges: tuple[float, ...]
     confidence: list[float]
+    confidence_mean: float
     token_length_edges: tuple[int, ...]
     token_length: list[float]
     unknown_share_edges: tuple[float, ...]
@@ -103,6 +104,7 @@ def build_profile(
         predicted_labels=label_shares(probabilities.argmax(axis=1), classifier.labels),
         confidence_edges=CONFIDENCE_EDGES,
         confidence=shares(probabilities.max(axis=1), CONFIDENCE_EDGES),
+        confidence_mean=float(probabilities.max(axis=1).mean()),
         token_length_edges=edges,
         token_length=shares(tokens, edges),
         unknown_share_edges=UNKNOWN_SHARE_EDGES,

@@ -207,9 +207,9 @@ def test_quantization(exported, small_data):
     assert float(rows[0][2]) == pytest.approx(100 * (float(rows[0][1]) - fp32), abs=0.01)
 
 
-def test_monitoring_overhead(tmp_path, tiny_onnx_profiled):
+def test_monitoring(tmp_path, tiny_onnx_profiled):
     args = ("--model", tiny_onnx_profiled, "--data", SHARED_DATA, "--texts", 20, "--rounds", 2)
-    text, run = run_benchmark(MlflowStore(tmp_path), "monitoring_overhead", *args, "--window", 50)
+    text, run = run_benchmark(MlflowStore(tmp_path), "monitoring", *args, "--window", 50)
     rounds = table_rows(text, "1 ") + table_rows(text, "2 ")
     assert len(rounds) == 2
     for _, on, off, difference in rounds:
@@ -217,3 +217,11 @@ def test_monitoring_overhead(tmp_path, tiny_onnx_profiled):
         assert float(difference) == pytest.approx(float(on) - float(off), abs=0.002)
     assert run.data.metrics["bench_monitor_record_us"] > 0
     assert run.data.metrics["bench_monitor_scrape_us"] > 0
+    drift = {
+        row[0]: [float(v) for v in row[1:]]
+        for row in table_rows(text, "")
+        if row[0].startswith(("test texts", "one class", "titles", "with characters"))
+    }
+    assert len(drift) == 4 and all(0 <= v <= 1 for values in drift.values() for v in values)
+    unknown_share = 3
+    assert drift["with characters outside the vocabulary"][unknown_share] > 0.5

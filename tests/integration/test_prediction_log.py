@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from devkit.servers import Server
-from serving.prediction_log import PREDICTIONS
+from distrinews.runtime.prediction_store import PREDICTIONS
 
 pytestmark = pytest.mark.timeout(120)
 

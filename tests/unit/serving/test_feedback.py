@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from distrinews.runtime.prediction_store import FEEDBACK
 from serving.app import create_app
-from serving.prediction_log import FEEDBACK
 from serving.settings import Settings
 
 TOKEN = "s3cret-token"

@@ -69,6 +69,11 @@ def test_drift_stays_low_for_texts_like_the_reference_and_rises_for_shifted_ones
         }
         assert set(counted) <= {"World", "Sports", "Business", "Sci/Tech"}
         assert sum(counted.values()) == 400
+        means = scrape(client)
+        reference = means[("distrinews_reference_confidence_mean", ())]
+        assert (
+            0.25 <= reference <= 1 and 0.25 <= means[("distrinews_window_confidence_mean", ())] <= 1
+        )
         assert scrape(client)[("distrinews_prediction_confidence_count", ())] == 400
 
 

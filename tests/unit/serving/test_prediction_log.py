@@ -13,17 +13,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from distrinews.runtime.prediction_store import PREDICTIONS, LogUnavailable, open_store
 from distrinews.runtime.reference_profile import TextFeatures
 from serving.__main__ import main
 from serving.app import create_app
-from serving.prediction_log import (
-    PREDICTIONS,
-    Answered,
-    LogUnavailable,
-    PredictionLog,
-    now,
-    open_store,
-)
+from serving.prediction_log import Answered, PredictionLog, now
 from serving.settings import Settings
 
 

@@ -1,0 +1,134 @@
+"""What the monitor step logs: `monitor/*` metrics, a plot per signal (the window against
+the reference), an HTML report, and tags that say whether to retrain and why."""
+
+import base64
+import html
+import io
+from dataclasses import asdict
+from datetime import datetime
+
+from distrinews.config import MonitorConfig
+from distrinews.mlflow_runs import log_new_params, step_run
+from distrinews.monitor import VersionReport
+from distrinews.runtime.prediction_store import shown
+
+
+def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
+    metrics = {
+        f"{prefix}predictions": report.predictions,
+        f"{prefix}feedback_items": report.feedback,
+    }
+    metrics |= {f"{prefix}drift_{signal}": value for signal, value in report.drift.items()}
+    metrics |= {f"{prefix}p_value_{signal}": value for signal, value in report.p_values.items()}
+    if report.live_accuracy is not None:
+        metrics[f"{prefix}live_accuracy"] = report.live_accuracy
+    return metrics
+
+
+def signal_png(report: VersionReport, signal: str) -> bytes:
+    """The window's shares against the reference's, bin by bin, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins, window, reference = report.histograms[signal]
+    names = (
+        [str(b) for b in bins]
+        if signal == "predicted_label"
+        else [f"{bins[i]:g}" for i in range(len(window))]
+    )
+    positions = range(len(window))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([p - 0.2 for p in positions], reference, width=0.4, label="reference (validation)")
+    ax.bar([p + 0.2 for p in positions], window, width=0.4, label="this window")
+    ax.set_xticks(list(positions), names, rotation=45 if len(names) > 6 else 0)
+    ax.set_ylabel("share")
+    ax.set_title(
+        f"version {report.version}: {signal.replace('_', ' ')} "
+        f"(Jensen-Shannon {report.drift[signal]:.3f})"
+    )
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_report(
+    window: tuple[datetime, datetime], reports: list[VersionReport], reasons: list[str], pngs: dict
+) -> str:
+    """One self-contained page: the verdict, a table per version, the plots inline."""
+    start, end = (moment.isoformat(timespec="seconds") for moment in window)
+    verdict = "Retrain recommended: " + "; ".join(reasons) if reasons else "No retraining needed."
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>DistriNews monitor</title>",
+        f"<h1>DistriNews monitor, {html.escape(start)} to {html.escape(end)}</h1>",
+        f"<p><b>{html.escape(verdict)}</b></p>",
+    ]
+    for report in reports:
+        rows = "".join(
+            f"<tr><td>{html.escape(signal)}</td><td>{distance:.4f}</td>"
+            f"<td>{report.p_values[signal]:.3g}</td></tr>"
+            for signal, distance in report.drift.items()
+        )
+        accuracy = "no feedback" if report.live_accuracy is None else f"{report.live_accuracy:.3f}"
+        parts += [
+            f"<h2>Version {html.escape(report.version)}</h2>",
+            f"<p>{report.predictions} predictions; live accuracy {accuracy} on "
+            f"{report.feedback} feedback items</p>",
+            "<table border=1 cellpadding=4><tr><th>signal</th><th>Jensen-Shannon distance</th>"
+            f"<th>chi-square p</th></tr>{rows}</table>",
+        ]
+        parts += [
+            f"<p><img alt='{html.escape(signal)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'></p>"
+            for (version, signal), png in pngs.items()
+            if version == report.version
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def log_monitor_run(
+    cfg: MonitorConfig,
+    window: tuple[datetime, datetime],
+    reports: list[VersionReport],
+    served: VersionReport,
+    reasons: list[str],
+) -> None:
+    import mlflow
+
+    start, end = (moment.isoformat(timespec="seconds") for moment in window)
+    with step_run("monitor", f"monitor {start} to {end}"):
+        log_new_params(
+            asdict(cfg) | {"store": shown(cfg.store), "window_start": start, "window_end": end}
+        )
+        metrics = version_metrics(served, "monitor/")
+        for report in reports:
+            metrics |= version_metrics(report, f"monitor/version_{report.version}/")
+        mlflow.log_metrics(metrics)
+        pngs = {
+            (report.version, signal): signal_png(report, signal)
+            for report in reports
+            for signal in report.drift
+        }
+        for (version, signal), png in pngs.items():
+            if version == served.version:
+                mlflow.log_image(_image(png), f"monitor/{signal}.png")
+        mlflow.log_text(html_report(window, reports, reasons, pngs), "monitor/report.html")
+        mlflow.set_tags(
+            {
+                "model_version": served.version,
+                "registered_model": cfg.registered_model,
+                "retrain_recommended": str(bool(reasons)).lower(),
+                "retrain_reason": "; ".join(reasons) or "none",
+            }
+        )
+
+
+def _image(png: bytes):
+    """A PNG as the PIL image mlflow.log_image takes."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))

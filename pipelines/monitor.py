@@ -1,0 +1,29 @@
+"""Monitor: a window of the server's prediction log and feedback, reported to MLflow.
+
+Launch:
+    mlflow run . -e monitor --env-manager local -P store=sqlite:///predictions.db -P since=24h
+or directly:
+    python -m pipelines.monitor --store sqlite:///predictions.db --since 7d
+"""
+
+import sys
+
+from distrinews.monitor import run_monitor
+
+from distrinews.cli import parse_step
+from distrinews.config import MonitorConfig
+from distrinews.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        message = run_monitor(parse_step("monitor", argv)[MonitorConfig])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The monitor step in process: a real server's prediction log and feedback (SQLite), read
+over a window, compared with the model's reference profile, reported to an MLflow run."""
+
+from datetime import datetime, timedelta, timezone
+
+import mlflow
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from devkit.mlflow_store import tracking_uri
+from distrinews.config import MonitorConfig
+from distrinews.errors import UserError
+from distrinews.monitor import parse_window, run_monitor
+from pipelines.monitor import main
+from serving.app import create_app
+from serving.settings import Settings
+
+TOKEN = {"Authorization": "Bearer t"}
+
+
+def test_windows_from_spans_and_dates():
+    end = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+    assert parse_window("24h", end.isoformat()) == (end - timedelta(hours=24), end)
+    assert parse_window("7d", "2026-11-30T12:00:00")[0] == end - timedelta(days=7)
+    assert parse_window("2026-11-29", "2026-11-30")[0].tzinfo == timezone.utc
+    for since, until in (("soon", ""), ("2026-12-01", "2026-11-30"), ("5y", "")):
+        with pytest.raises(UserError):
+            parse_window(since, until)
+
+
+def serve_and_log(store: str, model, texts: list[str], feedback_labels: list[str]) -> None:
+    """`texts` through a real app with the log on; feedback with the given labels."""
+    settings = Settings(model=str(model), threads=1, prediction_log=store, feedback_token="t")
+    with TestClient(create_app(settings)) as client:
+        for i, text in enumerate(texts):
+            client.post("/predict", json={"text": text}, headers={"X-Request-ID": f"r{i}"})
+        for i, label in enumerate(feedback_labels):
+            body = {"request_id": f"r{i}", "label": label}
+            assert client.post("/feedback", json=body, headers=TOKEN).status_code == 200
+
+
+def test_a_shifted_window_with_wrong_feedback_recommends_retraining(
+    tmp_path, tiny_onnx_profiled, small_data, mlflow_store
+):
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()
+    store = f"sqlite:///{tmp_path}/log.db"
+    shifted = [f"{text.split(' (')[0][:40]} ☃☃ ✈✈" for text in texts[:120]]
+    serve_and_log(store, tiny_onnx_profiled, shifted, ["World"] * 60)
+    cfg = MonitorConfig(store=store, since="1h", reference=str(tiny_onnx_profiled), min_feedback=50)
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("monitor")
+        message = run_monitor(cfg)
+    (run,) = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
+    assert run.info.status == "FINISHED" and run.data.tags["step"] == "monitor"
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["retrain_recommended"] == "true" and "token_length drift" in tags["retrain_reason"]
+    assert tags["model_version"] == "unregistered" and message.startswith("120 predictions")
+    assert metrics["monitor/predictions"] == 120 and metrics["monitor/feedback_items"] == 60
+    assert (
+        metrics["monitor/drift_token_length"] > 0.5
+        and metrics["monitor/p_value_token_length"] < 1e-6
+    )
+    # Feedback all "World": accuracy is the share of predictions that said World.
+    assert 0 <= metrics["monitor/live_accuracy"] <= 1
+    artifacts = {a.path for a in mlflow_store.client.list_artifacts(run.info.run_id, "monitor")}
+    assert {
+        "monitor/report.html",
+        "monitor/token_length.png",
+        "monitor/predicted_label.png",
+    } <= artifacts
+    report = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/monitor/report.html")
+    assert "Retrain recommended" in report and "data:image/png;base64," in report
+
+
+def test_a_window_like_the_reference_needs_no_retraining(
+    tmp_path, tiny_onnx_profiled, small_data, mlflow_store
+):
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()
+    store = f"sqlite:///{tmp_path}/log.db"
+    serve_and_log(store, tiny_onnx_profiled, texts[:150], [])
+    cfg = MonitorConfig(store=store, since="1h", reference=str(tiny_onnx_profiled))
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("monitor")
+        assert run_monitor(cfg).endswith("no retraining needed")
+
+
+def test_an_empty_window_or_a_bad_store_is_one_line(tmp_path, tiny_onnx_profiled, capsys):
+    store = f"sqlite:///{tmp_path}/log.db"
+    serve_and_log(store, tiny_onnx_profiled, ["Stocks rose today"], [])
+    capsys.readouterr()  # the server's own lines
+    assert main(["--store", store, "--since", "2020-01-01", "--until", "2020-01-02"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: no predictions in") and "widen -P since=" in line
+    assert main(["--store", "postgresql+psycopg://x@127.0.0.1:1/none"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: prediction log") and "-P store=" in line
