@@ -20,6 +20,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,32 +30,65 @@ import pandas as pd
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import DATA, REPO, ag_news_test_texts, one_client, record
+from benchmarks.common import DATA, REPO, ag_news_test_texts, many_clients, one_client, record
 from devkit.servers import Server
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.runtime.reference_profile import text_features
+from distrinews.runtime.prediction_store import open_store
+from distrinews.runtime.reference_profile import TextFeatures, text_features
 from serving.monitoring import DriftMonitor
+from serving.prediction_log import Answered, PredictionLog, now
 
 
-def server_rounds(model: str, texts: list[str], rounds: int) -> dict[str, list[float]]:
-    """p50 ms of each server in each round, the order alternating round by round."""
+def logged(url: str) -> dict[str, float]:
+    """The server's prediction-log counters: written, dropped, failed."""
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for sample in family.samples
+        if sample.name == "distrinews_prediction_log_total"
+    }
+
+
+def server_rounds(model: str, texts: list[str], args) -> tuple[dict[str, list[float]], dict]:
+    """p50 ms of each server in each round, the order alternating round by round; then
+    `args.clients` concurrent clients on the monitored server, and what its log did."""
     env = dict(os.environ)
     servers = {
+        # On: the defaults (drift window, counters, the prediction log in SQLite).
         "on": Server(model, env, access_log=False, monitoring=True),
-        "off": Server(model, env, access_log=False, monitoring=False),
+        "off": Server(model, env, access_log=False, monitoring=False, prediction_log=""),
     }
     p50: dict[str, list[float]] = {"on": [], "off": []}
     try:
         for server in servers.values():
             server.wait_ready(timeout=120)
-        for round_index in range(rounds):
+        for round_index in range(args.rounds):
             order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
             for name in order:
                 p50[name].append(one_client(servers[name].url, texts)["p50"])
+        load = many_clients(servers["on"].url, texts, args.clients, args.requests)
+        time.sleep(2)  # the writer's last flush
+        load |= {f"log_{k}": v for k, v in logged(servers["on"].url).items()}
     finally:
         for server in servers.values():
             server.stop()
-    return p50
+    return p50, load
+
+
+def log_cost_us(texts: list[str], predictions: int = 2000) -> float:
+    """Writer-thread microseconds per logged prediction (SQLite, batched as the server does)."""
+    rows = np.full((1, 4), 0.25)
+    features = [TextFeatures(40, False, 0.0)]
+    answered = Answered(now(), "id", "distrinews", "1", ("a", "b", "c", "d"), rows, features, None)
+    with tempfile.TemporaryDirectory() as folder:
+        log = PredictionLog(
+            open_store(f"sqlite:///{folder}/log.db"), predictions, flush_seconds=0.05
+        )
+        start = time.perf_counter()
+        for _ in range(predictions):
+            log.add(answered)
+        log.close()
+        return 1e6 * (time.perf_counter() - start) / predictions
 
 
 def in_process_costs(model: str, texts: list[str], window: int) -> dict[str, float]:
@@ -76,7 +110,11 @@ def in_process_costs(model: str, texts: list[str], window: int) -> dict[str, flo
         start = time.perf_counter()
         list(monitor.collect())
         scrapes.append(1e6 * (time.perf_counter() - start))
-    return {"record_us": record_us, "scrape_us": statistics.median(scrapes)}
+    return {
+        "record_us": record_us,
+        "scrape_us": statistics.median(scrapes),
+        "log_us": log_cost_us(texts),
+    }
 
 
 def shifted_streams(data: str, count: int) -> dict[str, list[str]]:
@@ -125,7 +163,7 @@ def drift_table(readings: dict[str, dict[str, float]]) -> str:
     )
 
 
-def table(p50: dict[str, list[float]], costs: dict[str, float], args) -> str:
+def table(p50: dict[str, list[float]], costs: dict[str, float], load: dict, args) -> str:
     on, off = statistics.median(p50["on"]), statistics.median(p50["off"])
     paired = [a - b for a, b in zip(p50["on"], p50["off"], strict=True)]
     rows = "\n".join(
@@ -133,7 +171,9 @@ def table(p50: dict[str, list[float]], costs: dict[str, float], args) -> str:
         for i, (a, b) in enumerate(zip(p50["on"], p50["off"], strict=True))
     )
     return f"""Two servers from `{Path(args.model).name}` (each ONNX Runtime with the default
-threads, spinning off, no access log), {args.texts} requests one at a time per round,
+threads, spinning off, no access log): monitoring on (the defaults: drift window, counters,
+the prediction log in SQLite) and off (`DISTRINEWS_MONITORING=false`,
+`DISTRINEWS_PREDICTION_LOG=`); {args.texts} requests one at a time per round,
 {args.rounds} rounds in alternating order; p50 of each round in ms.
 
 | round | monitoring on | monitoring off | on - off |
@@ -145,7 +185,12 @@ threads, spinning off, no access log), {args.texts} requests one at a time per r
   +0.3 ms). Ratio on/off {on / off:.3f}.
 - In process: the monitor's work per prediction {costs["record_us"]:.1f} µs (in the
   inference thread); a scrape with a full window of {args.window} predictions
-  {costs["scrape_us"]:.0f} µs (on the event loop, per scrape, not per request).
+  {costs["scrape_us"]:.0f} µs (on the event loop, per scrape, not per request); the log
+  writer's work per prediction {costs["log_us"]:.1f} µs (its own thread, batched).
+- {args.clients} concurrent clients, {load["requests"]} requests on the monitored server:
+  {load["requests_per_s"]:.0f} requests/s, {load["errors"]} failed; the log wrote
+  {load["log_written"]:.0f} predictions in all, dropped {load["log_dropped"]:.0f}, failed
+  {load["log_failed"]:.0f}.
 """
 
 
@@ -156,16 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--texts", type=int, default=300, help="requests per server per round")
     parser.add_argument("--window", type=int, default=1000, help="drift window (the default)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=1000, help="requests from the clients")
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "monitoring.md")
     args = parser.parse_args(argv)
 
     texts = ag_news_test_texts(args.data)[: args.texts]
-    p50 = server_rounds(args.model, texts, args.rounds)
+    p50, load = server_rounds(args.model, texts, args)
     costs = in_process_costs(args.model, texts, args.window)
     readings = drift_readings(args.model, args.data, args.window)
     added = float(np.median(p50["on"]) - np.median(p50["off"]))
-    body = table(p50, costs, args) + (
+    body = table(p50, costs, load, args) + (
         f"\nDrift gauges (Jensen-Shannon distance from the reference) once a window of "
         f"{args.window} predictions is filled by each stream, one after the other:\n\n"
         + drift_table(readings)
@@ -177,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output,
         {
             "monitoring_added_p50_ms": added,
+            "log_dropped_under_load": load["log_dropped"],
             **{f"monitor_{k}": v for k, v in costs.items()},
             **{f"drift_like_reference_{k}": v for k, v in next(iter(readings.values())).items()},
         },

@@ -209,14 +209,20 @@ def test_quantization(exported, small_data):
 
 def test_monitoring(tmp_path, tiny_onnx_profiled):
     args = ("--model", tiny_onnx_profiled, "--data", SHARED_DATA, "--texts", 20, "--rounds", 2)
-    text, run = run_benchmark(MlflowStore(tmp_path), "monitoring", *args, "--window", 50)
+    args += ("--window", 50, "--clients", 4, "--requests", 40)
+    text, run = run_benchmark(MlflowStore(tmp_path), "monitoring", *args)
     rounds = table_rows(text, "1 ") + table_rows(text, "2 ")
     assert len(rounds) == 2
     for _, on, off, difference in rounds:
         assert float(on) > 0 and float(off) > 0
         assert float(difference) == pytest.approx(float(on) - float(off), abs=0.002)
     assert run.data.metrics["bench_monitor_record_us"] > 0
-    assert run.data.metrics["bench_monitor_scrape_us"] > 0
+    assert (
+        run.data.metrics["bench_monitor_scrape_us"] > 0
+        and run.data.metrics["bench_monitor_log_us"] > 0
+    )
+    assert run.data.metrics["bench_log_dropped_under_load"] == 0
+    assert "4 concurrent clients, 40 requests on the monitored server" in text
     drift = {
         row[0]: [float(v) for v in row[1:]]
         for row in table_rows(text, "")
