@@ -10,18 +10,16 @@ or directly:
 import sys
 
 from distrinews.cli import parse_scoring_job
-from distrinews.errors import UserError
+from distrinews.errors import run_reporting
 from distrinews.evaluation import evaluate_logged_run
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def evaluate() -> str:
         metrics = evaluate_logged_run(*parse_scoring_job("evaluate", argv))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
-    return 0
+        return f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+
+    return run_reporting(evaluate)
 
 
 if __name__ == "__main__":

@@ -8,21 +8,14 @@ or directly:
 
 import sys
 
-from distrinews.monitor import run_monitor
-
 from distrinews.cli import parse_step
 from distrinews.config import MonitorConfig
-from distrinews.errors import UserError
+from distrinews.errors import run_reporting
+from distrinews.monitor import run_monitor
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        message = run_monitor(parse_step("monitor", argv)[MonitorConfig])
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(message)
-    return 0
+    return run_reporting(lambda: run_monitor(parse_step("monitor", argv)[MonitorConfig]))
 
 
 if __name__ == "__main__":

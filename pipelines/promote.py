@@ -10,18 +10,12 @@ or directly:
 import sys
 
 from distrinews.cli import parse_scoring_job
-from distrinews.errors import UserError
+from distrinews.errors import run_reporting
 from distrinews.promotion import run_promote
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        message = run_promote(*parse_scoring_job("promote", argv))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(message)
-    return 0
+    return run_reporting(lambda: run_promote(*parse_scoring_job("promote", argv)))
 
 
 if __name__ == "__main__":
