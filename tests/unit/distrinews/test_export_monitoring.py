@@ -23,8 +23,11 @@ def test_calibrate_and_profile_writes_both_and_logs_the_diagram(
     splits = load_splits(DataConfig(data=str(small_data), max_eval_rows=60), 42, LABELS)
     test_labels = splits.test["label"].to_numpy()
     test_logits = OnnxClassifier(folder).logits(splits.test["text"].tolist())
-    with tracking_uri(mlflow_store.uri), mlflow.start_run() as run:
-        figures = calibrate_and_profile(folder, splits, test_logits, test_labels)
+    with tracking_uri(mlflow_store.uri):
+        # Named: MLflow's fluent API remembers the last test's experiment id otherwise.
+        mlflow.set_experiment("export")
+        with mlflow.start_run() as run:
+            figures = calibrate_and_profile(folder, splits, test_logits, test_labels)
 
     temperature = figures["temperature"]
     assert json.loads((folder / "calibration.json").read_text())["temperature"] == temperature
