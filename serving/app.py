@@ -9,7 +9,7 @@ is built at import time:
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -197,6 +197,22 @@ async def readable_validation_errors(request: Request, exc: RequestValidationErr
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
+def schema_with_labels(app: FastAPI) -> Callable[[], dict]:
+    """app.openapi, with the served model's labels as the only values /feedback's `label`
+    takes: the schema says what the server accepts (the model is known only once loaded)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()
+        model = getattr(app.state, "model", None)
+        feedback = schema.get("components", {}).get("schemas", {}).get("FeedbackRequest")
+        if feedback is not None and model is not None:
+            feedback["properties"]["label"]["enum"] = list(model.classifier.labels)
+        return schema
+
+    return openapi
+
+
 def create_app(
     settings: Settings | None = None,
     model: LoadedModel | None = None,
@@ -224,6 +240,7 @@ def create_app(
     app.state.live_accuracy = LiveAccuracy(app.state.metrics.registry, settings.feedback_window)
     app.add_exception_handler(RequestValidationError, readable_validation_errors)
     app.include_router(build_router(settings))
+    app.openapi = schema_with_labels(app)
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
     # Outermost (added last): it times, counts and logs every answer, 413s included.
     app.add_middleware(Observe, metrics=app.state.metrics, log_requests=settings.access_log)

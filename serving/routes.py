@@ -10,10 +10,11 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, create_model
 
 from serving.feedback import check_token, record_feedback
 from serving.inference import LoadedModel, MicroBatcher
@@ -52,6 +53,13 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+def no_bool(value: object) -> object:
+    """JSON Schema's integer is not a boolean (pydantic would read false as 0); 55.0 is one."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
 def request_models(settings: Settings) -> tuple[type[BaseModel], ...]:
     """PredictRequest, BatchRequest and FeedbackRequest with this server's limits in their
     schema."""
@@ -78,7 +86,7 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], ...]:
                 Field(description="The true label: one of the model's labels"),
             ),
             position=(
-                int,
+                Annotated[int, BeforeValidator(no_bool)],
                 Field(0, ge=0, lt=settings.max_batch_texts, description="Index in a batch"),
             ),
             text=(news_text | None, None),
@@ -170,6 +178,7 @@ def build_router(settings: Settings) -> APIRouter:
 
 
 FEEDBACK_ERRORS = {
+    400: {"model": ErrorDetail, "description": "The body cannot be read (not UTF-8 text)"},
     401: {"model": ErrorDetail, "description": "No valid bearer token"},
     404: {"model": ErrorDetail, "description": "No logged prediction with that request id"},
     413: {"model": ErrorDetail, "description": "Request body over the configured size"},
@@ -193,9 +202,10 @@ def add_feedback_route(router: APIRouter, settings: Settings, body_model: type[B
         state = request.app.state
         labels = state.model.classifier.labels
         if body.label not in labels:
-            raise HTTPException(
-                422, f"unknown label {body.label!r}; the model's labels are {', '.join(labels)}"
-            )
+            # Shaped like FastAPI's own 422 (the schema's HTTPValidationError).
+            message = f"unknown label {body.label!r}; the model's labels are {', '.join(labels)}"
+            error = {"type": "value_error", "loc": ("body", "label"), "msg": message}
+            raise RequestValidationError([error | {"input": body.label}])
         item = (body.request_id, body.position, body.label, body.text)
         engine = state.prediction_log.engine
         return await record_feedback(engine, state.recent, state.live_accuracy, item)

@@ -59,6 +59,8 @@ def test_a_token_without_a_log_is_refused_at_start(tiny_onnx):
 def test_feedback_is_recorded_and_moves_the_live_accuracy(tmp_path, tiny_onnx, texts):
     settings = settings_for(tmp_path, tiny_onnx, feedback_token=TOKEN)
     with TestClient(create_app(settings)) as client:
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["FeedbackRequest"]
+        assert schema["properties"]["label"]["enum"] == ["World", "Sports", "Business", "Sci/Tech"]
         predicted = client.post(
             "/predict", json={"text": texts[0]}, headers={"X-Request-ID": "req-1"}
         ).json()["label"]
@@ -107,6 +109,7 @@ def test_a_prediction_from_before_a_restart_is_found_in_the_store(tmp_path, tiny
         (AUTH, {"request_id": "req-1"}, 422),
         (AUTH, {"request_id": "bad id\n", "label": "World"}, 422),
         (AUTH, {"request_id": "req-1", "label": "World", "position": -1}, 422),
+        (AUTH, {"request_id": "req-1", "label": "World", "position": False}, 422),
         (AUTH, {"request_id": "req-1", "label": "World", "text": "x" * 3000}, 413),
     ],
 )
@@ -118,5 +121,7 @@ def test_bad_feedback_gets_a_4xx_and_records_nothing(
         client.post("/predict", json={"text": texts[0][:100]}, headers={"X-Request-ID": "req-1"})
         response = client.post("/feedback", json=body, headers=headers)
         assert response.status_code == status, response.text
+        if status == 422:  # FastAPI's shape, as the schema says: a list of errors
+            assert isinstance(response.json()["detail"], list)
         assert live_accuracy(client) == {}
     assert feedback_rows(tmp_path) == []
