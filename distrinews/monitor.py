@@ -17,15 +17,17 @@ import sqlalchemy as sa
 from distrinews.config import MonitorConfig
 from distrinews.errors import UserError
 from distrinews.runtime.model_source import ModelSource, local_model_folder
-from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, LogUnavailable, open_store
-from distrinews.runtime.reference_profile import js_distance, read_profile, shares
+from distrinews.runtime.prediction_store import (
+    FEEDBACK,
+    PREDICTIONS,
+    UNREGISTERED,
+    LogUnavailable,
+    open_store,
+)
+from distrinews.runtime.reference_profile import compared_histograms, js_distance, read_profile
 
-#: A version's signals: (column of the log, edges key, shares key) of the reference.
-SIGNALS = {
-    "confidence": ("confidence", "confidence_edges", "confidence"),
-    "token_length": ("tokens", "token_length_edges", "token_length"),
-    "unknown_share": ("unknown_share", "unknown_share_edges", "unknown_share"),
-}
+#: The column of the prediction log that holds each numeric drift signal.
+COLUMNS = {"confidence": "confidence", "token_length": "tokens", "unknown_share": "unknown_share"}
 SPAN = re.compile(r"(\d+)([mhd])")
 UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -69,7 +71,7 @@ def read_window(store: str, start: datetime, end: datetime) -> tuple[pd.DataFram
         )
     engine.dispose()
     for frame in (predictions, feedback):
-        frame["model_version"] = frame["model_version"].fillna("unregistered")
+        frame["model_version"] = frame["model_version"].fillna(UNREGISTERED)
     return predictions, feedback
 
 
@@ -100,21 +102,17 @@ def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionRepo
     """Drift of each signal of `rows` (one version's predictions) from its profile."""
     report = VersionReport(str(rows["model_version"].iloc[0]), len(rows))
     counts = rows["label"].value_counts().reindex(labels, fill_value=0).to_numpy()
-    reference = [profile["predicted_labels"].get(label, 0.0) for label in labels]
-    report.drift["predicted_label"] = js_distance(counts, reference)
-    report.p_values["predicted_label"] = chi_square_p(counts, reference)
-    report.histograms["predicted_label"] = (labels, (counts / counts.sum()).tolist(), reference)
-    for signal, (column, edges_key, shares_key) in SIGNALS.items():
-        window = shares(rows[column].to_numpy(), profile[edges_key])
-        report.drift[signal] = js_distance(window, profile[shares_key])
-        report.p_values[signal] = chi_square_p(np.array(window) * len(rows), profile[shares_key])
-        report.histograms[signal] = (profile[edges_key], window, profile[shares_key])
+    values = {signal: rows[column].to_numpy() for signal, column in COLUMNS.items()}
+    report.histograms = compared_histograms(profile, labels, counts, values)
+    for signal, (_, window, reference) in report.histograms.items():
+        report.drift[signal] = js_distance(window, reference)
+        report.p_values[signal] = chi_square_p(np.array(window) * len(rows), reference)
     return report
 
 
 def reference_profile(version: str, cfg: MonitorConfig) -> dict:
     """The reference profile of `version` (registered), or of `cfg.reference` (a folder)."""
-    if version != "unregistered":
+    if version != UNREGISTERED:
         source = ModelSource(f"models:/{cfg.registered_model}/{version}")
     elif cfg.reference:
         source = ModelSource(cfg.reference)

@@ -18,11 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS
+from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, UNREGISTERED
 from serving.prediction_log import now
-
-#: The version label of a model served from a folder (no registry version).
-UNREGISTERED = "unregistered"
 
 
 class RecentPredictions:

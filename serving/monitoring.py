@@ -19,12 +19,9 @@ from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import (
     CONFIDENCE_EDGES,
     TextFeatures,
+    compared_histograms,
     js_distance,
-    shares,
 )
-
-#: The drift signals, as the `signal` label of distrinews_drift.
-SIGNALS = ("predicted_label", "confidence", "token_length", "unknown_share")
 
 
 class DriftMonitor:
@@ -74,23 +71,14 @@ class DriftMonitor:
             classifier, window = self.classifier, list(self.window)
         if classifier is None or classifier.profile is None or not window:
             return {}
-        profile = classifier.profile
         columns = np.array(window, dtype=np.float64)  # one row per prediction
         label, confidence, tokens, unknown = columns.T
-        predicted = np.bincount(label.astype(np.int64), minlength=len(classifier.labels))
-        reference = profile["predicted_labels"]
-        reference_labels = [reference.get(name, 0.0) for name in classifier.labels]
+        counts = np.bincount(label.astype(np.int64), minlength=len(classifier.labels))
+        values = {"confidence": confidence, "token_length": tokens, "unknown_share": unknown}
+        histograms = compared_histograms(classifier.profile, classifier.labels, counts, values)
         return {
-            "predicted_label": js_distance(predicted, reference_labels),
-            "confidence": js_distance(
-                shares(confidence, profile["confidence_edges"]), profile["confidence"]
-            ),
-            "token_length": js_distance(
-                shares(tokens, profile["token_length_edges"]), profile["token_length"]
-            ),
-            "unknown_share": js_distance(
-                shares(unknown, profile["unknown_share_edges"]), profile["unknown_share"]
-            ),
+            signal: js_distance(window, reference)
+            for signal, (_, window, reference) in histograms.items()
         }
 
     def collect(self) -> Iterator[Metric]:

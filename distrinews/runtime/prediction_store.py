@@ -10,6 +10,9 @@ class LogUnavailable(Exception):
     """The store could not be opened; the message says which and why."""
 
 
+#: The model version of a prediction made by a model served from a folder (no registry).
+UNREGISTERED = "unregistered"
+
 METADATA = sa.MetaData()
 PREDICTIONS = sa.Table(
     "predictions",

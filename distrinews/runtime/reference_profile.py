@@ -142,3 +142,31 @@ def js_distance(p: list[float] | np.ndarray, q: list[float] | np.ndarray) -> flo
         return float((a[used] * np.log2(a[used] / m[used])).sum())
 
     return float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
+
+
+#: The numeric drift signals: the profile's keys of their bin edges and reference shares.
+NUMERIC_SIGNALS = {
+    "confidence": ("confidence_edges", "confidence"),
+    "token_length": ("token_length_edges", "token_length"),
+    "unknown_share": ("unknown_share_edges", "unknown_share"),
+}
+
+
+def compared_histograms(
+    profile: dict,
+    labels: list[str] | tuple[str, ...],
+    label_counts: np.ndarray,
+    values: dict[str, np.ndarray],
+) -> dict[str, tuple[list, list[float], list[float]]]:
+    """Per drift signal, a window against the reference over the same bins: (bins, window
+    shares, reference shares). The bins are the labels, or a numeric signal's edges;
+    `values` holds each numeric signal's values, one per prediction of the window."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    reference = [profile["predicted_labels"].get(label, 0.0) for label in labels]
+    histograms = {
+        "predicted_label": (list(labels), (counts / max(1.0, counts.sum())).tolist(), reference)
+    }
+    for signal, (edges, shares_key) in NUMERIC_SIGNALS.items():
+        window = shares(values[signal], profile[edges])
+        histograms[signal] = (list(profile[edges]), window, profile[shares_key])
+    return histograms
