@@ -33,6 +33,7 @@ def calibrate_and_profile(
     labels = splits.validation["label"].to_numpy()
     validation_logits = model.logits(texts)
     temperature = fit_temperature(validation_logits, labels)
+    test_before, test_after = softmax(test_logits), softmax(test_logits, temperature)
     figures = {
         "temperature": temperature,
         "ece_validation_uncalibrated": expected_calibration_error(
@@ -41,18 +42,19 @@ def calibrate_and_profile(
         "ece_validation": expected_calibration_error(
             softmax(validation_logits, temperature), labels
         ),
-        "ece_test_uncalibrated": expected_calibration_error(softmax(test_logits), test_labels),
-        "ece_test": expected_calibration_error(softmax(test_logits, temperature), test_labels),
+        "ece_test_uncalibrated": expected_calibration_error(test_before, test_labels),
+        "ece_test": expected_calibration_error(test_after, test_labels),
     }
     write_temperature(int8_dir, temperature, figures | {"fitted_on_rows": len(labels)})
     model.temperature = temperature
-    build_profile(model, texts, splits.train["label"].to_numpy()).write(int8_dir)
+    train_labels = splits.train["label"].to_numpy()
+    build_profile(model, texts, train_labels, logits=validation_logits).write(int8_dir)
     curves = {
         f"uncalibrated (ECE {figures['ece_test_uncalibrated']:.4f})": reliability(
-            softmax(test_logits), test_labels
+            test_before, test_labels
         ),
         f"T = {temperature:.3f} (ECE {figures['ece_test']:.4f})": reliability(
-            softmax(test_logits, temperature), test_labels
+            test_after, test_labels
         ),
     }
     figure = reliability_figure(curves, f"int8 model on {len(test_labels)} test rows")

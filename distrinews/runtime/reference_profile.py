@@ -86,13 +86,19 @@ def label_shares(indices: np.ndarray, labels: tuple[str, ...]) -> dict[str, floa
 
 
 def build_profile(
-    classifier, texts: list[str], train_labels: np.ndarray, split: str = "validation"
+    classifier,
+    texts: list[str],
+    train_labels: np.ndarray,
+    split: str = "validation",
+    logits: np.ndarray | None = None,
 ) -> ReferenceProfile:
-    """The profile of `classifier` (an OnnxClassifier, temperature applied) on `texts`."""
+    """The profile of `classifier` (an OnnxClassifier, temperature applied) on `texts`;
+    `logits`: its logits of `texts` if computed already (not computed again)."""
     encodings = classifier.encode(texts)
-    probabilities = classifier.calibrated(classifier.logits_of(encodings))
-    unknown_id = unknown_token_id(classifier.tokenizer)
-    features = [text_features(e, unknown_id) for e in encodings]
+    if logits is None:
+        logits = classifier.logits_of(encodings)
+    probabilities = classifier.calibrated(logits)
+    features = [text_features(e, classifier.unknown_id) for e in encodings]
     tokens = np.array([f.tokens for f in features])
     unknown = np.array([f.unknown_share for f in features])
     edges = token_length_edges(classifier.max_length)
