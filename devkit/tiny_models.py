@@ -11,8 +11,12 @@ from distrinews.config import DEFAULT_MODEL
 from distrinews.model import load_model_and_tokenizer, resolve_model_path
 
 
-def make_tiny_model(folder: Path, architecture: str = "bert") -> Path:
-    """A 2-layer, 32-wide encoder with random weights and the real MiniLM tokenizer."""
+def make_tiny_model(folder: Path, architecture: str = "bert", seed: int = 0) -> Path:
+    """A 2-layer, 32-wide encoder with seeded random weights and the real MiniLM tokenizer.
+
+    Seeded, so a test run sees the same start every time (an unseeded one once
+    drew an init that did not learn in 3 epochs); the caller's RNG is left as it was.
+    """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
     common = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 128}
     if architecture == "bert":
@@ -25,7 +29,9 @@ def make_tiny_model(folder: Path, architecture: str = "bert") -> Path:
         )
     else:
         config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
-    AutoModel.from_config(config).save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        AutoModel.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -7,7 +7,7 @@ these with a real training run and the GPU scaling benchmark.
 import pytest
 import torch
 
-from devkit.mlflow_store import MlflowStore, train_run
+from devkit.mlflow_store import TINY_LR, MlflowStore, train_run
 from distrinews import checkpoint
 from distrinews.cli import torchrun_command
 
@@ -28,7 +28,7 @@ def gpu_run(tmp_path_factory, tiny_bert, small_data):
     output_dir = store.folder / "checkpoints"
     nproc = min(2, torch.cuda.device_count())
     params = {"nproc": nproc, "model": tiny_bert, "data": small_data, "epochs": 2}
-    params |= {"batch_size": 16, "lr": 3e-3, "output_dir": output_dir, "keep_checkpoints": 0}
+    params |= {"batch_size": 16, "lr": TINY_LR, "output_dir": output_dir, "keep_checkpoints": 0}
     result = store.mlflow_run("train", "gpu", params)
     assert result.returncode == 0, result.stderr[-4000:]
     return store, train_run(store, experiment_id), output_dir, nproc
@@ -56,7 +56,7 @@ def test_gpu_checkpoints_carry_every_ranks_cuda_rng(gpu_run):
 
 def test_a_gpu_run_resumes_from_its_checkpoint(gpu_run, tiny_bert, small_data):
     store, run, output_dir, nproc = gpu_run
-    options = {"model": tiny_bert, "data": small_data, "batch_size": 16, "lr": 3e-3}
+    options = {"model": tiny_bert, "data": small_data, "batch_size": 16, "lr": TINY_LR}
     command = torchrun_command(
         nproc, epochs=3, resume="true", output_dir=output_dir, keep_checkpoints=0, **options
     )

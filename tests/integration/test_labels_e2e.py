@@ -4,7 +4,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from devkit.mlflow_store import MlflowStore, train_run
+from devkit.mlflow_store import TINY_LR, MlflowStore, train_run
 from devkit.servers import Server
 
 #: Three of AG News's topics, written as names in the label column (no ids, no names file).
@@ -27,7 +27,7 @@ def test_named_labels_are_trained_exported_and_served(tmp_path, tiny_bert, three
     store = MlflowStore(tmp_path)
     experiment_id = store.experiment("topics")
     params = {"nproc": 2, "model": tiny_bert, "data": three_topics, "epochs": 2}
-    params |= {"batch_size": 16, "lr": 3e-3, "output_dir": tmp_path / "checkpoints"}
+    params |= {"batch_size": 16, "lr": TINY_LR, "output_dir": tmp_path / "checkpoints"}
     result = store.mlflow_run("train", "topics", params)
     assert result.returncode == 0, result.stderr[-3000:]
     run = train_run(store, experiment_id)

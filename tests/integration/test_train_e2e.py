@@ -61,7 +61,7 @@ def test_run_is_named_after_its_settings_in_its_experiment(trained_run, tiny_ber
     store, experiment_id, _, _ = trained_run
     run = train_run(store, experiment_id)
     assert store.client.get_experiment(run.info.experiment_id).name == "e2e"
-    assert run.info.run_name == f"{tiny_bert.name} lr3e-3 b16x2 e3"
+    assert run.info.run_name == f"{tiny_bert.name} lr1e-2 b16x2 e3"
 
 
 def test_metrics_are_in_sections_with_epoch_and_samples_axes(trained_run):
