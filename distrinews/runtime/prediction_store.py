@@ -50,11 +50,21 @@ def open_store(url: str) -> sa.Engine:
             # WAL: a reader (the monitor step) never blocks the writer, and a killed
             # server leaves a store that opens.
             sa.event.listen(engine, "connect", _sqlite_wal)
-        METADATA.create_all(engine)
+        _create_tables(engine)
     except Exception as err:  # any driver's error: a bad URL, no server, no permission
         reason = " ".join(str(err).split())  # drivers' messages run over several lines
         raise LogUnavailable(f"prediction log {shown(url)!r} cannot be opened: {reason}") from err
     return engine
+
+
+def _create_tables(engine: sa.Engine) -> None:
+    """Create what is missing. Replicas starting together race: each sees no table, and
+    the loser's CREATE fails on the winner's (PostgreSQL: a unique violation in pg_type).
+    The tables then exist, so a second pass, which checks first, has nothing to create."""
+    try:
+        METADATA.create_all(engine)
+    except sa.exc.DatabaseError:
+        METADATA.create_all(engine)
 
 
 def shown(url: str) -> str:

@@ -139,6 +139,27 @@ def test_a_store_that_cannot_be_opened_stops_the_start_with_one_line(
         open_store(url)
 
 
+def test_a_replica_that_loses_the_race_to_create_the_tables_opens_the_store(tmp_path):
+    """Another replica creates the tables between this one's check and its CREATE."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    races = []
+
+    def the_other_replica_wins(*_args, **_kwargs) -> None:
+        if not races:
+            races.append(url)
+            other = sa.create_engine(url)
+            PREDICTIONS.create(other)
+            other.dispose()
+
+    sa.event.listen(PREDICTIONS, "before_create", the_other_replica_wins)
+    try:
+        engine = open_store(url)
+    finally:
+        sa.event.remove(PREDICTIONS, "before_create", the_other_replica_wins)
+    assert races and set(sa.inspect(engine).get_table_names()) == {"predictions", "feedback"}
+    engine.dispose()
+
+
 def test_the_log_is_off_with_an_empty_setting(tmp_path, tiny_onnx, texts, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = Settings(model=str(tiny_onnx), threads=1, prediction_log="")
