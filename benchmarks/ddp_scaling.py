@@ -10,6 +10,7 @@ configuration once; the table gives medians over rounds.
 
     python -m benchmarks.ddp_scaling --rows 1280 --rounds 3
     python -m benchmarks.ddp_scaling --gpus --rows 20000   # on a GPU machine
+    python -m benchmarks.ddp_scaling --skip threads side-by-side   # the efficiency pair only
 """
 
 import argparse
@@ -45,6 +46,10 @@ def configurations(gpus: bool) -> dict[str, Config]:
         "nproc=2, 1 thread each": Config(2, 1),
         SIDE_BY_SIDE: Config(1, 1, copies=2),
     }
+
+
+#: --skip names for the CPU configurations that the scaling figures do not need.
+OPTIONAL = {"threads": "nproc=1, 2 threads", "side-by-side": SIDE_BY_SIDE}
 
 
 def train_once(config: Config, args: argparse.Namespace, output_dir: Path) -> tuple[float, float]:
@@ -86,9 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", action="store_true", help="1 GPU vs every GPU (NCCL)")
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "ddp_scaling.md")
+    parser.add_argument(
+        "--skip", nargs="+", choices=list(OPTIONAL), default=[], help="CPU rows to leave out"
+    )
     args = parser.parse_args(argv)
 
     configs = configurations(args.gpus)
+    for name in args.skip:
+        configs.pop(OPTIONAL[name], None)
     per_config: dict[str, list[dict]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as work:
         for _ in range(args.rounds):

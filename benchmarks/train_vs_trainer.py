@@ -11,6 +11,7 @@ every core, which takes exactly the `Trainer`'s steps. The loss reached is
 the held-out loss on the same test rows, scored by the same code for all.
 
     python -m benchmarks.train_vs_trainer --rows 1920 --rounds 2
+    python -m benchmarks.train_vs_trainer --trainers dynamic   # one Trainer recipe
 """
 
 import argparse
@@ -144,7 +145,7 @@ def run_ours(nproc: int, threads: int, args: argparse.Namespace, work: Path) -> 
 
 
 def table(results: dict[str, dict], rounds: int, args: argparse.Namespace) -> str:
-    fastest_trainer = max(TRAINER_SIDES, key=lambda s: results[s]["samples_per_s"])
+    fastest_trainer = max(trainer_sides(args), key=lambda s: results[s]["samples_per_s"])
     base = results[fastest_trainer]["samples_per_s"]
     lines = [
         f"Model `{args.model}`, {args.rows} training rows (one pass), batch {args.batch_size} "
@@ -166,6 +167,11 @@ def table(results: dict[str, dict], rounds: int, args: argparse.Namespace) -> st
     return "\n".join(lines) + "\n"
 
 
+def trainer_sides(args: argparse.Namespace) -> dict[str, str]:
+    """The Trainer recipes chosen with --trainers: table name -> padding."""
+    return {name: padding for name, padding in TRAINER_SIDES.items() if padding in args.trainers}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
@@ -180,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "train_vs_trainer.md")
     parser.add_argument(
+        "--trainers",
+        nargs="+",
+        choices=list(TRAINER_SIDES.values()),
+        default=list(TRAINER_SIDES.values()),
+        help="the Trainer recipes to run (default: all)",
+    )
+    parser.add_argument(
         "--trainer-side", choices=list(TRAINER_SIDES.values()), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -189,15 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ["MLFLOW_EXPERIMENT_NAME"] = args.experiment  # where the Trainer autologs
-    per_side: dict[str, list[dict]] = {name: [] for name in (*SIDES, *TRAINER_SIDES)}
+    trainers = trainer_sides(args)
+    per_side: dict[str, list[dict]] = {name: [] for name in (*SIDES, *trainers)}
     with tempfile.TemporaryDirectory() as work:
         for _ in range(args.rounds):
             per_side[SIDES[0]].append(run_ours(2, 1, args, Path(work)))
             per_side[SIDES[1]].append(run_ours(1, 2, args, Path(work)))
-            for name, padding in TRAINER_SIDES.items():
+            for name, padding in trainers.items():
                 per_side[name].append(run_trainer(padding, args))
     results = {name: median_of(rounds) for name, rounds in per_side.items()}
-    fastest_trainer = max(results[s]["samples_per_s"] for s in TRAINER_SIDES)
+    fastest_trainer = max(results[s]["samples_per_s"] for s in trainers)
     record(
         "train_vs_trainer",
         "Training throughput: our pipeline vs Hugging Face Trainer",

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from devkit.processes import PROCESS_TIMEOUT, REPO
 
@@ -109,6 +110,18 @@ def tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def step_in_process(uri: str, experiment: str) -> Iterator[None]:
+    """A step function (run_export, run_promote) called in this process as `mlflow run`
+    would start it: MLflow's fluent API at `uri` and `experiment`, no run inherited.
+    A process launch cheaper than `mlflow run`, with the same step code."""
+    with tracking_uri(uri), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        yield
 
 
 @contextlib.contextmanager

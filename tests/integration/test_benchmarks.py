@@ -51,11 +51,11 @@ def test_train_vs_trainer(tmp_path, tiny_bert, small_data):
         MlflowStore(tmp_path),
         "train_vs_trainer",
         *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--eval-rows", 32),
-        *("--batch-size", 8, "--rounds", 1),
+        *("--batch-size", 8, "--rounds", 1, "--trainers", "dynamic"),
     )
     ours = table_rows(text, "ours")
     trainer = table_rows(text, "Trainer")
-    assert len(ours) == 2 and len(trainer) == 3
+    assert len(ours) == 2 and [row[0] for row in trainer] == ["Trainer, dynamic padding"]
     assert [row[1] for row in ours] == ["4", "8"], "2 processes take half the steps"
     assert {row[1] for row in trainer} == {"8"}
     for row in ours + trainer:
@@ -67,8 +67,12 @@ def test_ddp_scaling(tmp_path, tiny_bert, small_data):
         MlflowStore(tmp_path),
         "ddp_scaling",
         *("--model", tiny_bert, "--data", small_data, "--rows", 64, "--rounds", 1),
+        *("--skip", "threads"),  # a reference row, one launch: the figures do not use it
     )
-    assert len(table_rows(text, "nproc=")) == 3
+    assert [row[0] for row in table_rows(text, "nproc=")] == [
+        "nproc=1, 1 thread",
+        "nproc=2, 1 thread each",
+    ]
     (side_by_side,) = table_rows(text, "2 separate nproc=1")
     assert float(side_by_side[1]) > 0
     efficiency = float(re.search(r"\*\*([\d.]+)\*\*", text).group(1))

@@ -4,8 +4,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from devkit.mlflow_store import TINY_LR, MlflowStore, train_run
+from devkit.mlflow_store import TINY_LR, MlflowStore, step_in_process, train_run
 from devkit.servers import Server
+from distrinews.config import DataConfig, ExportConfig
+from distrinews.export import run_export
 
 #: Three of AG News's topics, written as names in the label column (no ids, no names file).
 CATEGORIES = {0: "World", 1: "Sports", 2: "Business"}
@@ -35,10 +37,12 @@ def test_named_labels_are_trained_exported_and_served(tmp_path, tiny_bert, three
     assert per_class == {"test/f1_business", "test/f1_sports", "test/f1_world"}
 
     model = tmp_path / "onnx"
-    export = {"run_id": run.info.run_id, "data": three_topics, "output": model}
-    export |= {"latency_texts": 10, "max_accuracy_drop": 100}  # a tiny model: scores mean little
-    result = store.mlflow_run("export", "topics", export)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # In this process: `mlflow run . -e export` is launched by the session's export fixture.
+    # A tiny model's scores mean little: no accuracy limit.
+    limits = {"latency_texts": 10, "max_accuracy_drop": 100}
+    cfg = ExportConfig(run_id=run.info.run_id, output=str(model), **limits)
+    with step_in_process(store.uri, "topics"):
+        run_export(cfg, DataConfig(data=str(three_topics)))
 
     server = Server(str(model), store.env)
     try:

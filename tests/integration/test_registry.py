@@ -6,11 +6,9 @@ follows the alias under 16 clients without failing a request; a worse or
 broken version is refused and the alias or the served model stays.
 """
 
-import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,7 @@ import mlflow
 import pytest
 import torch
 
-from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
+from devkit.mlflow_store import MlflowStore, register_folder, step_in_process, tracking_uri
 from devkit.servers import (
     BackgroundLoad,
     MlflowServer,
@@ -66,31 +64,18 @@ def promote(store: MlflowStore, data: Path, **params: object):
     )
 
 
-@contextlib.contextmanager
-def in_process(client: mlflow.MlflowClient) -> Iterator[None]:
-    """MLflow's fluent API at the registry's server and experiment: a step run in this process.
-
-    The first export and promote above run as `mlflow run` commands; the later
-    ones call the same step functions here, a process launch cheaper each.
-    """
-    with tracking_uri(client.tracking_uri), pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", "registry")
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        yield
-
-
 def export_here(client: mlflow.MlflowClient, checkpoint: Path, data: Path) -> dict:
-    """As `export`, in this process."""
+    """As `export`, in this process: the first export and promote run as `mlflow run`
+    commands, the later ones call the same step functions here."""
     cfg = ExportConfig(checkpoint=str(checkpoint), latency_texts=20, max_accuracy_drop=100)
-    with in_process(client):
+    with step_in_process(client.tracking_uri, "registry"):
         return run_export(cfg, DataConfig(data=str(data), max_eval_rows=300))
 
 
 def promote_here(client: mlflow.MlflowClient, data: Path, **params: object) -> str:
     """As `promote`, in this process: what was done, or UserError. Timed beside the load
     clients' threads, latency is not gated here (the first promote and the unit tests are)."""
-    with in_process(client):
+    with step_in_process(client.tracking_uri, "registry"):
         cfg = PromoteConfig(latency_texts=20, max_p95_ms=1000, **params)
         return run_promote(cfg, DataConfig(data=str(data), max_eval_rows=300))
 
