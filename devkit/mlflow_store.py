@@ -11,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from devkit.processes import PROCESS_TIMEOUT, REPO
 
-#: The end-to-end training run's settings (tests compare what was logged with these).
 #: The tiny BERT's learning rate: at 3e-3 its 3-epoch loss fell by 0.05-0.39 over 8
 #: init seeds and once (in CI) not at all; at 1e-2 by 0.30-0.91 over 12 (bf16 and fp32).
 TINY_LR = 1e-2
+#: The end-to-end training run's settings (tests compare what was logged with these).
 E2E_TRAINING = {"nproc": 2, "epochs": 3, "batch_size": 16, "lr": TINY_LR, "log_every": 2}
 
 
@@ -117,11 +116,17 @@ def step_in_process(uri: str, experiment: str) -> Iterator[None]:
     """A step function (run_export, run_promote) called in this process as `mlflow run`
     would start it: MLflow's fluent API at `uri` and `experiment`, no run inherited.
     A process launch cheaper than `mlflow run`, with the same step code."""
-    with tracking_uri(uri), pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        yield
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    os.environ.update(MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME=experiment)
+    try:
+        with tracking_uri(uri):
+            yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
