@@ -64,11 +64,15 @@ class DriftMonitor:
             self.predictions.labels(classifier.labels[label]).inc()
             self.confidence.observe(confidence)
 
-    def distances(self) -> dict[str, float]:
+    def snapshot(self) -> tuple[OnnxClassifier | None, list[tuple[int, float, int, float]]]:
+        """The serving classifier and a copy of its window, taken together under the lock."""
+        with self.lock:
+            return self.classifier, list(self.window)
+
+    @staticmethod
+    def distances(classifier: OnnxClassifier | None, window: list) -> dict[str, float]:
         """The window's Jensen-Shannon distance from the reference, per signal ({} if the
         model has no reference profile or nothing was predicted yet)."""
-        with self.lock:
-            classifier, window = self.classifier, list(self.window)
         if classifier is None or classifier.profile is None or not window:
             return {}
         columns = np.array(window, dtype=np.float64)  # one row per prediction
@@ -77,35 +81,36 @@ class DriftMonitor:
         values = {"confidence": confidence, "token_length": tokens, "unknown_share": unknown}
         histograms = compared_histograms(classifier.profile, classifier.labels, counts, values)
         return {
-            signal: js_distance(window, reference)
-            for signal, (_, window, reference) in histograms.items()
+            signal: js_distance(observed, reference)
+            for signal, (_, observed, reference) in histograms.items()
         }
 
     def collect(self) -> Iterator[Metric]:
-        """Called by prometheus_client at each scrape."""
+        """Called by prometheus_client at each scrape: every gauge from one copy of the window."""
+        classifier, window = self.snapshot()
         drift = GaugeMetricFamily(
             "distrinews_drift",
             "Jensen-Shannon distance (0 same, 1 disjoint) of the last predictions' window "
             "from the served model's reference profile, by signal",
             labels=["signal"],
         )
-        for signal, distance in self.distances().items():
+        for signal, distance in self.distances(classifier, window).items():
             drift.add_metric([signal], distance)
         yield drift
-        yield from self.confidence_means()
+        yield from self.confidence_means(classifier, window)
         yield GaugeMetricFamily(
             "distrinews_drift_window_fill",
             "Share of the drift window filled (the distances are noisy while it is low)",
-            value=len(self.window) / self.size,
+            value=len(window) / self.size,
         )
 
-    def confidence_means(self) -> Iterator[Metric]:
+    @staticmethod
+    def confidence_means(classifier: OnnxClassifier | None, window: list) -> Iterator[Metric]:
         """The window's mean confidence and the reference's, for a "confidence falling"
         alert (absent until there is something to compare)."""
-        with self.lock:
-            classifier, confidences = self.classifier, [row[1] for row in self.window]
-        if classifier is None or classifier.profile is None or not confidences:
+        if classifier is None or classifier.profile is None or not window:
             return
+        confidences = [row[1] for row in window]
         yield GaugeMetricFamily(
             "distrinews_window_confidence_mean",
             "Mean confidence over the drift window",
