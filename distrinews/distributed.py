@@ -6,7 +6,6 @@ and as a plain single process. Gloo on CPU, NCCL on CUDA.
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,19 +189,6 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> tuple[DDP, EmbeddingRowA
     device_ids = [info.local_rank] if info.device.type == "cuda" else None
     # Gradients live in DDP's buckets: no copy in and out of them every step.
     return DDP(model, device_ids=device_ids, gradient_as_bucket_view=True), rows
-
-
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM (torchrun stopping its workers) into KeyboardInterrupt.
-
-    Then `finally` blocks run and the MLflow run is marked KILLED instead of
-    being left RUNNING.
-    """
-
-    def _handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"received signal {signum}")
-
-    signal.signal(signal.SIGTERM, _handler)
 
 
 def get_logger(info: DistInfo) -> logging.Logger:

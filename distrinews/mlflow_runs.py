@@ -111,10 +111,13 @@ def step_run(step: str, name: str, source_run: Any = None) -> Iterator[Any]:
         tags = {"step": step}
         if source_run is not None:
             tags |= {
-                "mlflow.parentRunId": source_run.info.run_id,
                 "source_run_id": source_run.info.run_id,
                 "source_run_name": source_run.info.run_name,
             }
+            # Nested under its source run, unless a workflow (retrain) already made it a
+            # child of its own run.
+            if "mlflow.parentRunId" not in run.data.tags:
+                tags["mlflow.parentRunId"] = source_run.info.run_id
         mlflow.set_tags(tags)
         yield run
 
@@ -143,6 +146,57 @@ def log_split(frame: "pd.DataFrame", data: str, split: str) -> Any:
         )
         mlflow.log_input(dataset, context=split)
     return dataset
+
+
+def log_feedback_split(frame: "pd.DataFrame", store: str, since: str, split: str) -> Any:
+    """Log rows taken from the prediction log's feedback as a dataset input of the active run
+    (context `split`: feedback or production), its source the log (password masked)."""
+    import mlflow.data
+
+    dataset = mlflow.data.from_pandas(
+        frame, source=prediction_log_source(store, since), name=f"feedback-{split}", targets="label"
+    )
+    mlflow.log_input(dataset, context=split)
+    return dataset
+
+
+def prediction_log_source(store: str, since: str) -> Any:
+    """A dataset source that names a prediction log and the feedback window read from it.
+
+    MLflow has no source type for a database URL; this one records where the rows came
+    from, which is all the UI shows (the rows themselves are logged as an artifact).
+    """
+    from mlflow.data.dataset_source import DatasetSource
+
+    from distrinews.runtime.prediction_store import shown
+
+    class PredictionLogSource(DatasetSource):
+        def __init__(self, url: str, feedback_since: str):
+            self.url, self.feedback_since = url, feedback_since
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "distrinews_prediction_log"
+
+        def load(self) -> None:
+            raise NotImplementedError("read it with distrinews.feedback_data.read_feedback")
+
+        @staticmethod
+        def _can_resolve(raw_source: Any) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source: Any) -> "PredictionLogSource":
+            raise NotImplementedError
+
+        def to_dict(self) -> dict[str, str]:
+            return {"url": self.url, "feedback_since": self.feedback_since}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict) -> "PredictionLogSource":
+            return cls(source_dict["url"], source_dict.get("feedback_since", ""))
+
+    return PredictionLogSource(shown(store), since)
 
 
 def git_commit() -> str:

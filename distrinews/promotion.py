@@ -8,9 +8,9 @@ alias only if the candidate is as accurate and fast enough.
 
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, p
 from distrinews.splits import load_splits
 from distrinews.version_evidence import UNTRAINED
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: The alias the server follows and `promote` moves.
 CHAMPION = "champion"
 
@@ -43,6 +46,7 @@ class Score:
 
     accuracy: float
     latency_p95_ms: float = float("nan")
+    production_accuracy: float | None = None  # on the candidate's production slice, if any
 
 
 def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
@@ -72,7 +76,8 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
         if candidate_tags.get(UNTRAINED) == "true" and not cfg.force:
             promoted, reason, scores = False, UNTRAINED_REASON, {}
         else:
-            promoted, reason, scores = judge(cfg, data_cfg, models, versions)
+            production = production_slice(candidate_tags, models["candidate"].labels, Path(work))
+            promoted, reason, scores = judge(cfg, data_cfg, models, versions, production)
         if promoted and (lost := move_alias(client, name, versions)):
             promoted, reason = False, lost
         record_decision(client, name, versions, scores, promoted, reason)
@@ -119,8 +124,10 @@ def judge(
     data_cfg: DataConfig,
     models: dict[str, OnnxClassifier],
     versions: dict[str, str],
+    production: "pd.DataFrame | None" = None,
 ) -> tuple[bool, str, dict[str, Score]]:
-    """(promote?, why, scores): the labels first, then both models on one test split."""
+    """(promote?, why, scores): the labels first, then both models on one test split, and on
+    the candidate's production slice when its train run held one out."""
     candidate, champion = models["candidate"], models.get("champion")
     if champion is not None and champion.labels != candidate.labels:
         reason = (
@@ -136,7 +143,47 @@ def judge(
     scores = {"candidate": score(candidate, texts, labels, cfg.latency_texts)}
     if champion is not None:
         scores["champion"] = score(champion, texts, labels)
+    if production is not None:
+        scores = {
+            role: replace(s, production_accuracy=accuracy_on(models[role], production))
+            for role, s in scores.items()
+        }
     return (*decide(cfg, scores["candidate"], scores.get("champion"), versions), scores)
+
+
+def production_slice(
+    candidate_tags: dict[str, str], labels: tuple[str, ...], work: Path
+) -> "pd.DataFrame | None":
+    """The production slice the candidate's train run held out of its feedback (class ids in
+    `label`), logged as this run's `production` dataset; None if it had none."""
+    import mlflow
+    import pandas as pd
+
+    from distrinews.feedback_data import PRODUCTION_ARTIFACT
+    from distrinews.mlflow_runs import log_feedback_split
+
+    run_id = candidate_tags.get("source_run_id")
+    folder, file = PRODUCTION_ARTIFACT.rsplit("/", 1)
+    if not run_id or file not in {
+        Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, folder)
+    }:
+        return None
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=PRODUCTION_ARTIFACT, dst_path=str(work / "production")
+    )
+    frame = pd.read_parquet(path)
+    if frame.empty:
+        return None
+    params = mlflow.get_run(run_id).data.params
+    log_feedback_split(
+        frame, params.get("feedback", ""), params.get("feedback_since", ""), "production"
+    )
+    return frame.assign(label=frame["label"].map({name: i for i, name in enumerate(labels)}))
+
+
+def accuracy_on(model: OnnxClassifier, frame: "pd.DataFrame") -> float:
+    predictions = batched_predictions(model.logits, frame["text"].tolist())
+    return float((predictions == frame["label"].to_numpy()).mean())
 
 
 def resolve_version(client: Any, name: str, version: str) -> str:
@@ -205,12 +252,29 @@ def decide(
         f"test accuracy {candidate.accuracy:.4f} vs the champion's (version "
         f"{versions['champion']}) {champion.accuracy:.4f}"
     )
+    if candidate.production_accuracy is not None and champion.production_accuracy is not None:
+        versus += (
+            f"; production accuracy {candidate.production_accuracy:.4f} vs "
+            f"{champion.production_accuracy:.4f}"
+        )
     if cfg.force:
         return True, f"forced: {versus}, not gated; {p95}"
     if drop > cfg.max_accuracy_drop + POINTS_TOLERANCE:
         limit = f"max_accuracy_drop={cfg.max_accuracy_drop:g}"
-        return False, f"{versus}: {drop:.2f} points lower ({limit})"
+        return False, f"{versus}: {drop:.2f} test points lower ({limit})"
+    if (production_drop := production_points(candidate, champion)) > (
+        cfg.max_production_drop + POINTS_TOLERANCE
+    ):
+        limit = f"max_production_drop={cfg.max_production_drop:g}"
+        return False, f"{versus}: {production_drop:.2f} production points lower ({limit})"
     return True, f"{versus}; {p95} within {cfg.max_p95_ms:g} ms"
+
+
+def production_points(candidate: Score, champion: Score) -> float:
+    """How many points the candidate is below the champion on production (0: not scored)."""
+    if candidate.production_accuracy is None or champion.production_accuracy is None:
+        return 0.0
+    return 100 * (champion.production_accuracy - candidate.production_accuracy)
 
 
 def record_decision(
@@ -225,6 +289,11 @@ def record_decision(
     import mlflow
 
     metrics = {f"{role}/accuracy": s.accuracy for role, s in scores.items()}
+    metrics |= {
+        f"{role}/production_accuracy": s.production_accuracy
+        for role, s in scores.items()
+        if s.production_accuracy is not None
+    }
     if "candidate" in scores:
         metrics["candidate/latency_p95_ms"] = scores["candidate"].latency_p95_ms
     mlflow.log_metrics(metrics)
@@ -237,5 +306,10 @@ def record_decision(
         "promotion_champion_version": versions.get("champion", ""),
     }
     tags |= {f"promotion_{role}_accuracy": f"{s.accuracy:.4f}" for role, s in scores.items()}
+    tags |= {
+        f"promotion_{role}_production_accuracy": f"{s.production_accuracy:.4f}"
+        for role, s in scores.items()
+        if s.production_accuracy is not None
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, versions["candidate"], key, value)

@@ -47,4 +47,8 @@ def default_run_name(job: "TrainingJob", world_size: int) -> str:
     lr = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     batch = f"b{t.batch_size}x{world_size}" + (f"x{t.grad_accum}" if t.grad_accum > 1 else "")
     rows = f" n{job.data.max_train_rows}" if job.data.max_train_rows else ""
-    return f"{short_model_name(job.model.model)} lr{lr} {batch} e{t.epochs}{rows}"
+    model = short_model_name(job.model.model)
+    if job.model.init_from:  # a warm start: what it continues, e.g. 'from distrinews@champion'
+        model = f"from {job.model.init_from.removeprefix('models:/')}"
+    feedback = " +feedback" if job.feedback.feedback else ""
+    return f"{model} lr{lr} {batch} e{t.epochs}{rows}{feedback}"

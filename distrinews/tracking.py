@@ -23,13 +23,21 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from distrinews.config import TrackingConfig
-from distrinews.mlflow_runs import error_tag, log_new_params, log_split, note_default_experiment
+from distrinews.config import FeedbackConfig, TrackingConfig
+from distrinews.mlflow_runs import (
+    error_tag,
+    log_feedback_split,
+    log_new_params,
+    log_split,
+    note_default_experiment,
+)
 from distrinews.run_names import name_unnamed_run
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from distrinews.feedback_data import FeedbackRows
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,12 @@ class Tracker:
 
     def log_datasets(self, splits: dict[str, "pd.DataFrame"], data: str) -> None:
         """Record each split (name: its MLflow context) as a dataset input of the run."""
+
+    def log_feedback(
+        self, rows: "FeedbackRows", cfg: FeedbackConfig, labels: tuple[str, ...]
+    ) -> None:
+        """Record the feedback rows trained on and the production slice as dataset inputs
+        (contexts feedback, production), and keep the slice as an artifact for promote."""
 
     def log_transformers_model(
         self, model: Any, tokenizer: Any, card: "ModelCard", step: int
@@ -151,6 +165,25 @@ class MlflowTracker(Tracker):
     def log_datasets(self, splits: dict[str, "pd.DataFrame"], data: str) -> None:
         for split, frame in splits.items():
             self._datasets[split] = log_split(frame, data, split)
+
+    def log_feedback(
+        self, rows: "FeedbackRows", cfg: FeedbackConfig, labels: tuple[str, ...]
+    ) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from distrinews.feedback_data import PRODUCTION_ARTIFACT, as_named
+
+        for split in ("feedback", "production"):
+            frame = getattr(rows, split)
+            if not frame.empty:
+                self._datasets[split] = log_feedback_split(
+                    frame, cfg.feedback, cfg.feedback_since, split
+                )
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(PRODUCTION_ARTIFACT).name
+            as_named(rows.production, labels).to_parquet(path)
+            self._mlflow.log_artifact(str(path), str(Path(PRODUCTION_ARTIFACT).parent))
 
     def log_transformers_model(
         self, model: Any, tokenizer: Any, card: "ModelCard", step: int

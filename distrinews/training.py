@@ -5,6 +5,7 @@
 
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -30,12 +32,12 @@ from distrinews.distributed import (
     cleanup_distributed,
     fail_together,
     get_logger,
-    raise_on_sigterm,
     setup_distributed,
     wrap_ddp,
 )
 from distrinews.errors import UserError
 from distrinews.evaluation import evaluate
+from distrinews.feedback_data import FeedbackRows, load_feedback, with_feedback
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
 from distrinews.mlflow_runs import check_tracking_server, git_commit
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
@@ -43,8 +45,11 @@ from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_fi
 from distrinews.progress import progress_bar
 from distrinews.run_names import data_name, default_run_name, short_model_name
 from distrinews.runtime.labels import class_names
+from distrinews.runtime.prediction_store import shown
+from distrinews.signals import raise_on_sigterm
 from distrinews.splits import Splits, load_splits
 from distrinews.tracking import ModelCard, Tracker, start_tracker
+from distrinews.warm_start import Lineage, warm_start_folder
 
 
 @dataclass
@@ -217,13 +222,11 @@ def _train(
     job: TrainingJob, info: DistInfo, tracker: Tracker, resume_from: Path | None, saved: dict | None
 ) -> dict[str, float]:
     torch.manual_seed(job.train.seed)  # same new head on every rank
-    with fail_together(info):
+    with fail_together(info), tempfile.TemporaryDirectory(prefix="distrinews-init-") as init_dir:
         check_world_fits_machine(info)
-        splits = load_splits(job.data, job.train.seed)
-        model, tokenizer = load_model_and_tokenizer(
-            str(resume_from or job.model.model), splits.labels
-        )
-        train_loader, eval_loaders = build_loaders(job, splits, tokenizer, info)
+        inputs = load_inputs(job, resume_from, Path(init_dir))
+        model, tokenizer = load_model_and_tokenizer(inputs.start, inputs.splits.labels)
+        train_loader, eval_loaders = build_loaders(job, inputs.frames(), tokenizer, info)
     run_folder = None
     if info.is_main:  # before the first step: a restart in the first epoch finds this run
         job_id = os.environ.get("TORCHELASTIC_RUN_ID")
@@ -232,28 +235,83 @@ def _train(
         model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
     )
     state.tracker, state.run_folder = tracker, run_folder
-    tracker.log_params(job.as_params() | effective_params(job, info, splits))
-    tracker.set_tags(run_tags(job, info, resume_from))
-    tracker.log_datasets(splits.frames(), job.data.data)
+    log_inputs(tracker, job, info, inputs, resume_from)
     if saved is not None:
         state.load_state_dict(saved)
     for epoch in range(state.progress.epoch, job.train.epochs):
         train_one_epoch(state, train_loader, epoch)
         end_epoch(state, eval_loaders["validation"], tokenizer)
-    return finish(state, tokenizer, eval_loaders["test"], model_card(job, splits, model))
+    return finish(state, tokenizer, eval_loaders, model_card(job, inputs.splits, model))
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a run trains and scores on, and the weights it starts from."""
+
+    splits: Splits  # the data's own splits
+    start: str  # the model folder or id the weights load from
+    feedback: FeedbackRows | None = None  # production feedback: rows added, slice held out
+    lineage: Lineage | None = None  # the run a warm start continues
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The frames to load: train with the feedback rows, and the production slice."""
+        if self.feedback is None:
+            return self.splits.frames()
+        frames = with_feedback(self.splits, self.feedback).frames()
+        if not self.feedback.production.empty:
+            frames["production"] = self.feedback.production
+        return frames
+
+
+def load_inputs(job: TrainingJob, resume_from: Path | None, init_dir: Path) -> TrainInputs:
+    """The data's splits, the feedback (with -P feedback=), and the starting weights: the
+    run's own checkpoint when resuming, a warm start's (-P init_from=), else `model`."""
+    splits = load_splits(job.data, job.train.seed)
+    feedback = None
+    if job.feedback.feedback:
+        feedback = load_feedback(job.feedback, splits, job.train.seed)
+    lineage = None
+    start = str(resume_from or job.model.model)
+    if job.model.init_from and resume_from is None:
+        folder, lineage = warm_start_folder(job.model.init_from, splits.labels, init_dir)
+        start = str(folder)
+    return TrainInputs(splits, start, feedback, lineage)
+
+
+def log_inputs(
+    tracker: Tracker,
+    job: TrainingJob,
+    info: DistInfo,
+    inputs: TrainInputs,
+    resume_from: Path | None,
+) -> None:
+    """Params, tags and dataset inputs: what the run was given and what it came to."""
+    params = job.as_params() | effective_params(job, info, inputs)
+    params["feedback"] = shown(job.feedback.feedback)  # no password in a param
+    tracker.log_params(params)
+    tags = run_tags(job, info, resume_from)
+    if inputs.lineage is not None:
+        tags |= inputs.lineage.tags()
+    tracker.set_tags(tags)
+    tracker.log_datasets(inputs.splits.frames(), job.data.data)
+    if inputs.feedback is not None:
+        tracker.log_feedback(inputs.feedback, job.feedback, inputs.splits.labels)
 
 
 def build_loaders(
-    job: TrainingJob, splits: Splits, tokenizer: PreTrainedTokenizerBase, info: DistInfo
+    job: TrainingJob,
+    frames: dict[str, pd.DataFrame],
+    tokenizer: PreTrainedTokenizerBase,
+    info: DistInfo,
 ) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """Tokenized train loader (length-grouped, sharded) and validation/test loaders."""
+    """Tokenized train loader (length-grouped, sharded) and one loader per scored split."""
     datasets = {
-        name: TokenizedDataset(getattr(splits, name), tokenizer, job.data.max_length)
-        for name in ("train", "validation", "test")
+        name: TokenizedDataset(frame, tokenizer, job.data.max_length)
+        for name, frame in frames.items()
     }
     get_logger(info).info("rows: %s", {name: len(d) for name, d in datasets.items()})
     train_loader = make_loader(
-        datasets["train"],
+        datasets.pop("train"),
         tokenizer,
         job.train.batch_size,
         info.world_size,
@@ -262,10 +320,8 @@ def build_loaders(
     )
     # No gradients in evaluation: twice the batch fits in the same memory.
     eval_loaders = {
-        name: make_loader(
-            datasets[name], tokenizer, 2 * job.train.batch_size, info.world_size, info.rank
-        )
-        for name in ("validation", "test")
+        name: make_loader(dataset, tokenizer, 2 * job.train.batch_size, info.world_size, info.rank)
+        for name, dataset in datasets.items()
     }
     return train_loader, eval_loaders
 
@@ -413,11 +469,12 @@ def end_epoch(state: TrainState, val_loader: DataLoader, tokenizer: Any) -> None
 
 
 def finish(
-    state: TrainState, tokenizer: Any, test_loader: DataLoader, card: ModelCard
+    state: TrainState, tokenizer: Any, loaders: dict[str, DataLoader], card: ModelCard
 ) -> dict[str, float]:
-    """Test evaluation, replica check, figures, and the logged model with its test metrics."""
+    """Test (and production) evaluation, replica check, figures, and the logged model with
+    its metrics."""
     model, info, tracker, step = state.model, state.info, state.tracker, state.progress.step
-    test_metrics, counts = evaluate(model, test_loader, info, "test", state.cfg.precision)
+    test_metrics, counts = evaluate(model, loaders["test"], info, "test", state.cfg.precision)
     weight_divergence = replica_divergence(model, info)
     get_logger(info).info("test: %s", _fmt(test_metrics))
     tracker.log_metrics({"train/replica_weight_divergence": weight_divergence}, step=step)
@@ -432,6 +489,12 @@ def finish(
     )
     tracker.log_transformers_model(model, tokenizer, card, step)
     tracker.log_model_metrics({f"test/{k}": v for k, v in test_metrics.items()}, step, "test")
+    if "production" in loaders:
+        metrics, _ = evaluate(model, loaders["production"], info, "production", state.cfg.precision)
+        get_logger(info).info("production: %s", _fmt(metrics))
+        tracker.log_model_metrics(
+            {f"production/{k}": v for k, v in metrics.items()}, step, "production"
+        )
     return test_metrics
 
 
@@ -479,11 +542,21 @@ def run_tags(job: TrainingJob, info: DistInfo, resume_from: Path | None) -> dict
     return tags | ({"resumed_from": str(resume_from)} if resume_from else {})
 
 
-def effective_params(job: TrainingJob, info: DistInfo, splits: Splits) -> dict[str, Any]:
+def effective_params(job: TrainingJob, info: DistInfo, inputs: TrainInputs) -> dict[str, Any]:
     """What the requested settings came to on this launch (rows, processes, threads, dtype)."""
     dtype = autocast_dtype(info.device, job.train.precision)
-    return {
-        "train_rows": len(splits.train),
+    splits, feedback = inputs.splits, inputs.feedback
+    rows = {}
+    if feedback is not None:
+        rows = {
+            "feedback_rows": len(feedback.feedback),
+            "production_rows": len(feedback.production),
+        }
+        rows |= {
+            f"feedback_left_out_{why.replace(' ', '_')}": n for why, n in feedback.left_out.items()
+        }
+    return rows | {
+        "train_rows": len(splits.train) + rows.get("feedback_rows", 0),
         "validation_rows": len(splits.validation),
         "test_rows": len(splits.test),
         "world_size": info.world_size,

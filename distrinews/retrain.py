@@ -1,0 +1,277 @@
+"""The retrain workflow: production feedback to a gated new champion, as one parent MLflow run
+with a child run per step: monitor -> train (warm-started from the champion, on train plus
+feedback) -> export -> promote.
+
+The window starts where the last promoted retrain's ended (or at `since`, if later), so
+feedback already learned is not trained on again. One retrain per registered model runs
+at a time: a second refuses while the first is RUNNING.
+"""
+
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from distrinews.child_runs import run_child
+from distrinews.cli import step_command
+from distrinews.config import (
+    DataConfig,
+    FeedbackConfig,
+    MonitorConfig,
+    PromoteConfig,
+    RetrainConfig,
+    TrainConfig,
+)
+from distrinews.errors import UserError
+from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
+from distrinews.monitor import parse_window
+from distrinews.promotion import champion_version
+from distrinews.runtime.prediction_store import shown
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    """Everything `pipelines.retrain` takes, grouped by the step it is for."""
+
+    retrain: RetrainConfig
+    monitor: MonitorConfig
+    feedback: FeedbackConfig
+    data: DataConfig
+    train: TrainConfig
+    promote: PromoteConfig
+
+    @property
+    def name(self) -> str:
+        return self.monitor.registered_model
+
+
+@dataclass
+class Story:
+    """What the parent run's page tells: why it ran, what it trained on, what was decided."""
+
+    decision: str = "running"
+    reason: str = ""
+    champion: str = ""  # the version it started from
+    window: tuple[str, str] = ("", "")
+    children: dict[str, Any] = field(default_factory=dict)  # step -> its run
+
+
+def run_retrain(job: RetrainJob) -> str:
+    """The loop, in a parent run; returns what happened (a decision, not an error, when
+    there is nothing to do or the gate refuses). UserError once recorded, if a step fails."""
+    import mlflow
+
+    check_tracking_server()
+    story = Story()
+    with step_run("retrain", f"retrain {job.name}") as parent:
+        mlflow.set_tags({"registered_model": job.name, "decision": story.decision})
+        refuse_if_running(parent, job.name, job.retrain.lock_hours)
+        try:
+            loop(job, parent, story)
+        except KeyboardInterrupt:
+            story.decision, story.reason = "interrupted", "stopped before it decided"
+            record(story)
+            mlflow.end_run("KILLED")  # not FAILED: nothing went wrong, it was stopped
+            raise
+        except Exception as err:  # a step failed, or this process did: recorded, then raised
+            story.decision, story.reason = "failed", str(err)
+            record(story)
+            raise
+        record(story)
+    return f"retrain {job.name}: {story.decision}: {story.reason}"
+
+
+def loop(job: RetrainJob, parent: Any, story: Story) -> None:
+    """Each step in turn, stopping (with the reason in `story`) where there is nothing more
+    to do."""
+    story.champion = champion_version(job.name) or ""
+    if not story.champion:
+        raise UserError(
+            f"{job.name} has no champion to start from; train, export and promote a first model"
+        )
+    start, end = window(job)
+    story.window = (start.isoformat(), end.isoformat())
+    log_new_params(
+        asdict(job.retrain)
+        | {"store": shown(job.monitor.store), "window_start": story.window[0]}
+        | {"window_end": story.window[1], "champion_version": story.champion}
+    )
+    if (usable := count_usable_feedback(job, start)) == 0:
+        story.decision = "skipped"
+        story.reason = (
+            f"no labelled feedback with text since {story.window[0]}: nothing to train on"
+        )
+        return
+    story.reason = f"{usable} feedback rows to learn from"
+    recommended, why = monitor(job, parent, story)
+    if not (recommended or job.retrain.force):
+        story.decision, story.reason = "not needed", f"the monitor sees no need ({why})"
+        return
+    story.reason = why if recommended else f"forced (the monitor: {why})"
+    train_run = train(job, parent, story, start)
+    version = export(job, parent, story, train_run)
+    promote(job, parent, story, version)
+
+
+def window(job: RetrainJob) -> tuple[datetime, datetime]:
+    """[start, end) of the feedback and predictions: `since` .. `until` of the monitor
+    settings, starting no earlier than where the last promoted retrain's window ended."""
+    import mlflow
+
+    start, end = parse_window(job.monitor.since, job.monitor.until)
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.step = 'retrain' and tags.registered_model = '{job.name}' "
+        "and tags.decision = 'promoted'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if runs and (last_end := runs[0].data.params.get("window_end")):
+        start = max(start, datetime.fromisoformat(last_end))
+    if start >= end:  # nothing since the last promoted retrain
+        start = end
+    return start, end
+
+
+def count_usable_feedback(job: RetrainJob, start: datetime) -> int:
+    """How many feedback rows the train step would learn from or hold out (its own rules)."""
+    from distrinews.feedback_data import read_feedback, usable_feedback
+    from distrinews.splits import load_splits
+
+    raw = read_feedback(job.monitor.store, start)
+    if raw.empty:
+        return 0
+    rows, _ = usable_feedback(raw, load_splits(job.data, job.train.seed))
+    return len(rows)
+
+
+def refuse_if_running(parent: Any, name: str, lock_hours: float) -> None:
+    """UserError if an earlier retrain of `name` is still RUNNING (and not stale)."""
+    import mlflow
+
+    oldest = datetime.now(timezone.utc) - timedelta(hours=lock_hours)
+    others = [
+        run
+        for run in mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.step = 'retrain' and tags.registered_model = '{name}' "
+            "and attributes.status = 'RUNNING'",
+            output_format="list",
+        )
+        if run.info.run_id != parent.info.run_id
+        and run.info.start_time >= oldest.timestamp() * 1000
+        and (run.info.start_time, run.info.run_id) < (parent.info.start_time, parent.info.run_id)
+    ]
+    if others:
+        first = others[0].info
+        started = datetime.fromtimestamp(first.start_time / 1000, timezone.utc)
+        raise UserError(
+            f"another retrain of {name} is running (run {first.run_id}, started "
+            f"{started.isoformat(timespec='seconds')}); wait for it to end. If it was killed "
+            f"without ending its run, it stops blocking after lock_hours={lock_hours:g}"
+        )
+
+
+def child(step: str, command: list[str], parent: Any, story: Story) -> Any:
+    """Run one step as a child run; its run, or UserError naming it if it failed."""
+    status, run = run_child(step, command, parent)
+    story.children[step] = run
+    if status != 0 and not (step == "promote" and run.data.tags.get("decision")):
+        error = run.data.tags.get("error", f"exit status {status}")
+        raise UserError(f"the {step} step failed (run {run.info.run_id}): {error}")
+    return run
+
+
+def monitor(job: RetrainJob, parent: Any, story: Story) -> tuple[bool, str]:
+    """The monitor step over the window: (retrain recommended?, why)."""
+    cfg = job.monitor
+    command = step_command(
+        "monitor",
+        store=cfg.store,
+        since=story.window[0],
+        until=story.window[1],
+        registered_model=job.name,
+        max_drift=cfg.max_drift,
+        min_live_accuracy=cfg.min_live_accuracy,
+        min_feedback=cfg.min_feedback,
+    )
+    tags = child("monitor", command, parent, story).data.tags
+    return tags.get("retrain_recommended") == "true", tags.get("retrain_reason", "")
+
+
+def train(job: RetrainJob, parent: Any, story: Story, start: datetime) -> Any:
+    """A warm start from the champion's train run, on train plus the window's feedback."""
+    data, train_cfg = job.data, job.train
+    command = step_command(
+        "train",
+        job.retrain.nproc,
+        data=data.data,
+        max_length=data.max_length,
+        max_train_rows=data.max_train_rows,
+        max_eval_rows=data.max_eval_rows,
+        init_from=f"models:/{job.name}/{story.champion}",
+        feedback=job.monitor.store,
+        feedback_since=start.isoformat(),
+        production_share=job.feedback.production_share,
+        epochs=job.retrain.epochs,
+        lr=job.retrain.lr,
+        batch_size=train_cfg.batch_size,
+        seed=train_cfg.seed,
+        output_dir=train_cfg.output_dir,
+    )
+    return child("train", command, parent, story)
+
+
+def export(job: RetrainJob, parent: Any, story: Story, train_run: Any) -> str:
+    """The int8 export of the new model, registered: its version."""
+    command = step_command(
+        "export",
+        run_id=train_run.info.run_id,
+        data=job.data.data,
+        max_eval_rows=job.data.max_eval_rows,
+        registered_model=job.name,
+        max_accuracy_drop=job.retrain.max_int8_drop,
+        latency_texts=job.promote.latency_texts,
+    )
+    run = child("export", command, parent, story)
+    import mlflow
+
+    # The version export registered is the one logged by its run.
+    (version,) = mlflow.MlflowClient().search_model_versions(
+        f"name = '{job.name}' and run_id = '{run.info.run_id}'"
+    )
+    return str(version.version)
+
+
+def promote(job: RetrainJob, parent: Any, story: Story, version: str) -> None:
+    """The gate on test and production; the decision becomes the story's."""
+    cfg = job.promote
+    command = step_command(
+        "promote",
+        version=version,
+        registered_model=job.name,
+        max_accuracy_drop=cfg.max_accuracy_drop,
+        max_production_drop=cfg.max_production_drop,
+        max_p95_ms=cfg.max_p95_ms,
+        latency_texts=cfg.latency_texts,
+        data=job.data.data,
+        max_eval_rows=job.data.max_eval_rows,
+    )
+    tags = child("promote", command, parent, story).data.tags
+    story.decision, story.reason = tags["decision"], tags["reason"]
+
+
+def record(story: Story) -> None:
+    """The decision and the children's key figures on the parent run, and its page's text."""
+    import mlflow
+
+    from distrinews.retrain_report import story_metrics, story_text
+
+    tags = {"decision": story.decision, "reason": story.reason[:5000]}
+    tags |= {f"{step}_run_id": run.info.run_id for step, run in story.children.items()}
+    tags["mlflow.note.content"] = story_text(story)
+    mlflow.set_tags(tags)
+    if metrics := story_metrics(story):
+        mlflow.log_metrics(metrics)
+    print(f"retrain: {story.decision}: {story.reason}", file=sys.stderr)

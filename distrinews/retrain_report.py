@@ -1,0 +1,73 @@
+"""What a retrain's parent run shows: its steps' key figures as `retrain/` metrics, and a
+description (the run page's text) that says why it ran, what it trained on and what the
+gate decided."""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distrinews.retrain import Story
+
+#: Figures copied from a child run onto the parent: (step, metric or param) -> parent key.
+COPIED = {
+    ("monitor", "monitor/live_accuracy"): "live_accuracy",
+    ("monitor", "monitor/feedback_items"): "monitor_feedback_items",
+    ("train", "feedback_rows"): "feedback_rows",
+    ("train", "production_rows"): "production_rows",
+    ("train", "train_rows"): "train_rows",
+    ("promote", "candidate/accuracy"): "candidate_test_accuracy",
+    ("promote", "champion/accuracy"): "champion_test_accuracy",
+    ("promote", "candidate/production_accuracy"): "candidate_production_accuracy",
+    ("promote", "champion/production_accuracy"): "champion_production_accuracy",
+}
+
+
+def step_seconds(run: Any) -> float | None:
+    info = run.info
+    return (info.end_time - info.start_time) / 1000 if info.end_time else None
+
+
+def story_metrics(story: "Story") -> dict[str, float]:
+    """`retrain/` metrics: each step's wall time and the copied figures."""
+    metrics = {}
+    for step, run in story.children.items():
+        if (seconds := step_seconds(run)) is not None:
+            metrics[f"retrain/{step}_seconds"] = seconds
+    for (step, key), name in COPIED.items():
+        if step in story.children:
+            data = story.children[step].data
+            value = data.metrics.get(key, data.params.get(key))
+            if value is not None:
+                metrics[f"retrain/{name}"] = float(value)
+    return metrics
+
+
+def story_text(story: "Story") -> str:
+    """The parent run's description, in Markdown."""
+    metrics = story_metrics(story)
+    lines = [
+        f"**Decision: {story.decision}.** {story.reason}",
+        "",
+        f"- Window: {story.window[0] or '?'} to {story.window[1] or '?'}; started from the "
+        f"champion, version {story.champion or 'none'}.",
+    ]
+    if "retrain/feedback_rows" in metrics:
+        lines.append(
+            f"- Trained on {metrics['retrain/train_rows']:.0f} rows, "
+            f"{metrics['retrain/feedback_rows']:.0f} of them feedback; "
+            f"{metrics['retrain/production_rows']:.0f} feedback rows held out as `production`."
+        )
+    pairs = (("test", "test_accuracy"), ("production", "production_accuracy"))
+    for split, key in pairs:
+        candidate, champion = (
+            metrics.get(f"retrain/{role}_{key}") for role in ("candidate", "champion")
+        )
+        if candidate is not None and champion is not None:
+            lines.append(f"- {split} accuracy: candidate {candidate:.4f}, champion {champion:.4f}.")
+    steps = ", ".join(
+        f"{step} {seconds:.0f} s"
+        for step in story.children
+        if (seconds := metrics.get(f"retrain/{step}_seconds")) is not None
+    )
+    if steps:
+        lines.append(f"- Steps (child runs): {steps}.")
+    return "\n".join(lines)
