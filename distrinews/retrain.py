@@ -52,6 +52,7 @@ class Story:
     decision: str = "running"
     reason: str = ""
     champion: str = ""  # the version it started from
+    candidate: str = ""  # the version it registered
     window: tuple[str, str] = ("", "")
     children: dict[str, Any] = field(default_factory=dict)  # step -> its run
 
@@ -94,7 +95,7 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
     log_new_params(
         asdict(job.retrain)
         | {"store": shown(job.monitor.store), "window_start": story.window[0]}
-        | {"window_end": story.window[1], "champion_version": story.champion}
+        | {"window_end": story.window[1]}
     )
     if (usable := count_usable_feedback(job, start)) == 0:
         story.decision = "skipped"
@@ -109,8 +110,8 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
         return
     story.reason = why if recommended else f"forced (the monitor: {why})"
     train_run = train(job, parent, story, start)
-    version = export(job, parent, story, train_run)
-    promote(job, parent, story, version)
+    story.candidate = export(job, parent, story, train_run)
+    promote(job, parent, story, story.candidate)
 
 
 def window(job: RetrainJob) -> tuple[datetime, datetime]:
@@ -270,6 +271,7 @@ def record(story: Story) -> None:
 
     tags = {"decision": story.decision, "reason": story.reason[:5000]}
     tags |= {f"{step}_run_id": run.info.run_id for step, run in story.children.items()}
+    tags |= {"champion_version": story.champion, "candidate_version": story.candidate}
     tags["mlflow.note.content"] = story_text(story)
     mlflow.set_tags(tags)
     if metrics := story_metrics(story):

