@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import DATA, REPO, record
+from benchmarks.common import DATA, REPO, record, unique_name
 from devkit.servers import Server, wait_for_version
 from distrinews.runtime.labels import LABELS
 
@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-rows", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--stream", type=int, default=2000)
-    parser.add_argument("--labelled", type=int, default=1000)
+    parser.add_argument("--stream", type=int, default=3000)
+    parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--words", type=int, default=8)
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--retrain-lr", type=float, default=5e-5)
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", default="auto")
     parser.add_argument("--max-int8-drop", type=float, default=1.0)
     parser.add_argument("--control", type=lambda t: t.lower() == "true", default=True)
-    parser.add_argument("--registered-model", default="distrinews-retrain-bench")
+    # A new registered model each time: the first promotion is the first champion, and a
+    # user's own `distrinews` is left alone.
+    parser.add_argument("--registered-model", default=unique_name("distrinews-retrain-bench"))
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args(argv)

@@ -136,11 +136,7 @@ def log_split(frame: "pd.DataFrame", data: str, split: str) -> Any:
     if not local.exists():
         # Validation is carved out of the Hub's train split.
         source = HuggingFaceDatasetSource(path=data, split="test" if split == "test" else "train")
-    with warnings.catch_warnings():
-        # A local path matches two registered source types; both are the local one.
-        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-        # Integer labels are integers: MLflow's hint about missing values does not apply.
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+    with quiet_dataset_warnings():
         dataset = mlflow.data.from_pandas(
             frame, source=source, name=f"{data_name(data)}-{split}", targets="label"
         )
@@ -148,15 +144,28 @@ def log_split(frame: "pd.DataFrame", data: str, split: str) -> Any:
     return dataset
 
 
+@contextmanager
+def quiet_dataset_warnings() -> Iterator[None]:
+    """Without MLflow's warnings that do not apply to a split logged as a dataset."""
+    with warnings.catch_warnings():
+        # A local path matches two registered source types; both are the local one.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        # Integer labels are integers: MLflow's hint about missing values does not apply.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer")
+        yield
+
+
 def log_feedback_split(frame: "pd.DataFrame", store: str, since: str, split: str) -> Any:
     """Log rows taken from the prediction log's feedback as a dataset input of the active run
     (context `split`: feedback or production), its source the log (password masked)."""
     import mlflow.data
 
-    dataset = mlflow.data.from_pandas(
-        frame, source=prediction_log_source(store, since), name=f"feedback-{split}", targets="label"
-    )
-    mlflow.log_input(dataset, context=split)
+    source = prediction_log_source(store, since)
+    with quiet_dataset_warnings():
+        dataset = mlflow.data.from_pandas(
+            frame, source=source, name=f"feedback-{split}", targets="label"
+        )
+        mlflow.log_input(dataset, context=split)
     return dataset
 
 

@@ -197,7 +197,14 @@ def monitor(job: RetrainJob, parent: Any, story: Story) -> tuple[bool, str]:
         min_live_accuracy=cfg.min_live_accuracy,
         min_feedback=cfg.min_feedback,
     )
-    tags = child("monitor", command, parent, story).data.tags
+    try:
+        tags = child("monitor", command, parent, story).data.tags
+    except UserError as err:
+        # Feedback can come long after its predictions, past the window's start: with
+        # force, a monitor that cannot judge the window does not stop the retrain.
+        if not job.retrain.force:
+            raise
+        return False, f"the monitor failed: {err}"
     return tags.get("retrain_recommended") == "true", tags.get("retrain_reason", "")
 
 
@@ -267,7 +274,7 @@ def record(story: Story) -> None:
     """The decision and the children's key figures on the parent run, and its page's text."""
     import mlflow
 
-    from distrinews.retrain_report import story_metrics, story_text
+    from distrinews.retrain_report import comparison_figure, story_metrics, story_text
 
     tags = {"decision": story.decision, "reason": story.reason[:5000]}
     tags |= {f"{step}_run_id": run.info.run_id for step, run in story.children.items()}
@@ -276,4 +283,6 @@ def record(story: Story) -> None:
     mlflow.set_tags(tags)
     if metrics := story_metrics(story):
         mlflow.log_metrics(metrics)
+    if (figure := comparison_figure(metrics, story.decision)) is not None:
+        mlflow.log_figure(figure, "retrain/comparison.png")
     print(f"retrain: {story.decision}: {story.reason}", file=sys.stderr)

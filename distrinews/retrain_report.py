@@ -5,6 +5,8 @@ gate decided."""
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from distrinews.retrain import Story
 
 #: Figures copied from a child run onto the parent: (step, metric or param) -> parent key.
@@ -71,3 +73,32 @@ def story_text(story: "Story") -> str:
     if steps:
         lines.append(f"- Steps (child runs): {steps}.")
     return "\n".join(lines)
+
+
+def comparison_figure(metrics: dict[str, float], decision: str) -> "Figure | None":
+    """Champion and candidate side by side on test and production (None: not scored)."""
+    splits = [
+        split
+        for split in ("test", "production")
+        if f"retrain/candidate_{split}_accuracy" in metrics
+        and f"retrain/champion_{split}_accuracy" in metrics
+    ]
+    if not splits:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for offset, role in ((-0.2, "champion"), (0.2, "candidate")):
+        values = [metrics[f"retrain/{role}_{split}_accuracy"] for split in splits]
+        bars = ax.bar([i + offset for i in range(len(splits))], values, width=0.4, label=role)
+        ax.bar_label(bars, fmt="%.3f")
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"retrain: {decision}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -235,3 +235,18 @@ def test_monitoring(tmp_path, tiny_onnx_profiled):
     assert len(drift) == 4 and all(0 <= v <= 1 for values in drift.values() for v in values)
     unknown_share = 3
     assert drift["with characters outside the vocabulary"][unknown_share] > 0.5
+
+
+def test_retrain(tmp_path, tiny_bert):
+    args = ("--model", tiny_bert, "--data", SHARED_DATA, "--base-rows", 300, "--stream", 60)
+    args += ("--labelled", 40, "--eval-rows", 60, "--nproc", 1, "--lr", 1e-2)
+    args += ("--retrain-lr", 1e-2, "--max-int8-drop", 100, "--control", "false")
+    text, run = run_benchmark(MlflowStore(tmp_path), "retrain", *args)
+    figures = run.data.metrics  # the retrain parent run's figures, copied
+    assert 0 < figures["bench_feedback_rows"] + figures["bench_production_rows"] <= 40
+    before, after = table_rows(text, "champion before")[0], table_rows(text, "retrained")[0]
+    assert all(0 <= float(cell) <= 1 for cell in before[1:] + after[1:])
+    steps = {row[0]: float(row[1]) for row in table_rows(text, "retrain:")}
+    assert set(steps) >= {"retrain: monitor", "retrain: train", "retrain: export"}
+    assert all(seconds > 0 for seconds in steps.values())
+    assert "warm start without the feedback" not in text  # --control false

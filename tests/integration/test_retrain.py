@@ -164,6 +164,8 @@ def check_the_loop(store: MlflowStore, v1_train_run: str, stdout: str) -> None:
     assert 0 <= float(tags["promotion_candidate_production_accuracy"]) <= 1
     assert "production accuracy" in tags["promotion_reason"]
     assert "Decision: promoted" in parent.data.tags["mlflow.note.content"]
+    plots = [a.path for a in client.list_artifacts(parent.info.run_id, "retrain")]
+    assert plots == ["retrain/comparison.png"]
     assert parent.data.metrics["retrain/feedback_rows"] == int(train.data.params["feedback_rows"])
 
 

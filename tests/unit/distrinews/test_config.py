@@ -18,6 +18,8 @@ from distrinews.errors import UserError
         (["--max-length", "4"], "max_length"),
         (["--grad-accum", "0"], "grad_accum"),
         (["--precision", "fp8"], "precision='fp8'"),
+        (["--init-from", "models:/distrinews"], "init_from='models:/distrinews'"),
+        (["--feedback-since", "7d"], "feedback is empty"),
     ],
 )
 def test_bad_values_raise_a_user_error(argv, message):
@@ -27,7 +29,13 @@ def test_bad_values_raise_a_user_error(argv, message):
 
 @pytest.mark.parametrize(
     "settings",
-    [{"version": "v2"}, {"registered_model": " "}, {"max_p95_ms": 0}, {"max_accuracy_drop": -1}],
+    [
+        {"version": "v2"},
+        {"registered_model": " "},
+        {"max_p95_ms": 0},
+        {"max_accuracy_drop": -1},
+        {"max_production_drop": -1},
+    ],
 )
 def test_bad_settings_are_refused(settings):
     with pytest.raises(UserError):

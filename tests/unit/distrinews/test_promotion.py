@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
@@ -39,6 +40,20 @@ def test_accuracy_may_drop_at_most_the_limit(candidate, limit, promoted):
     decision, reason = decide(cfg, Score(candidate, 5.0), Score(0.9100), VERSIONS)
     assert decision is promoted, reason
     assert "version 2" in reason and ("points lower" in reason) is not promoted
+
+
+@pytest.mark.parametrize(
+    ("candidate", "limit", "promoted"),
+    [(0.80, 0.0, True), (0.79, 0.0, False), (0.79, 1.0, True), (None, 0.0, True)],
+)
+def test_the_production_slice_is_gated_too(candidate, limit, promoted):
+    """Better on test, worse on the traffic it serves: refused past its own limit."""
+    cfg = PromoteConfig(max_production_drop=limit)
+    better_on_test = Score(0.95, 5.0, production_accuracy=candidate)
+    decision, reason = decide(cfg, better_on_test, Score(0.91, production_accuracy=0.80), VERSIONS)
+    assert decision is promoted, reason
+    assert ("production points lower" in reason) is not promoted
+    assert ("production accuracy" in reason) is (candidate is not None)
 
 
 def test_force_skips_the_accuracy_gate_but_not_the_latency_budget():
@@ -124,9 +139,29 @@ print(json.dumps({"code": code, "heavy": heavy}))
 """
 
 
-def test_promote_runs_without_importing_torch_or_transformers(registry, tiny_onnx, small_data):
-    """The gate scores through the server's runtime: a machine without torch can promote."""
+def with_production_slice(client: mlflow.MlflowClient, version: str, tmp_path: Path) -> None:
+    """Give `version` a train run that held out a production slice (as train -P feedback= does)."""
+    experiment = client.get_experiment_by_name("promote").experiment_id
+    run_id = client.create_run(experiment, tags={"step": "train"}).info.run_id
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    slice_ = pd.DataFrame(
+        {"text": ["Stocks rally", "Team wins cup"], "label": ["Business", "Sports"]}
+    )
+    slice_.to_parquet(folder / "production.parquet")
+    client.log_artifacts(run_id, str(folder), "datasets")
+    client.log_param(run_id, "feedback", "sqlite:///predictions.db")
+    client.set_terminated(run_id)
+    client.set_model_version_tag(NAME, version, "source_run_id", run_id)
+
+
+def test_promote_runs_without_importing_torch_or_transformers(
+    registry, tiny_onnx, small_data, tmp_path
+):
+    """The gate scores through the server's runtime, on test and on the candidate's production
+    slice: a machine without torch can promote."""
     version = register(registry, tiny_onnx)
+    with_production_slice(registry, version, tmp_path)
     arguments = ["--data", str(small_data), "--version", version, "--max-eval-rows", "50"]
     arguments += ["--latency-texts", "5", "--max-p95-ms", "1000"]
     result = subprocess.run(
@@ -141,3 +176,8 @@ def test_promote_runs_without_importing_torch_or_transformers(registry, tiny_onn
     report = json.loads(result.stdout.splitlines()[-1])
     assert report == {"code": 0, "heavy": []}, result.stderr[-3000:]
     assert str(registry.get_model_version_by_alias(NAME, "champion").version) == version
+    tags = registry.get_model_version(NAME, version).tags
+    assert float(tags["promotion_candidate_production_accuracy"]) in (0.0, 0.5, 1.0)
+    promote_run = registry.get_run(tags["promotion_run_id"])
+    contexts = {t.value for d in promote_run.inputs.dataset_inputs for t in d.tags}
+    assert {"test", "production"} <= contexts

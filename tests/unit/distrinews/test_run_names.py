@@ -20,6 +20,8 @@ def test_an_unnamed_run_is_named_after_its_key_settings():
     assert default_run_name(job, world_size=1) == "minilm-l6 lr2.5e-4 b32x1x4 e2 n2000"
     job = replace(job, train=replace(job.train, lr=3e-5, grad_accum=1))
     assert default_run_name(job, world_size=8) == "minilm-l6 lr3e-5 b32x8 e2 n2000"
+    job = parse_training_job(["--init-from", "models:/distrinews/3", "--feedback", "sqlite://"])
+    assert default_run_name(job, world_size=2) == "from distrinews/3 lr1e-4 b32x2 e2 +feedback"
 
 
 def test_mlflow_made_up_names_are_told_from_user_names():
