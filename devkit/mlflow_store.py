@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import mlflow
 
@@ -85,6 +86,21 @@ class MlflowStore:
         for key, value in params.items():
             command += ["-P", f"{key}={value}"]
         return command
+
+    def start_mlflow_run(
+        self, entry: str, experiment: str, params: dict, output: IO[str], new_session: bool = False
+    ) -> subprocess.Popen:
+        """`mlflow run` of `entry` started in the background, its output to `output`; in a
+        process group of its own with `new_session`, so a signal to it reaches nothing else."""
+        return subprocess.Popen(
+            self.mlflow_command(entry, experiment, params),
+            cwd=self.folder,
+            env=self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=new_session,
+        )
 
     def mlflow_run(
         self, entry: str, experiment: str, params: dict, timeout: float = PROCESS_TIMEOUT

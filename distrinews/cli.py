@@ -20,6 +20,7 @@ from distrinews.config import (
     MonitorConfig,
     PromoteConfig,
     RetrainConfig,
+    RetrainJob,
     TrackingConfig,
     TrainConfig,
     TrainingJob,
@@ -173,6 +174,12 @@ def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
         tracking=configs[TrackingConfig],
         feedback=configs[FeedbackConfig],
     )
+
+
+def parse_retrain_job(argv: list[str] | None = None) -> RetrainJob:
+    configs = parse_step("retrain", argv)
+    kinds = (RetrainConfig, MonitorConfig, FeedbackConfig, DataConfig, TrainConfig, PromoteConfig)
+    return RetrainJob(*(configs[kind] for kind in kinds))
 
 
 def parse_scoring_job(step: str, argv: list[str] | None = None) -> tuple[Any, DataConfig]:

@@ -359,3 +359,19 @@ class RetrainConfig:
             raise UserError("epochs must be >= 1, lr > 0, lock_hours > 0 and max_int8_drop >= 0")
         if self.nproc != "auto" and not (self.nproc.isdigit() and int(self.nproc) >= 1):
             raise UserError(f"nproc={self.nproc!r} must be a number >= 1, or auto")
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    """Everything `pipelines.retrain` takes, grouped by the step it is for."""
+
+    retrain: RetrainConfig
+    monitor: MonitorConfig
+    feedback: FeedbackConfig
+    data: DataConfig
+    train: TrainConfig
+    promote: PromoteConfig
+
+    @property
+    def name(self) -> str:
+        return self.monitor.registered_model

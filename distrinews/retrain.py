@@ -14,35 +14,12 @@ from typing import Any
 
 from distrinews.child_runs import run_child
 from distrinews.cli import step_command
-from distrinews.config import (
-    DataConfig,
-    FeedbackConfig,
-    MonitorConfig,
-    PromoteConfig,
-    RetrainConfig,
-    TrainConfig,
-)
+from distrinews.config import RetrainJob
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
 from distrinews.monitor import parse_window
 from distrinews.promotion import champion_version
 from distrinews.runtime.prediction_store import shown
-
-
-@dataclass(frozen=True)
-class RetrainJob:
-    """Everything `pipelines.retrain` takes, grouped by the step it is for."""
-
-    retrain: RetrainConfig
-    monitor: MonitorConfig
-    feedback: FeedbackConfig
-    data: DataConfig
-    train: TrainConfig
-    promote: PromoteConfig
-
-    @property
-    def name(self) -> str:
-        return self.monitor.registered_model
 
 
 @dataclass

@@ -10,29 +10,16 @@ or directly:
 
 import sys
 
-from distrinews.cli import parse_step
-from distrinews.config import (
-    DataConfig,
-    FeedbackConfig,
-    MonitorConfig,
-    PromoteConfig,
-    RetrainConfig,
-    TrainConfig,
-)
+from distrinews.cli import parse_retrain_job
 from distrinews.errors import run_reporting
-from distrinews.retrain import RetrainJob, run_retrain
+from distrinews.retrain import run_retrain
 from distrinews.signals import raise_on_sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
     raise_on_sigterm()  # an orchestrator's stop ends the parent and child runs KILLED
 
-    def work() -> str:
-        configs = parse_step("retrain", argv)
-        kinds = (RetrainConfig, MonitorConfig, FeedbackConfig, DataConfig, TrainConfig)
-        return run_retrain(RetrainJob(*(configs[kind] for kind in (*kinds, PromoteConfig))))
-
-    return run_reporting(work)
+    return run_reporting(lambda: run_retrain(parse_retrain_job(argv)))
 
 
 if __name__ == "__main__":

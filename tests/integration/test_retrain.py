@@ -5,7 +5,6 @@ makes nothing; a retrain stopped half-way leaves the alias where it was."""
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -175,15 +174,8 @@ def stop_a_retrain_half_way(store: MlflowStore, log: str, data: Path, tmp_path: 
     output_dir = tmp_path / "stopped-checkpoints"
     params = retrain_params(store, log, data, output_dir=output_dir, force="true")
     with open(tmp_path / "retrain.log", "w+") as output:
-        process = subprocess.Popen(
-            store.mlflow_command("retrain", "retrain", params),
-            cwd=store.folder,
-            env=store.env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own group: the signal reaches only this retrain
-        )
+        # Its own process group: the signal reaches only this retrain.
+        process = store.start_mlflow_run("retrain", "retrain", params, output, new_session=True)
         try:
             deadline = time.monotonic() + PROCESS_TIMEOUT
             while not list(output_dir.glob("*")):  # the train step has claimed its folder

@@ -215,13 +215,7 @@ def restart_in_the_first_epoch(store: MlflowStore, older, tiny_bert, small_data)
     second |= {"epochs": 2, "batch_size": 4, "max_restarts": 1}
     log_file = store.folder / "second.log"
     with log_file.open("w") as log:
-        process = subprocess.Popen(
-            store.mlflow_command("train", "restarted", second),
-            cwd=store.folder,
-            env=store.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = store.start_mlflow_run("train", "restarted", second, log)
         try:
             newer = wait_for_a_step_of_a_new_run(store, experiment_id, older, process)
             assert checkpoint.latest_checkpoint(output_dir / newer) is None, "still epoch 1"

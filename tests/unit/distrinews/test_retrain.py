@@ -10,31 +10,19 @@ import mlflow
 import pytest
 
 from devkit.mlflow_store import MlflowStore, register_folder, step_in_process
-from distrinews.config import (
-    DataConfig,
-    FeedbackConfig,
-    MonitorConfig,
-    PromoteConfig,
-    RetrainConfig,
-    TrainConfig,
-)
+from distrinews.cli import parse_retrain_job
+from distrinews.config import RetrainConfig, RetrainJob
 from distrinews.errors import UserError
-from distrinews.retrain import RetrainJob, Story, run_retrain, window
+from distrinews.retrain import Story, run_retrain, window
 from distrinews.retrain_report import story_text
 from distrinews.runtime.prediction_store import open_store
 
 NAME = "distrinews"
 
 
-def job(log: str, data: Path, **retrain: object) -> RetrainJob:
-    return RetrainJob(
-        RetrainConfig(**retrain),
-        MonitorConfig(store=log, since="1h"),
-        FeedbackConfig(),
-        DataConfig(data=str(data)),
-        TrainConfig(),
-        PromoteConfig(),
-    )
+def job(log: str, data: Path) -> RetrainJob:
+    """As `mlflow run . -e retrain -P store=<log> -P since=1h -P data=<data>` parses it."""
+    return parse_retrain_job(["--store", log, "--since", "1h", "--data", str(data)])
 
 
 @pytest.fixture()
