@@ -16,6 +16,7 @@
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -99,8 +100,11 @@ def send(url: str, stream: pd.DataFrame, labelled: int) -> np.ndarray:
     return np.array(predicted)
 
 
-def control_accuracy(args, data: Path, work: Path, rest: pd.DataFrame, champion: str) -> float:
-    """The warm-started fine-tune without feedback, exported unregistered, on the held-out rest."""
+def control_predictions(
+    args, data: Path, work: Path, rest: pd.DataFrame, champion: str
+) -> tuple[np.ndarray, float]:
+    """The warm-started fine-tune without feedback, exported unregistered: its predictions on
+    the held-out rest, and its int8 test accuracy (export's, on the gate's test rows)."""
     import mlflow
 
     from distrinews.runtime.onnx_classifier import OnnxClassifier
@@ -121,7 +125,8 @@ def control_accuracy(args, data: Path, work: Path, rest: pd.DataFrame, champion:
     export |= {"registered_model": "", "output": folder, "max_accuracy_drop": args.max_int8_drop}
     mlflow_run("export", args.experiment, export | {"latency_texts": 20})
     predicted = batched_predictions(OnnxClassifier(folder).logits, rest["text"].tolist())
-    return float((predicted == rest["label"].to_numpy()).mean())
+    report = json.loads((folder / "export_report.json").read_text())
+    return predicted, float(report["accuracy_onnx_int8"])
 
 
 def retrain_loop(args, data: Path, checkpoints: Path, log: str) -> float:
@@ -166,14 +171,28 @@ def measure(args, work: Path) -> dict:
     finally:
         server.stop()
     truth = rest["label"].to_numpy()
-    figures["stream"] = {
-        "before": float((before == truth).mean()),
-        "after": float((after == truth).mean()),
-    }
+    predictions = {"before": before, "after": after}
     if args.control:
         champion = parent.data.tags["champion_version"]
-        figures["stream"]["control"] = control_accuracy(args, data, work, rest, champion)
+        predictions["control"], figures["control_test"] = control_predictions(
+            args, data, work, rest, champion
+        )
+    figures["stream"] = {name: float((p == truth).mean()) for name, p in predictions.items()}
+    figures["paired"] = {
+        name: paired(predictions[name], after, truth) for name in predictions if name != "after"
+    }
     return figures
+
+
+def paired(baseline: np.ndarray, retrained: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """On the same texts: how many the retrained model fixed and broke against `baseline`, and
+    the exact sign test's two-sided p that fixes and breaks are equally likely."""
+    from scipy.stats import binomtest
+
+    fixed = int(((baseline != truth) & (retrained == truth)).sum())
+    broken = int(((baseline == truth) & (retrained != truth)).sum())
+    p_value = binomtest(fixed, fixed + broken, 0.5).pvalue if fixed + broken else 1.0
+    return {"fixed": fixed, "broken": broken, "p": float(p_value)}
 
 
 def table(figures: dict, args) -> tuple[str, dict[str, float]]:
@@ -185,9 +204,16 @@ def table(figures: dict, args) -> tuple[str, dict[str, float]]:
 
     held_out = args.stream - args.labelled
     control = (
-        f"| warm start without the feedback (control) | {stream['control']:.4f} | n/a |\n"
+        f"| warm start without the feedback (control) | {stream['control']:.4f} | "
+        f"{figures['control_test']:.4f} |\n"
         if "control" in stream
         else ""
+    )
+    versus = {"before": "the champion", "control": "the control"}
+    paired_lines = "\n".join(
+        f"- Served after the retrain vs {versus[name]}, on the same {held_out} texts: "
+        f"{c['fixed']} fixed, {c['broken']} broken (exact sign test, two-sided p = {c['p']:.3g})."
+        for name, c in figures["paired"].items()
     )
     steps = ("monitor", "train", "export", "promote")
     step_rows = "\n".join(
@@ -208,11 +234,14 @@ feedback ({m.get("retrain/feedback_rows", 0):.0f} trained on,
 | model | held-out stream accuracy ({held_out} texts) | test accuracy ({args.eval_rows} rows) |
 | --- | --- | --- |
 | champion before | {stream["before"]:.4f} | {got("champion_test_accuracy"):.4f} |
-{control}| retrained | {stream["after"]:.4f} | {got("candidate_test_accuracy"):.4f} |
+{control}| served after the retrain | {stream["after"]:.4f} | {got("candidate_test_accuracy"):.4f} |
 
 Held-out stream: {100 * (stream["after"] - stream["before"]):+.1f} points. Production slice
 (held-out feedback) in the gate: candidate {got("candidate_production_accuracy"):.4f},
-champion {got("champion_production_accuracy"):.4f}.
+champion {got("champion_production_accuracy"):.4f}. Test accuracy is the int8 model's on the
+gate's test rows (the control's from its export).
+
+{paired_lines}
 
 | step | wall time (s) |
 | --- | --- |
@@ -225,6 +254,8 @@ champion {got("champion_production_accuracy"):.4f}.
     metrics = {f"stream_accuracy_{k}": v for k, v in stream.items()}
     metrics |= {f"{k.removeprefix('retrain/')}": v for k, v in m.items()}
     metrics["retrain_wall_seconds"] = figures["retrain_wall"]
+    for name, counts in figures["paired"].items():
+        metrics |= {f"paired_{name}_{key}": value for key, value in counts.items()}
     return text, metrics
 
 
@@ -235,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-rows", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--stream", type=int, default=3000)
+    parser.add_argument("--stream", type=int, default=5000)
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--words", type=int, default=8)
     parser.add_argument("--retrain-epochs", type=int, default=1)

@@ -244,7 +244,7 @@ def test_retrain(tmp_path, tiny_bert):
     text, run = run_benchmark(MlflowStore(tmp_path), "retrain", *args)
     figures = run.data.metrics  # the retrain parent run's figures, copied
     assert 0 < figures["bench_feedback_rows"] + figures["bench_production_rows"] <= 40
-    before, after = table_rows(text, "champion before")[0], table_rows(text, "retrained")[0]
+    before, after = table_rows(text, "champion before")[0], table_rows(text, "served after")[0]
     assert all(0 <= float(cell) <= 1 for cell in before[1:] + after[1:])
     steps = {row[0]: float(row[1]) for row in table_rows(text, "retrain:")}
     assert set(steps) >= {"retrain: monitor", "retrain: train", "retrain: export"}
