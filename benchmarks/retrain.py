@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import DATA, REPO, record, unique_name
-from devkit.servers import Server, wait_for_version
+from devkit.servers import BackgroundLoad, Server, wait_for_version
 from distrinews.runtime.labels import LABELS
 
 TOKEN = "retrain-benchmark"
@@ -135,7 +135,9 @@ def retrain_loop(args, data: Path, checkpoints: Path, log: str) -> float:
     params |= {"registered_model": args.registered_model, "epochs": args.retrain_epochs}
     params |= {"lr": args.retrain_lr, "nproc": args.nproc, "output_dir": checkpoints}
     params |= {"max_train_rows": args.base_rows, "max_int8_drop": args.max_int8_drop}
-    params |= {"max_p95_ms": 1000, "latency_texts": 50}
+    params |= {"max_p95_ms": 1000, "latency_texts": 50, "min_feedback": args.min_feedback}
+    params |= {"max_accuracy_drop": args.max_accuracy_drop}
+    params |= {"max_production_drop": args.max_production_drop}
     return mlflow_run("retrain", args.experiment, params)
 
 
@@ -162,11 +164,13 @@ def measure(args, work: Path) -> dict:
         server.wait_ready(timeout=300)
         before = send(server.url, stream, len(labelled))[len(labelled) :]
         time.sleep(2)  # the log writer's last flush
-        figures["retrain_wall"] = retrain_loop(args, data, checkpoints, log)
-        parent = retrain_run(args)
+        with BackgroundLoad(server.url, rest["text"].tolist(), args.clients) as load:
+            figures["retrain_wall"] = retrain_loop(args, data, checkpoints, log)
+            parent = retrain_run(args)
+            if parent.data.tags["decision"] == "promoted":
+                wait_for_version(server.url, parent.data.tags["candidate_version"], timeout=120)
+        figures["load"] = [answer.status for answer in load.answers]
         figures["parent"] = parent
-        if parent.data.tags["decision"] == "promoted":
-            wait_for_version(server.url, parent.data.tags["candidate_version"], timeout=120)
         after = send(server.url, rest, 0)
     finally:
         server.stop()
@@ -209,6 +213,13 @@ def table(figures: dict, args) -> tuple[str, dict[str, float]]:
         if "control" in stream
         else ""
     )
+    statuses = figures["load"]
+    load_line = (
+        f"- While the retrain ran and the server switched: {len(statuses)} requests from "
+        f"{args.clients} client(s), {sum(s != 200 for s in statuses)} failed.\n"
+        if args.clients
+        else ""
+    )
     versus = {"before": "the champion", "control": "the control"}
     paired_lines = "\n".join(
         f"- Served after the retrain vs {versus[name]}, on the same {held_out} texts: "
@@ -242,6 +253,7 @@ champion {got("champion_production_accuracy"):.4f}. Test accuracy is the int8 mo
 gate's test rows (the control's from its export).
 
 {paired_lines}
+{load_line}
 
 | step | wall time (s) |
 | --- | --- |
@@ -254,6 +266,8 @@ gate's test rows (the control's from its export).
     metrics = {f"stream_accuracy_{k}": v for k, v in stream.items()}
     metrics |= {f"{k.removeprefix('retrain/')}": v for k, v in m.items()}
     metrics["retrain_wall_seconds"] = figures["retrain_wall"]
+    metrics["load_requests"] = len(figures["load"])
+    metrics["load_failed"] = sum(status != 200 for status in figures["load"])
     for name, counts in figures["paired"].items():
         metrics |= {f"paired_{name}_{key}": value for key, value in counts.items()}
     return text, metrics
@@ -275,14 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", default="auto")
     parser.add_argument("--max-int8-drop", type=float, default=1.0)
     parser.add_argument("--control", type=lambda t: t.lower() == "true", default=True)
+    parser.add_argument("--min-feedback", type=int, default=50)
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.0)
+    parser.add_argument("--max-production-drop", type=float, default=0.0)
+    parser.add_argument(
+        "--clients", type=int, default=0, help="clients loading the server during the retrain"
+    )
+    parser.add_argument("--work", default="", help="keep the data, log and checkpoints here")
     # A new registered model each time: the first promotion is the first champion, and a
     # user's own `distrinews` is left alone.
     parser.add_argument("--registered-model", default=unique_name("distrinews-retrain-bench"))
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="distrinews-retrain-bench-") as work:
-        figures = measure(args, Path(work))
+    with tempfile.TemporaryDirectory(prefix="distrinews-retrain-bench-") as temporary:
+        work = Path(args.work or temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        figures = measure(args, work)
     text, metrics = table(figures, args)
     record(
         "retrain",

@@ -23,6 +23,9 @@ from distrinews.runtime.reference_profile import build_profile
 SHARED_RUNS = {"trained_run", "exported"}
 
 
+#: The longest-running test files (about 2 minutes each on 2 vCPUs), started first.
+LONGEST = ("test_retrain.py", "test_train_recovery.py")
+
 #: Every test under this folder starts real processes: it is marked `integration`.
 INTEGRATION = Path(__file__).parent / "integration"
 
@@ -39,7 +42,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests first, so the quick ones fill the workers' last gaps; `gpu` tests
     skip themselves on a machine without CUDA."""
-    items.sort(key=lambda item: "integration" not in item.keywords)  # stable
+    # Stable: the longest first, so they do not start last and hold up the end of the run.
+    items.sort(key=lambda item: ("integration" not in item.keywords, item.path.name not in LONGEST))
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

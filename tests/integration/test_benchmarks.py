@@ -6,44 +6,15 @@ MLflow run tagged `benchmark`.
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks.accuracy_trials import HEADER
+from devkit.benchmark_runs import run_benchmark, table_rows
 from devkit.mlflow_store import MlflowStore
-from devkit.processes import REPO, SHARED_DATA
+from devkit.processes import SHARED_DATA
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def run_benchmark(store: MlflowStore, script: str, *args: object) -> tuple[str, object]:
-    """`python -m benchmarks.<script>` against `store`; its table and its MLflow run."""
-    if store.client.get_experiment_by_name("bench") is None:
-        store.experiment("bench")
-    output = store.folder / f"{script}.md"
-    command = [sys.executable, "-m", f"benchmarks.{script}", *map(str, args)]
-    command += ["--experiment", "bench", "--output", str(output)]
-    # Run from the temp folder (its mlruns/ stays there), the repository on the path.
-    env = store.env | {"PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=600, cwd=store.folder
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    experiment_id = store.client.get_experiment_by_name("bench").experiment_id
-    runs = store.client.search_runs([experiment_id], f"tags.benchmark = '{script}'")
-    assert [r.info.status for r in runs[:1]] == ["FINISHED"]
-    return output.read_text(), runs[0]
-
-
-def table_rows(text: str, first_cell: str) -> list[list[str]]:
-    """Cells of the table rows whose first cell starts with `first_cell`."""
-    return [
-        [cell.strip() for cell in line.strip("|").split("|")]
-        for line in text.splitlines()
-        if line.startswith(f"| {first_cell}")
-    ]
 
 
 def test_train_vs_trainer(tmp_path, tiny_bert, small_data):
@@ -235,18 +206,3 @@ def test_monitoring(tmp_path, tiny_onnx_profiled):
     assert len(drift) == 4 and all(0 <= v <= 1 for values in drift.values() for v in values)
     unknown_share = 3
     assert drift["with characters outside the vocabulary"][unknown_share] > 0.5
-
-
-def test_retrain(tmp_path, tiny_bert):
-    args = ("--model", tiny_bert, "--data", SHARED_DATA, "--base-rows", 300, "--stream", 60)
-    args += ("--labelled", 40, "--eval-rows", 60, "--nproc", 1, "--lr", 1e-2)
-    args += ("--retrain-lr", 1e-2, "--max-int8-drop", 100, "--control", "false")
-    text, run = run_benchmark(MlflowStore(tmp_path), "retrain", *args)
-    figures = run.data.metrics  # the retrain parent run's figures, copied
-    assert 0 < figures["bench_feedback_rows"] + figures["bench_production_rows"] <= 40
-    before, after = table_rows(text, "champion before")[0], table_rows(text, "served after")[0]
-    assert all(0 <= float(cell) <= 1 for cell in before[1:] + after[1:])
-    steps = {row[0]: float(row[1]) for row in table_rows(text, "retrain:")}
-    assert set(steps) >= {"retrain: monitor", "retrain: train", "retrain: export"}
-    assert all(seconds > 0 for seconds in steps.values())
-    assert "warm start without the feedback" not in text  # --control false
