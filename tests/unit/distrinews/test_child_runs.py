@@ -7,25 +7,6 @@ import mlflow
 
 from devkit.mlflow_store import MlflowStore, step_in_process
 from distrinews.child_runs import run_child
-from distrinews.cli import step_command
-
-
-def test_step_commands_are_the_mlproject_ones():
-    train = step_command("train", 2, epochs=1, resume=False)
-    assert train[:6] == [
-        "torchrun",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pipelines.train",
-    ]
-    assert train[6:] == ["--epochs", "1", "--resume", "false"]
-    export = step_command("export", run_id="abc", max_accuracy_drop=0.5)
-    assert export == [sys.executable, "-m", "pipelines.export", "--run-id", "abc"] + [
-        "--max-accuracy-drop",
-        "0.5",
-    ]
 
 
 def test_a_step_that_dies_without_ending_its_run_is_marked_failed(tmp_path):

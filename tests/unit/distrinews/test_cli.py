@@ -1,9 +1,11 @@
 """The command line of each step, built from the settings dataclasses: parsing, typing,
 and every training setting reaching its field and the logged params."""
 
+import sys
+
 import pytest
 
-from distrinews.cli import STEPS, field_type, parse_training_job, step_fields
+from distrinews.cli import STEPS, field_type, parse_training_job, step_command, step_fields
 
 
 def test_mlflow_style_strings_are_parsed_to_typed_fields():
@@ -47,3 +49,21 @@ def test_unparseable_value_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--lr" in err
+
+
+def test_step_commands_are_the_mlproject_ones():
+    train = step_command("train", 2, epochs=1, resume=False)
+    assert train[:6] == [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pipelines.train",
+    ]
+    assert train[6:] == ["--epochs", "1", "--resume", "false"]
+    export = step_command("export", run_id="abc", max_accuracy_drop=0.5)
+    assert export == [sys.executable, "-m", "pipelines.export", "--run-id", "abc"] + [
+        "--max-accuracy-drop",
+        "0.5",
+    ]

@@ -13,8 +13,7 @@ from devkit.mlflow_store import MlflowStore, register_folder, step_in_process
 from distrinews.cli import parse_retrain_job
 from distrinews.config import RetrainConfig, RetrainJob
 from distrinews.errors import UserError
-from distrinews.retrain import Story, run_retrain, window
-from distrinews.retrain_report import story_text
+from distrinews.retrain import run_retrain, window
 from distrinews.runtime.prediction_store import open_store
 
 NAME = "distrinews"
@@ -99,13 +98,6 @@ def test_the_window_starts_where_the_last_promoted_retrain_ended(store, tmp_path
     store.client.set_terminated(run.info.run_id)
     start, end = window(job(f"sqlite:///{tmp_path}/log.db", small_data))
     assert start == ended and end - start < timedelta(minutes=11)
-
-
-def test_the_parent_page_tells_the_story():
-    story = Story("promoted", "test accuracy 0.91 vs 0.90", "1", "2", ("a", "b"))
-    text = story_text(story)
-    assert text.startswith("**Decision: promoted.** test accuracy 0.91")
-    assert "champion, version 1" in text
 
 
 def test_retrain_settings_are_checked():
