@@ -74,13 +74,12 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
         | {"store": shown(job.monitor.store), "window_start": story.window[0]}
         | {"window_end": story.window[1]}
     )
-    if (usable := count_usable_feedback(job, start)) == 0:
+    if count_usable_feedback(job, start) == 0:
         story.decision = "skipped"
         story.reason = (
             f"no labelled feedback with text since {story.window[0]}: nothing to train on"
         )
         return
-    story.reason = f"{usable} feedback rows to learn from"
     recommended, why = monitor(job, parent, story)
     if not (recommended or job.retrain.force):
         story.decision, story.reason = "not needed", f"the monitor sees no need ({why})"
@@ -94,22 +93,31 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
 def window(job: RetrainJob) -> tuple[datetime, datetime]:
     """[start, end) of the feedback and predictions: `since` .. `until` of the monitor
     settings, starting no earlier than where the last promoted retrain's window ended."""
-    import mlflow
 
     start, end = parse_window(job.monitor.since, job.monitor.until)
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.step = 'retrain' and tags.registered_model = '{job.name}' "
-        "and tags.decision = 'promoted'",
+    runs = retrain_runs(
+        job.name,
+        "tags.decision = 'promoted'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
-        output_format="list",
     )
     if runs and (last_end := runs[0].data.params.get("window_end")):
         start = max(start, datetime.fromisoformat(last_end))
     if start >= end:  # nothing since the last promoted retrain
         start = end
     return start, end
+
+
+def retrain_runs(name: str, condition: str, **options: Any) -> list:
+    """The retrain runs of registered model `name`, in any experiment, that meet `condition`."""
+    import mlflow
+
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.step = 'retrain' and tags.registered_model = '{name}' and {condition}",
+        output_format="list",
+        **options,
+    )
 
 
 def count_usable_feedback(job: RetrainJob, start: datetime) -> int:
@@ -126,17 +134,11 @@ def count_usable_feedback(job: RetrainJob, start: datetime) -> int:
 
 def refuse_if_running(parent: Any, name: str, lock_hours: float) -> None:
     """UserError if an earlier retrain of `name` is still RUNNING (and not stale)."""
-    import mlflow
 
     oldest = datetime.now(timezone.utc) - timedelta(hours=lock_hours)
     others = [
         run
-        for run in mlflow.search_runs(
-            search_all_experiments=True,
-            filter_string=f"tags.step = 'retrain' and tags.registered_model = '{name}' "
-            "and attributes.status = 'RUNNING'",
-            output_format="list",
-        )
+        for run in retrain_runs(name, "attributes.status = 'RUNNING'")
         if run.info.run_id != parent.info.run_id
         and run.info.start_time >= oldest.timestamp() * 1000
         and (run.info.start_time, run.info.run_id) < (parent.info.start_time, parent.info.run_id)
