@@ -145,7 +145,12 @@ def judge(
         scores["champion"] = score(champion, texts, labels)
     if production is not None:
         scores = {
-            role: replace(s, production_accuracy=accuracy_on(models[role], production))
+            role: replace(
+                s,
+                production_accuracy=accuracy_on(
+                    models[role], production["text"].tolist(), production["label"].to_numpy()
+                ),
+            )
             for role, s in scores.items()
         }
     return (*decide(cfg, scores["candidate"], scores.get("champion"), versions), scores)
@@ -181,9 +186,9 @@ def production_slice(
     return frame.assign(label=frame["label"].map({name: i for i, name in enumerate(labels)}))
 
 
-def accuracy_on(model: OnnxClassifier, frame: "pd.DataFrame") -> float:
-    predictions = batched_predictions(model.logits, frame["text"].tolist())
-    return float((predictions == frame["label"].to_numpy()).mean())
+def accuracy_on(model: OnnxClassifier, texts: list[str], labels: np.ndarray) -> float:
+    """Share of `texts` the classifier the server runs labels as `labels`."""
+    return float((batched_predictions(model.logits, texts) == labels).mean())
 
 
 def resolve_version(client: Any, name: str, version: str) -> str:
@@ -227,7 +232,7 @@ def score(
     model: OnnxClassifier, texts: list[str], labels: np.ndarray, latency_texts: int = 0
 ) -> Score:
     """Test accuracy, and with `latency_texts` the batch-1 p95 (after a short warm-up)."""
-    accuracy = float((batched_predictions(model.logits, texts) == labels).mean())
+    accuracy = accuracy_on(model, texts, labels)
     if not latency_texts:
         return Score(accuracy)
     batch1_latency_ms(model.logits, texts[:10])
