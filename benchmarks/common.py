@@ -5,12 +5,14 @@ rounds, and report medians over the rounds: the machine is shared and noisy.
 """
 
 import asyncio
+import contextlib
 import http.client
 import json
 import statistics
+import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -188,3 +190,13 @@ def train_with_pipeline(
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}"
+
+
+@contextlib.contextmanager
+def work_folder(keep: str, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark writes its data, checkpoints and models to: `keep` (made if
+    need be, left afterwards) when given, else a temporary one deleted at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as temporary:
+        work = Path(keep or temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import DATA, REPO, record, unique_name
+from benchmarks.common import DATA, REPO, record, unique_name, work_folder
 from devkit.servers import BackgroundLoad, Server, wait_for_version
 from distrinews.runtime.labels import LABELS
 
@@ -302,9 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="distrinews-retrain-bench-") as temporary:
-        work = Path(args.work or temporary)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_folder(args.work, "distrinews-retrain-bench-") as work:
         figures = measure(args, work)
     text, metrics = table(figures, args)
     record(

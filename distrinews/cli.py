@@ -13,6 +13,7 @@ from typing import Any
 
 from distrinews.config import (
     DataConfig,
+    DistillConfig,
     EvaluateConfig,
     ExportConfig,
     FeedbackConfig,
@@ -35,7 +36,10 @@ RETRAIN_MONITOR_FIELDS = (
     *("max_drift", "min_live_accuracy", "min_feedback"),
 )
 #: The promotion gate's settings a retrain passes on (its registered model is the monitor's).
-RETRAIN_GATE_FIELDS = ("max_accuracy_drop", "max_production_drop", "max_p95_ms", "latency_texts")
+RETRAIN_GATE_FIELDS = (
+    *("max_accuracy_drop", "max_production_drop", "max_p95_ms", "max_budget_drop"),
+    "latency_texts",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ STEPS = {
             (TrainConfig, ()),
             (TrackingConfig, ()),
             (FeedbackConfig, ()),
+            (DistillConfig, ()),
         ),
     ),
     "evaluate": Step(
@@ -173,6 +178,7 @@ def parse_training_job(argv: list[str] | None = None) -> TrainingJob:
         train=configs[TrainConfig],
         tracking=configs[TrackingConfig],
         feedback=configs[FeedbackConfig],
+        distill=configs[DistillConfig],
     )
 
 

@@ -64,12 +64,54 @@ class ModelConfig:
         "",
     )
 
+    layers: int = _help(
+        "Keep only this many of the encoder's layers, evenly spaced from its first to its "
+        "last, each with its trained weights: a smaller, faster student (0: all layers).",
+        0,
+    )
+
     def __post_init__(self) -> None:
-        init = self.init_from.strip()
-        if init.startswith("models:/") and not (ALIAS_URI.match(init) or VERSION_URI.match(init)):
+        check_model_reference("init_from", self.init_from)
+        if self.layers < 0:
+            raise UserError(f"layers={self.layers} must be >= 0 (0 keeps every layer)")
+
+
+def check_model_reference(setting: str, value: str) -> None:
+    """A trained model named by registry URI or train run id: the URI must be one MLflow reads."""
+    value = value.strip()
+    if value.startswith("models:/") and not (ALIAS_URI.match(value) or VERSION_URI.match(value)):
+        raise UserError(
+            f"{setting}={value!r}: use models:/<name>@<alias>, models:/<name>/<version> "
+            "or a train run id"
+        )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str = _help(
+        "Distil from this trained model: a train run id, or a registered version "
+        "(models:/<name>@<alias> or models:/<name>/<version>) through its train run. Its "
+        "logits on the training rows are computed once and kept with the teacher run "
+        "(empty: learn from the labels alone).",
+        "",
+    )
+    distill_temperature: float = _help(
+        "Softmax temperature of the teacher's and the student's logits in the distillation "
+        "loss (Hinton et al. 2015); higher shows more of the teacher's view of wrong classes.",
+        2.0,
+    )
+    distill_alpha: float = _help(
+        "Weight of the teacher's soft targets in the loss; the labels' cross-entropy has "
+        "1 - this (0: labels only).",
+        0.5,
+    )
+
+    def __post_init__(self) -> None:
+        check_model_reference("teacher", self.teacher)
+        if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
             raise UserError(
-                f"init_from={init!r}: use models:/<name>@<alias>, models:/<name>/<version> "
-                "or a train run id"
+                f"distill_temperature={self.distill_temperature} must be > 0 and "
+                f"distill_alpha={self.distill_alpha} in [0, 1]"
             )
 
 
@@ -192,6 +234,7 @@ class TrainingJob:
     train: TrainConfig
     tracking: TrackingConfig
     feedback: FeedbackConfig = FeedbackConfig()
+    distill: DistillConfig = DistillConfig()
 
     def as_params(self) -> dict[str, Any]:
         """Flat dict for mlflow.log_params; field names are unique across groups.
@@ -260,9 +303,16 @@ class PromoteConfig:
         0.0,
     )
     max_p95_ms: float = _help(
-        "Refuse if the candidate's batch-1 p95 latency on this machine (ONNX Runtime in "
-        "process, milliseconds) is over this.",
+        "The latency budget: batch-1 p95 on this machine (ONNX Runtime in process, "
+        "milliseconds; run promote where the model will serve). A candidate over it is "
+        "refused whatever its accuracy; a champion over it may lose to a faster one.",
         20.0,
+    )
+    max_budget_drop: float = _help(
+        "When the champion is over max_p95_ms and the candidate within it, the candidate may "
+        "be up to this many points less accurate (test and production): the price of fitting "
+        "the budget.",
+        1.0,
     )
     max_production_drop: float = _help(
         "Refuse if the candidate's accuracy on its train run's `production` slice (held-out "
@@ -281,11 +331,11 @@ class PromoteConfig:
             raise UserError(f"version={self.version!r} must be a version number, or empty")
         if not self.registered_model.strip():
             raise UserError("registered_model is empty; pass -P registered_model=<name>")
-        drops = (self.max_accuracy_drop, self.max_production_drop)
+        drops = (self.max_accuracy_drop, self.max_production_drop, self.max_budget_drop)
         if min(drops) < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
             raise UserError(
-                "max_accuracy_drop and max_production_drop must be >= 0, max_p95_ms > 0, "
-                "latency_texts >= 1"
+                "max_accuracy_drop, max_production_drop and max_budget_drop must be >= 0, "
+                "max_p95_ms > 0, latency_texts >= 1"
             )
 
 

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,34 @@ def evaluate_frame(
         TokenizedDataset(frame, tokenizer, max_length), tokenizer, batch_size, 1, 0
     )
     return evaluate(model.to(info.device), loader, replace(info, world_size=1), desc="test")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_length: int,
+    batch_size: int = 64,
+    desc: str = "predict",
+) -> np.ndarray:
+    """The model's logits for `texts`, in their order (float32), from length-sorted batches
+    in this one process."""
+    info = DistInfo.from_env()
+    dataset = TokenizedDataset(pd.DataFrame({"text": texts, "label": 0}), tokenizer, max_length)
+    loader = make_loader(dataset, tokenizer, batch_size, 1, 0)
+    model = model.to(info.device).eval()
+    logits = np.empty((len(texts), model.config.num_labels), np.float32)
+    order, done = loader.sampler.indices, 0
+    bar = progress_bar(len(loader), desc, True)
+    for batch in loader:
+        with autocast(info.device, "auto"):
+            out = model(**{k: v.to(info.device) for k, v in batch.items() if k != "labels"})
+        logits[order[done : done + len(out.logits)]] = out.logits.float().cpu().numpy()
+        done += len(out.logits)
+        bar.update()
+    bar.close()
+    return logits
 
 
 def evaluate_logged_run(cfg: EvaluateConfig, data_cfg: DataConfig) -> dict[str, float]:

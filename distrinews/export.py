@@ -26,7 +26,7 @@ from distrinews.mlflow_runs import log_new_params, log_split, step_run
 from distrinews.model import load_model_and_tokenizer, resolve_model_path
 from distrinews.onnx_conversion import quantize_to_int8
 from distrinews.promotion import POINTS_TOLERANCE
-from distrinews.runtime.cpu import detect_target
+from distrinews.runtime.cpu import available_cpus, cpu_name, detect_target
 from distrinews.runtime.labels import LABELS, class_names
 from distrinews.runtime.pyfunc import log_onnx_model
 from distrinews.splits import Splits, load_splits
@@ -179,9 +179,18 @@ def record_evidence(
         "export_run_id": run.info.run_id,
         "test_rows": test_rows,
         UNTRAINED: run.data.tags.get(UNTRAINED),
+        # The latency figures hold for this CPU only; a student's size is on its page too.
+        "latency_cpu": f"{cpu_name()}, {available_cpus()} vCPUs",
+        "layers": encoder_layers(int8_dir),
     }
     (int8_dir / REPORT).write_text(json.dumps(evidence | report, indent=2))
     return evidence
+
+
+def encoder_layers(folder: Path) -> int | None:
+    """How many encoder layers the exported model has (BERT's or DistilBERT's config key)."""
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("num_hidden_layers", config.get("n_layers"))
 
 
 def log_and_register(int8_dir: Path, example_texts: list[str], registered_model: str) -> str:

@@ -18,10 +18,18 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 class TokenizedDataset(Dataset):
     """Token ids of every text, unpadded; the collator pads each batch."""
 
-    def __init__(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        teacher_logits: np.ndarray | None = None,
+    ):
         self.encodings = tokenizer(list(frame["text"]), truncation=True, max_length=max_length)
         self.labels = frame["label"].astype(int).tolist()
         self.lengths = [len(ids) for ids in self.encodings["input_ids"]]
+        # A distilled student's soft targets, row for row; batched as `teacher_logits`.
+        self.teacher_logits = teacher_logits
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -29,6 +37,8 @@ class TokenizedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = {key: values[index] for key, values in self.encodings.items()}
         item["labels"] = self.labels[index]
+        if self.teacher_logits is not None:
+            item["teacher_logits"] = self.teacher_logits[index].tolist()
         return item
 
 

@@ -241,6 +241,7 @@ def promote(job: RetrainJob, parent: Any, story: Story, version: str) -> None:
         max_accuracy_drop=cfg.max_accuracy_drop,
         max_production_drop=cfg.max_production_drop,
         max_p95_ms=cfg.max_p95_ms,
+        max_budget_drop=cfg.max_budget_drop,
         latency_texts=cfg.latency_texts,
         data=job.data.data,
         max_eval_rows=job.data.max_eval_rows,

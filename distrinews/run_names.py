@@ -41,7 +41,10 @@ def data_name(data: str) -> str:
 
 
 def default_run_name(job: "TrainingJob", world_size: int) -> str:
-    """A name that says the run's key settings, e.g. 'minilm-l6 lr1e-4 b32x2 e2'."""
+    """A name that says the run's key settings, e.g. 'minilm-l6 lr1e-4 b32x2 e2', or
+    'minilm-l6 3-layer len64 lr1e-4 b32x2 e2 +distill' for a distilled student."""
+    from distrinews.config import DataConfig
+
     t = job.train
     mantissa, exponent = f"{t.lr:e}".split("e")
     lr = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
@@ -50,5 +53,10 @@ def default_run_name(job: "TrainingJob", world_size: int) -> str:
     model = short_model_name(job.model.model)
     if job.model.init_from:  # a warm start: what it continues, e.g. 'from distrinews@champion'
         model = f"from {job.model.init_from.removeprefix('models:/')}"
+    if job.model.layers:  # a student: how many layers it keeps, e.g. 'minilm-l6 3-layer'
+        model += f" {job.model.layers}-layer"
+    if job.data.max_length != DataConfig.max_length:
+        model += f" len{job.data.max_length}"
     feedback = " +feedback" if job.feedback.feedback else ""
-    return f"{model} lr{lr} {batch} e{t.epochs}{rows}{feedback}"
+    distilled = " +distill" if job.distill.teacher else ""
+    return f"{model} lr{lr} {batch} e{t.epochs}{rows}{feedback}{distilled}"

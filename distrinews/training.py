@@ -15,14 +15,14 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from distrinews import checkpoint
-from distrinews.config import DEFAULT_MODEL, TrainConfig, TrainingJob
+from distrinews.config import DEFAULT_MODEL, DistillConfig, TrainConfig, TrainingJob
 from distrinews.data_labels import metric_safe
+from distrinews.distillation import cached_logits, distillation_loss, teacher_forward, update_cache
 from distrinews.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
@@ -38,6 +38,7 @@ from distrinews.distributed import (
 from distrinews.errors import UserError
 from distrinews.evaluation import evaluate
 from distrinews.feedback_data import FeedbackRows, load_feedback, with_feedback
+from distrinews.layer_selection import keep_layers
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
 from distrinews.mlflow_runs import check_tracking_server, git_commit
 from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
@@ -49,7 +50,7 @@ from distrinews.runtime.prediction_store import shown
 from distrinews.signals import raise_on_sigterm
 from distrinews.splits import Splits, load_splits
 from distrinews.tracking import ModelCard, Tracker, start_tracker
-from distrinews.warm_start import Lineage, warm_start_folder
+from distrinews.warm_start import Lineage, find_lineage, warm_start_folder
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TrainState:
     tracker: Tracker = field(default_factory=Tracker)
     progress: Progress = field(default_factory=Progress)
     run_folder: Path | None = None  # the run's checkpoint folder, on the main process
+    distill: DistillConfig = DistillConfig()  # the soft targets' temperature and weight
 
     def x_axes(self) -> dict[str, float]:
         """Logged beside every step metric: the UI can then plot runs of different
@@ -139,10 +141,14 @@ def train_step(state: TrainState, micro_batches: list[dict[str, torch.Tensor]]) 
         last = i + 1 == len(micro_batches)
         with nullcontext() if last else ddp_model.no_sync():
             with autocast(info.device, cfg.precision):
-                inputs = {key: value for key, value in batch.items() if key != "labels"}
+                inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
                 logits = ddp_model(**inputs).logits
-            loss = F.cross_entropy(
-                logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing
+            loss = distillation_loss(
+                logits.float(),
+                batch["labels"],
+                batch.get("teacher_logits"),
+                state.distill,
+                cfg.label_smoothing,
             )
             (loss / len(micro_batches)).backward()
         if state.embedding_rows:
@@ -224,9 +230,12 @@ def _train(
     torch.manual_seed(job.train.seed)  # same new head on every rank
     with fail_together(info), tempfile.TemporaryDirectory(prefix="distrinews-init-") as init_dir:
         check_world_fits_machine(info)
-        inputs = load_inputs(job, resume_from, Path(init_dir))
+        inputs = load_inputs(job, resume_from, Path(init_dir), info)
         model, tokenizer = load_model_and_tokenizer(inputs.start, inputs.splits.labels)
-        train_loader, eval_loaders = build_loaders(job, inputs.frames(), tokenizer, info)
+        if job.model.layers:
+            inputs.kept_layers = keep_layers(model, job.model.layers)
+    with fail_together(info):  # after rank 0 has cached the teacher's logits, if missing
+        train_loader, eval_loaders = build_loaders(job, inputs, tokenizer, info)
     run_folder = None
     if info.is_main:  # before the first step: a restart in the first epoch finds this run
         job_id = os.environ.get("TORCHELASTIC_RUN_ID")
@@ -234,24 +243,27 @@ def _train(
     state = make_train_state(
         model, job.train, info, steps_per_epoch(train_loader, job.train.grad_accum)
     )
-    state.tracker, state.run_folder = tracker, run_folder
+    state.tracker, state.run_folder, state.distill = tracker, run_folder, job.distill
     log_inputs(tracker, job, info, inputs, resume_from)
     if saved is not None:
         state.load_state_dict(saved)
     for epoch in range(state.progress.epoch, job.train.epochs):
         train_one_epoch(state, train_loader, epoch)
         end_epoch(state, eval_loaders["validation"], tokenizer)
-    return finish(state, tokenizer, eval_loaders, model_card(job, inputs.splits, model))
+    return finish(state, tokenizer, eval_loaders, model_card(job, inputs, model))
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainInputs:
-    """What a run trains and scores on, and the weights it starts from."""
+    """What a run trains and scores on, and the weights and teacher it starts from."""
 
     splits: Splits  # the data's own splits
     start: str  # the model folder or id the weights load from
     feedback: FeedbackRows | None = None  # production feedback: rows added, slice held out
     lineage: Lineage | None = None  # the run a warm start continues
+    teacher: Lineage | None = None  # the run a distilled student learns from
+    teacher_computed: int = 0  # texts the teacher ran on in this launch (0: all cached)
+    kept_layers: list[int] | None = None  # a student's layers, as indices of the encoder's
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """The frames to load: train with the feedback rows, and the production slice."""
@@ -263,19 +275,26 @@ class TrainInputs:
         return frames
 
 
-def load_inputs(job: TrainingJob, resume_from: Path | None, init_dir: Path) -> TrainInputs:
-    """The data's splits, the feedback (with -P feedback=), and the starting weights: the
-    run's own checkpoint when resuming, a warm start's (-P init_from=), else `model`."""
+def load_inputs(
+    job: TrainingJob, resume_from: Path | None, init_dir: Path, info: DistInfo
+) -> TrainInputs:
+    """The data's splits, the feedback (with -P feedback=), the starting weights (the run's
+    own checkpoint when resuming, a warm start's with -P init_from=, else `model`'s), and
+    the teacher (-P teacher=), whose logits the main process caches if they are not yet."""
     splits = load_splits(job.data, job.train.seed)
-    feedback = None
+    inputs = TrainInputs(splits, str(resume_from or job.model.model))
     if job.feedback.feedback:
-        feedback = load_feedback(job.feedback, splits, job.train.seed)
-    lineage = None
-    start = str(resume_from or job.model.model)
+        inputs.feedback = load_feedback(job.feedback, splits, job.train.seed)
     if job.model.init_from and resume_from is None:
-        folder, lineage = warm_start_folder(job.model.init_from, splits.labels, init_dir)
-        start = str(folder)
-    return TrainInputs(splits, start, feedback, lineage)
+        folder, inputs.lineage = warm_start_folder(job.model.init_from, splits.labels, init_dir)
+        inputs.start = str(folder)
+    if job.distill.teacher:
+        inputs.teacher = find_lineage(job.distill.teacher, "teacher")
+        if info.is_main:
+            run_id, texts = inputs.teacher.run_id, inputs.frames()["train"]["text"].tolist()
+            compute = teacher_forward(run_id, splits.labels)
+            inputs.teacher_computed = update_cache(run_id, texts, splits.labels, compute)
+    return inputs
 
 
 def log_inputs(
@@ -290,8 +309,8 @@ def log_inputs(
     params["feedback"] = shown(job.feedback.feedback)  # no password in a param
     tracker.log_params(params)
     tags = run_tags(job, info, resume_from)
-    if inputs.lineage is not None:
-        tags |= inputs.lineage.tags()
+    for lineage in (inputs.lineage, inputs.teacher):
+        tags |= lineage.tags() if lineage is not None else {}
     tracker.set_tags(tags)
     tracker.log_datasets(inputs.splits.frames(), job.data.data)
     if inputs.feedback is not None:
@@ -299,16 +318,20 @@ def log_inputs(
 
 
 def build_loaders(
-    job: TrainingJob,
-    frames: dict[str, pd.DataFrame],
-    tokenizer: PreTrainedTokenizerBase,
-    info: DistInfo,
+    job: TrainingJob, inputs: TrainInputs, tokenizer: PreTrainedTokenizerBase, info: DistInfo
 ) -> tuple[DataLoader, dict[str, DataLoader]]:
-    """Tokenized train loader (length-grouped, sharded) and one loader per scored split."""
+    """Tokenized train loader (length-grouped, sharded; with the teacher's logits for a
+    student) and one loader per scored split."""
+    frames = inputs.frames()
     datasets = {
         name: TokenizedDataset(frame, tokenizer, job.data.max_length)
         for name, frame in frames.items()
     }
+    if inputs.teacher is not None:
+        texts = frames["train"]["text"].tolist()
+        datasets["train"].teacher_logits = cached_logits(
+            inputs.teacher.run_id, texts, inputs.splits.labels
+        )
     get_logger(info).info("rows: %s", {name: len(d) for name, d in datasets.items()})
     train_loader = make_loader(
         datasets.pop("train"),
@@ -498,19 +521,26 @@ def finish(
     return test_metrics
 
 
-def model_card(job: TrainingJob, splits: Splits, model: PreTrainedModel) -> ModelCard:
-    """Name, source and README of the model the run logs."""
-    source = job.model.model
+def model_card(job: TrainingJob, inputs: TrainInputs, model: PreTrainedModel) -> ModelCard:
+    """Name, source and README of the model the run logs; a student's says what it kept
+    and whom it learned from."""
+    source, splits = job.model.model, inputs.splits
     if Path(source).expanduser().exists():
         source = Path(source).name  # a local folder: its name, not this machine's path
     labels = ", ".join(class_names(model.config.id2label))
     data = data_name(job.data.data)
+    student = ""
+    if inputs.kept_layers:
+        kept = ", ".join(map(str, inputs.kept_layers))
+        student += f" It keeps {len(inputs.kept_layers)} of the encoder's layers ({kept})."
+    if inputs.teacher is not None:
+        student += f" It was distilled from the train run {inputs.teacher.run_id}."
     return ModelCard(
         name=f"{short_model_name(job.model.model)}-{data}",
         source=source,
         input_example=splits.test["text"].head(2).tolist(),
         description=f"{source} fine-tuned with DistriNews to classify news topics ({labels}) "
-        f"on {len(splits.train)} rows of {data}.",
+        f"on {len(splits.train)} rows of {data}.{student}",
         # The default model's license (all-MiniLM-L6-v2); others' are the user's to state.
         license="apache-2.0" if job.model.model == DEFAULT_MODEL else None,
     )
@@ -555,6 +585,10 @@ def effective_params(job: TrainingJob, info: DistInfo, inputs: TrainInputs) -> d
         rows |= {
             f"feedback_left_out_{why.replace(' ', '_')}": n for why, n in feedback.left_out.items()
         }
+    if inputs.kept_layers:
+        rows["kept_layers"] = ",".join(map(str, inputs.kept_layers))
+    if inputs.teacher is not None:
+        rows["teacher_logits_computed"] = inputs.teacher_computed
     return rows | {
         "train_rows": len(splits.train) + rows.get("feedback_rows", 0),
         "validation_rows": len(splits.validation),

@@ -32,7 +32,10 @@ def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
     tags = {tag: f"{report[key]:.4f}" for tag, key in VERSION_EVIDENCE.items()}
     tags |= {
         key: str(report[key])
-        for key in ("target", "source", "source_run_id", "export_run_id", "test_rows", UNTRAINED)
+        for key in (
+            *("target", "source", "source_run_id", "export_run_id", "test_rows", UNTRAINED),
+            *("latency_cpu", "layers"),
+        )
         if report.get(key) is not None
     }
     for key, value in tags.items():
@@ -42,7 +45,9 @@ def describe_version(name: str, version: str, report: dict[str, Any]) -> None:
         f"{report['accuracy_onnx_int8']:.4f} int8 vs {report['accuracy_pytorch_fp32']:.4f} "
         f"PyTorch fp32 ({report['int8_agreement_with_pytorch']:.2%} agreement) on "
         f"{report['test_rows']} rows; batch-1 p50 {report['latency_p50_ms_onnx_int8']:.1f} ms, "
-        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms; {report['size_mb_onnx_int8']:.1f} MB; "
+        f"p95 {report['latency_p95_ms_onnx_int8']:.1f} ms on "
+        f"{report.get('latency_cpu', 'the export machine')}; "
+        f"{report.get('layers', '?')} encoder layers, {report['size_mb_onnx_int8']:.1f} MB; "
         f"confidence calibrated (T={report['temperature']:.3f}): test ECE "
         f"{report['ece_test']:.4f}, {report['ece_test_uncalibrated']:.4f} before."
     )

@@ -18,14 +18,16 @@ class Lineage:
     init_from: str  # as the user named it
     run_id: str  # the train run whose logged model the weights are
     version: str = ""  # the registered version behind `init_from`, if it named one
+    setting: str = "init_from"  # the setting that named it: init_from, or a student's teacher
 
     def tags(self) -> dict[str, str]:
-        tags = {"init_from": self.init_from, "init_from_run_id": self.run_id}
-        return tags | ({"init_from_version": self.version} if self.version else {})
+        tags = {self.setting: self.init_from, f"{self.setting}_run_id": self.run_id}
+        return tags | ({f"{self.setting}_version": self.version} if self.version else {})
 
 
-def find_lineage(init_from: str) -> Lineage:
-    """The train run behind `init_from`: a registered version's source run, or a run id."""
+def find_lineage(init_from: str, setting: str = "init_from") -> Lineage:
+    """The train run behind `init_from`: a registered version's source run, or a run id.
+    `setting` names the parameter in errors and tags."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -34,24 +36,24 @@ def find_lineage(init_from: str) -> Lineage:
         try:
             run = client.get_run(init_from)
         except MlflowException as err:
-            raise UserError(f"init_from={init_from!r}: no such run ({first_line(err)})") from err
+            raise UserError(f"{setting}={init_from!r}: no such run ({first_line(err)})") from err
         if run.data.tags.get("step") != "train":
-            raise UserError(f"init_from={init_from!r} is not a train run; pass a train run's id")
-        return Lineage(init_from, init_from)
+            raise UserError(f"{setting}={init_from!r} is not a train run; pass a train run's id")
+        return Lineage(init_from, init_from, setting=setting)
     try:
         source = resolve_source(init_from)
         match = VERSION_URI.match(source.uri)
         version = client.get_model_version(match["name"], match["version"])
     except (ModelFolderError, MlflowException) as err:
-        raise UserError(f"init_from={init_from!r}: {first_line(err)}") from err
+        raise UserError(f"{setting}={init_from!r}: {first_line(err)}") from err
     run_id = version.tags.get("source_run_id")
     if not run_id:
         raise UserError(
-            f"init_from={init_from!r}: version {version.version} was not exported from a train "
+            f"{setting}={init_from!r}: version {version.version} was not exported from a train "
             "run (no source_run_id tag), so there are no weights to start from; pass a train "
             "run id"
         )
-    return Lineage(init_from, run_id, str(version.version))
+    return Lineage(init_from, run_id, str(version.version), setting)
 
 
 def warm_start_folder(init_from: str, labels: tuple[str, ...], into: Path) -> tuple[Path, Lineage]:

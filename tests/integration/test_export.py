@@ -55,6 +55,8 @@ def test_export_run_is_logged_and_linked(exported):
     assert (str(version.version), version.run_id) == ("1", run.info.run_id)
     assert version.tags["source_run_id"] == train_run_id
     assert version.tags["test_accuracy_int8"] == f"{metrics['export/accuracy_onnx_int8']:.4f}"
+    # Its latency says on which CPU; its size how many layers (the tiny BERT's 2).
+    assert "vCPUs" in version.tags["latency_cpu"] and version.tags["layers"] == "2"
     check_calibration(store, run, version, folder)
     with tracking_uri(store.uri):
         model_folder = local_model_folder(ModelSource(f"models:/distrinews/{version.version}"))

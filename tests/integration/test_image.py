@@ -1,5 +1,6 @@
 """The Docker image's build steps (serving/install.sh) in a fresh venv: no torch, and it serves."""
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,17 @@ def test_image_install_serves_without_torch(exported, tmp_path, texts):
             [python, "-c", f"import {heavy}"], env=env, capture_output=True, timeout=60
         )
         assert probe.returncode != 0, f"{heavy} must not be in the server image"
+    # The image times its model on the CPU it runs on (a Space's), without torch too.
+    measure = subprocess.run(
+        [python, "-m", "serving.measure", "--model", str(app_model), "--count", "20"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert measure.returncode == 0, measure.stderr[-2000:]
+    assert json.loads(measure.stdout)["p95_ms"] > 0
     server = Server(str(app_model), env, python=python, cwd=tmp_path)
     try:
         server.wait_ready()

@@ -20,6 +20,10 @@ from distrinews.errors import UserError
         (["--precision", "fp8"], "precision='fp8'"),
         (["--init-from", "models:/distrinews"], "init_from='models:/distrinews'"),
         (["--feedback-since", "7d"], "feedback is empty"),
+        (["--layers", "-1"], "layers=-1"),
+        (["--teacher", "models:/distrinews"], "teacher='models:/distrinews'"),
+        (["--distill-temperature", "0"], "distill_temperature=0.0 must be > 0"),
+        (["--distill-alpha", "1.5"], "distill_alpha=1.5 in [0, 1]"),
     ],
 )
 def test_bad_values_raise_a_user_error(argv, message):
@@ -35,6 +39,7 @@ def test_bad_values_raise_a_user_error(argv, message):
         {"max_p95_ms": 0},
         {"max_accuracy_drop": -1},
         {"max_production_drop": -1},
+        {"max_budget_drop": -1},
     ],
 )
 def test_bad_settings_are_refused(settings):

@@ -62,6 +62,42 @@ def test_force_skips_the_accuracy_gate_but_not_the_latency_budget():
     assert not decide(PromoteConfig(force=True), slow, Score(0.91), VERSIONS)[0]
 
 
+BUDGET = PromoteConfig(max_p95_ms=10, max_budget_drop=1.0)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "promoted", "why"),
+    [
+        (Score(0.905, 4.0), True, "the champion's p95 25.0 ms over it"),
+        (Score(0.895, 4.0), False, "1.50 test points lower (max_budget_drop=1)"),
+        (Score(0.905, 4.0, production_accuracy=0.79), False, "production points lower"),
+    ],
+)
+def test_a_champion_over_the_budget_may_lose_to_a_faster_less_accurate_one(
+    candidate, promoted, why
+):
+    """Timed on the serving CPU, the champion misses the budget: a candidate within it may
+    be up to max_budget_drop points less accurate, on test and production alike."""
+    slow_champion = Score(0.910, 25.0, production_accuracy=0.81)
+    decision, reason = decide(BUDGET, candidate, slow_champion, VERSIONS)
+    assert decision is promoted and why in reason, reason
+
+
+def test_a_candidate_over_the_budget_is_refused_whatever_its_accuracy():
+    for champion in (Score(0.50, 25.0), Score(0.50, 4.0)):
+        decision, reason = decide(BUDGET, Score(0.99, 12.0), champion, VERSIONS)
+        assert not decision and "over max_p95_ms=10, whatever its accuracy" in reason
+
+
+def test_with_both_within_the_budget_the_usual_accuracy_gate_holds():
+    """A champion that fits the budget is replaced only by one as accurate: speed alone
+    does not buy accuracy points."""
+    decision, reason = decide(BUDGET, Score(0.905, 2.0), Score(0.910, 9.0), VERSIONS)
+    assert not decision and "(max_accuracy_drop=0)" in reason
+    decision, reason = decide(BUDGET, Score(0.912, 9.5), Score(0.910, 2.0), VERSIONS)
+    assert decision and "over it" not in reason
+
+
 # --- The whole gate in process, against a real SQLite registry (no server needed). ---
 
 NAME = "distrinews"

@@ -22,6 +22,8 @@ def test_an_unnamed_run_is_named_after_its_key_settings():
     assert default_run_name(job, world_size=8) == "minilm-l6 lr3e-5 b32x8 e2 n2000"
     job = parse_training_job(["--init-from", "models:/distrinews/3", "--feedback", "sqlite://"])
     assert default_run_name(job, world_size=2) == "from distrinews/3 lr1e-4 b32x2 e2 +feedback"
+    job = parse_training_job(["--layers", "3", "--max-length", "64", "--teacher", "0a1b"])
+    assert default_run_name(job, world_size=2) == "minilm-l6 3-layer len64 lr1e-4 b32x2 e2 +distill"
 
 
 def test_mlflow_made_up_names_are_told_from_user_names():
