@@ -159,7 +159,9 @@ def table(rows: list[Trial], reports: dict, latency: dict, args) -> tuple[str, d
         f"{args.rows} AG News train rows, {args.epochs} epochs, {args.nproc} processes; "
         f"accuracy on the whole test split (7,600 rows). Latency: int8 ONNX batch 1, "
         f"{args.texts} test texts, medians of {args.rounds} rounds; HTTP is `POST /predict` "
-        "to `python -m serving` on 127.0.0.1, one client.",
+        "to `python -m serving` on 127.0.0.1, one client. Speed depends on the "
+        "architecture only, so one model per architecture is exported and timed (the "
+        "distilled one where there is one): its rows share the int8 and latency columns.",
         "",
         "| model | seeds | test accuracy (PyTorch) | vs all layers (points) | int8 accuracy "
         "| p50 / p95 ms in process | p50 / p95 ms HTTP | p95 vs all layers (HTTP) | train s |",
