@@ -15,7 +15,13 @@ from devkit.mlflow_store import E2E_TRAINING, train_run
 from devkit.processes import processes_mentioning
 from distrinews import checkpoint
 from distrinews.cli import parse_bool
-from distrinews.config import DataConfig, FeedbackConfig, ModelConfig, TrainConfig
+from distrinews.config import (
+    DataConfig,
+    DistillConfig,
+    FeedbackConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from distrinews.logged_models import logged_model_id
 from distrinews.mlflow_runs import git_commit
 from distrinews.runtime.cpu import available_cpus
@@ -49,12 +55,12 @@ def test_exactly_one_finished_run_with_params_and_tags(trained_run, tiny_bert):
     # Each rank takes its share of the cores, at least one.
     assert params["threads_per_process"] == str(max(1, available_cpus() // 2))
     assert params["compute_precision"] in ("bf16", "fp32")
-    # Empty only where an optional setting was not used (no warm start, no feedback).
-    unused = {
-        f.name for group in (ModelConfig(), FeedbackConfig()) for f in dataclasses.fields(group)
-    }
+    # Empty only where an optional setting was not used (no warm start, feedback, teacher).
+    groups = (ModelConfig(), FeedbackConfig(), DistillConfig())
+    unused = {f.name for group in groups for f in dataclasses.fields(group)}
     empty = {k for k, v in params.items() if v.strip("'\" ") == ""}
-    assert empty == {"init_from", "feedback", "feedback_since"} <= unused, "no other empty params"
+    optional = {"init_from", "feedback", "feedback_since", "teacher"}
+    assert empty == optional <= unused, "no other empty params"
     assert not {"experiment", "run_name"} & set(params)
     tags = run.data.tags
     assert tags["backend"] == "gloo" and tags["device"] == "cpu"
