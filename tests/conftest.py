@@ -23,8 +23,8 @@ from distrinews.runtime.reference_profile import build_profile
 SHARED_RUNS = {"trained_run", "exported"}
 
 
-#: The longest-running test files (1-2.5 minutes each on 2 vCPUs), started first.
-LONGEST = ("test_retrain.py", "test_train_recovery.py", "test_student.py")
+#: The longest-running test files (about 2 minutes each on 2 vCPUs), started first.
+LONGEST = ("test_retrain.py", "test_train_recovery.py")
 
 #: Every test under this folder starts real processes: it is marked `integration`.
 INTEGRATION = Path(__file__).parent / "integration"
