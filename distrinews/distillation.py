@@ -59,15 +59,10 @@ def text_key(text: str) -> str:
 def read_cache(run_id: str, labels: tuple[str, ...], work: Path) -> pd.DataFrame:
     """The teacher run's cached logits (index: text key, columns: class names); empty if
     it has none yet. Refuses a teacher of other classes than the data's."""
-    import mlflow
+    from distrinews.mlflow_runs import download_if_logged
 
-    folder, name = CACHE_ARTIFACT.rsplit("/", 1)
-    listed = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, folder)}
-    if name not in listed:
+    if (path := download_if_logged(run_id, CACHE_ARTIFACT, work)) is None:
         return pd.DataFrame(columns=list(labels), dtype=np.float32)
-    path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=CACHE_ARTIFACT, dst_path=str(work)
-    )
     cache = pd.read_parquet(path)
     check_teacher_classes(tuple(cache.columns), labels)
     return cache

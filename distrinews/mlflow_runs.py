@@ -208,6 +208,26 @@ def prediction_log_source(store: str, since: str) -> Any:
     return PredictionLogSource(shown(store), since)
 
 
+def download_if_logged(run_id: str, artifact: str, into: Path) -> Path | None:
+    """The run's artifact `artifact` downloaded into `into`; None if the run has none.
+
+    Listing its folder first: MLflow raises a different error per artifact store
+    for a missing file, and an absent optional artifact is not an error here.
+    """
+    import mlflow
+
+    folder, name = artifact.rsplit("/", 1)
+    if name not in {
+        Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, folder)
+    }:
+        return None
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(into)
+        )
+    )
+
+
 def git_commit() -> str:
     """Commit of the code being run (mlflow run tags it too; plain torchrun does not)."""
     try:

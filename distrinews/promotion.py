@@ -167,17 +167,12 @@ def production_slice(
     import pandas as pd
 
     from distrinews.feedback_data import PRODUCTION_ARTIFACT
-    from distrinews.mlflow_runs import log_feedback_split
+    from distrinews.mlflow_runs import download_if_logged, log_feedback_split
 
     run_id = candidate_tags.get("source_run_id")
-    folder, file = PRODUCTION_ARTIFACT.rsplit("/", 1)
-    if not run_id or file not in {
-        Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, folder)
-    }:
+    path = run_id and download_if_logged(run_id, PRODUCTION_ARTIFACT, work / "production")
+    if not path:
         return None
-    path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=PRODUCTION_ARTIFACT, dst_path=str(work / "production")
-    )
     frame = pd.read_parquet(path)
     if frame.empty:
         return None
