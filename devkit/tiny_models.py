@@ -10,6 +10,9 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
 from distrinews.config import DEFAULT_MODEL
 from distrinews.model import load_model_and_tokenizer, resolve_model_path
 
+#: The registered model of the tiny int8 model (the `registered_tiny` test fixture).
+TINY_REGISTERED = "tiny-news"
+
 
 def make_tiny_model(folder: Path, architecture: str = "bert", seed: int = 0) -> Path:
     """A 2-layer, 32-wide encoder with seeded random weights and the real MiniLM tokenizer.

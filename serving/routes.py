@@ -16,16 +16,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, create_model
 
+from distrinews.runtime.text_rules import TEXT_PATTERN
 from serving.feedback import check_token, record_feedback
 from serving.inference import LoadedModel, MicroBatcher
 from serving.observability import REQUEST_ID
 from serving.prediction_log import Answered, now
 from serving.settings import Settings
-
-#: Some character that is not whitespace, and no NUL anywhere. (pydantic checks it with
-#: Rust's regex, whose \s is Unicode White_Space: a few ASCII separators such as \x1c,
-#: which str.isspace() calls whitespace, count as text. Harmless: they are served.)
-TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 #: The try-it page: one static file, no build step, no external scripts or fonts.
 PAGE = files("serving").joinpath("static/index.html").read_text(encoding="utf-8")

@@ -3,6 +3,8 @@
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from distrinews.runtime.text_rules import MAX_TEXT_CHARS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTRINEWS_", frozen=True)
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
         64, ge=1, description="Most texts one /predict/batch request may send"
     )
     max_text_chars: int = Field(
-        10_000,
+        MAX_TEXT_CHARS,
         ge=1,
         description="Longer texts get 422; shorter ones are truncated to the model's max tokens",
     )

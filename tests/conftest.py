@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from devkit.mlflow_store import E2E_TRAINING, MlflowStore, train_run
+from devkit.mlflow_store import E2E_TRAINING, MlflowStore, tracking_uri, train_run
 from devkit.processes import SHARED_DATA
-from devkit.tiny_models import export_tiny_onnx, make_tiny_model
+from devkit.tiny_models import TINY_REGISTERED, export_tiny_onnx, make_tiny_model
 from distrinews import checkpoint
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
@@ -151,3 +151,19 @@ def exported(trained_run, small_data, tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return store, run_id, folder, checkpoint.latest_checkpoint(output_dir / run_id)
+
+
+@pytest.fixture(scope="session")
+def registered_tiny(tmp_path_factory, tiny_onnx_profiled) -> MlflowStore:
+    """A store whose registered model TINY_REGISTERED has version 1: the tiny int8 model with
+    its reference profile, logged as export logs a model (seconds, no export run)."""
+    import mlflow
+
+    from distrinews.runtime.pyfunc import log_onnx_model
+
+    store = MlflowStore(tmp_path_factory.mktemp("registered-tiny"))
+    with tracking_uri(store.uri):
+        mlflow.set_experiment("export")
+        with mlflow.start_run():
+            log_onnx_model(tiny_onnx_profiled, ["Stocks rallied as oil fell."], TINY_REGISTERED)
+    return store

@@ -34,7 +34,7 @@ class OnnxClassifier:
         self.max_padding_share = max_padding_share
         self.model_file = _check_folder(self.folder)
         config = json.loads((self.folder / "config.json").read_text())
-        self.labels = class_names(config.get("id2label"))
+        self.labels = read_labels(self.folder)
         # Truncate where training did (the export stores it as model_max_length).
         tokenizer_config_file = self.folder / "tokenizer_config.json"
         tokenizer_config = (
@@ -67,24 +67,27 @@ class OnnxClassifier:
         """Token ids of each text, truncated, unpadded."""
         return self.tokenizer.encode_batch(texts)
 
-    def logits_of(self, encodings: list) -> np.ndarray:
+    def logits_of(self, encodings: list, max_batch: int = 0) -> np.ndarray:
         """Logits of encoded texts, in their order, computed in groups of similar length.
 
         One padded batch would spend most of its work on padding when a short
         and a long text meet; groups whose padding stays under
-        `max_padding_share` keep the batching gain without that waste.
+        `max_padding_share` keep the batching gain without that waste. `max_batch`
+        caps a group's texts (0: no cap), so a long list never becomes one huge call.
         """
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         logits = np.empty((len(encodings), len(self.labels)), dtype=np.float32)
         group: list[int] = []
+        tokens = 0
         for index in order:
-            candidate = [*group, index]
-            tokens = sum(len(encodings[i].ids) for i in candidate)
-            padded = len(candidate) * len(encodings[index].ids)  # sorted: the last is longest
-            if group and padded - tokens > self.max_padding_share * padded:
+            length = len(encodings[index].ids)
+            padded = (len(group) + 1) * length  # sorted: the newest is the longest
+            full = 0 < max_batch <= len(group)
+            if group and (full or padded - tokens - length > self.max_padding_share * padded):
                 logits[group] = self.run_encoded([encodings[i] for i in group])
-                candidate = [index]
-            group = candidate
+                group, tokens = [], 0
+            group.append(index)
+            tokens += length
         if group:
             logits[group] = self.run_encoded([encodings[i] for i in group])
         return logits
@@ -106,6 +109,11 @@ class OnnxClassifier:
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities (float64) of logits, scaled by the fitted temperature."""
         return softmax(logits, self.temperature)
+
+
+def read_labels(folder: Path) -> tuple[str, ...]:
+    """The class names of an exported folder, in output order (its config.json's id2label)."""
+    return class_names(json.loads((Path(folder) / "config.json").read_text()).get("id2label"))
 
 
 def _check_folder(folder: Path) -> Path:

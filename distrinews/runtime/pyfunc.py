@@ -1,7 +1,8 @@
 """The exported ONNX classifier as an MLflow pyfunc model, for the Model Registry.
 
 `mlflow.pyfunc.load_model("models:/distrinews@champion").predict(["headline"])`
-answers labels and confidences with the same OnnxClassifier the server runs.
+answers a DataFrame of labels, confidences and class probabilities with the same
+OnnxClassifier the server runs; `mlflow.pyfunc.spark_udf` runs it on Spark.
 It carries the torch-free part of this package it needs (`distrinews.runtime`).
 The ONNX folder is stored whole under the model's artifacts, so the server
 downloads the registered model and reads the folder directly.
@@ -13,31 +14,43 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-from pydantic import BaseModel
+import pandas as pd
 
 #: The key of the ONNX folder among the pyfunc model's artifacts.
 ONNX_FOLDER = "onnx_model"
 
 
-class Prediction(BaseModel):
-    label: str
-    confidence: float
-
-
 class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
-    """Texts in; a label and its confidence out for each."""
+    """Texts in; per text a label, its confidence, each class's probability, and an error
+    for a row that is not a text (its label empty), as a DataFrame."""
 
     def load_context(self, context: Any) -> None:
         from distrinews.runtime.onnx_classifier import OnnxClassifier
 
         self.classifier = OnnxClassifier(context.artifacts[ONNX_FOLDER])
 
-    # MLflow reads these type hints: it checks and converts the input to a
-    # list of strings (a one-column frame, a list, a Series all work).
-    def predict(self, model_input: list[str], params: dict | None = None) -> list[Prediction]:
-        rows = self.classifier.probabilities(model_input)
-        labels = self.classifier.labels
-        return [Prediction(label=labels[row.argmax()], confidence=row.max()) for row in rows]
+    # A DataFrame, as MLflow hands it over after applying the signature (a list becomes a
+    # one-column frame). Not list[str]: MLflow would then check that each value is a string
+    # and fail a whole batch (a Spark partition) on one missing text.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        from distrinews.runtime.table_scoring import score_values, texts_of
+
+        return score_values(self.classifier, texts_of(model_input))
+
+
+def signature(labels: tuple[str, ...]) -> Any:
+    """A `text` column in; the answer columns out (Spark's UDF takes its result type here)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from distrinews.runtime.table_scoring import CONFIDENCE, ERROR, LABEL, probability_column
+
+    outputs = [ColSpec(DataType.string, LABEL), ColSpec(DataType.double, CONFIDENCE)]
+    outputs += [ColSpec(DataType.double, probability_column(label)) for label in labels]
+    outputs.append(ColSpec(DataType.string, ERROR, required=False))
+    return ModelSignature(Schema([ColSpec(DataType.string)]), Schema(outputs))
 
 
 def log_onnx_model(folder: Path, example_texts: list[str], registered_model: str) -> Any:
@@ -51,18 +64,22 @@ def log_onnx_model(folder: Path, example_texts: list[str], registered_model: str
     import onnxruntime
     import tokenizers
 
+    from distrinews.runtime.onnx_classifier import read_labels
+    from distrinews.runtime.table_scoring import TEXT
+
     with tempfile.TemporaryDirectory() as work:
         return mlflow.pyfunc.log_model(
             name=ONNX_FOLDER,
             python_model=Path(__file__),  # models from code: nothing pickled
             artifacts={ONNX_FOLDER: str(folder)},
-            input_example=example_texts,
+            input_example=pd.DataFrame({TEXT: example_texts}),
+            signature=signature(read_labels(folder)),
             code_paths=[str(runtime_package(Path(work)))],
             pip_requirements=[
                 f"onnxruntime=={onnxruntime.__version__}",
                 f"tokenizers=={tokenizers.__version__}",
                 f"mlflow-skinny=={mlflow.__version__}",
-                "pandas",
+                f"pandas=={pd.__version__}",
             ],
             registered_model_name=registered_model or None,
         )

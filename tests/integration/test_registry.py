@@ -128,8 +128,9 @@ def check_version_evidence(client: mlflow.MlflowClient, version) -> None:
     assert "int8 ONNX" in version.description and "p95" in version.description
     with tracking_uri(client.tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version.version}")
-        (prediction,) = model.predict(["Stocks rallied as oil prices fell."])
-    assert prediction.label in ("World", "Sports", "Business", "Sci/Tech")
+        answers = model.predict(["Stocks rallied as oil prices fell."])
+    assert answers["label"].tolist()[0] in ("World", "Sports", "Business", "Sci/Tech")
+    assert answers["error"].isna().all()
 
 
 def switch_under_load(server, trained, small_data, texts, client) -> None:

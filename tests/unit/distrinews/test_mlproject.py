@@ -20,10 +20,14 @@ def test_mlproject_is_rendered_from_the_dataclasses():
 def test_each_entry_point_command_gives_the_steps_defaults(step):
     """What `mlflow run` runs with the MLproject defaults parses to the dataclass defaults."""
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][step]
-    values = {
-        name: spec.get("default", "some-run-id") for name, spec in entry["parameters"].items()
-    }
+    # A required parameter (no default) is given a value of its own name.
+    values = {name: spec.get("default", name) for name, spec in entry["parameters"].items()}
     command = entry["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()})
     arguments = shlex.split(command.split(f"-m {STEPS[step].module}", 1)[1])
-    required = ["--run-id", "some-run-id"] if step == "evaluate" else []
+    required = [
+        part
+        for name, spec in entry["parameters"].items()
+        if "default" not in spec
+        for part in (f"--{name.replace('_', '-')}", name)
+    ]
     assert build_parser(step).parse_args(arguments) == build_parser(step).parse_args(required)
