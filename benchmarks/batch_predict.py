@@ -113,6 +113,8 @@ def pytorch_rate(checkpoint: Path, texts: list[str]) -> float:
 def spark_session():
     from pyspark.sql import SparkSession
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors: this environment
+
     return (
         SparkSession.builder.master(f"local[{available_cpus()}]")
         .config("spark.ui.enabled", "false")

@@ -1,7 +1,8 @@
 """Benchmarks are scripts, not tests: here each runs once on a tiny configuration.
 
 Each must finish, write its table with every row filled, and log it to an
-MLflow run tagged `benchmark`.
+MLflow run tagged `benchmark`. Marked `bench`: not in the default run (`python -m pytest
+-m bench` runs them, before measuring or after changing a benchmark).
 """
 
 import json
@@ -14,7 +15,7 @@ from devkit.benchmark_runs import run_benchmark, table_rows
 from devkit.mlflow_store import MlflowStore
 from devkit.processes import SHARED_DATA
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.bench]
 
 
 def test_train_vs_trainer(tmp_path, tiny_bert, small_data):
@@ -206,3 +207,14 @@ def test_monitoring(tmp_path, tiny_onnx_profiled):
     assert len(drift) == 4 and all(0 <= v <= 1 for values in drift.values() for v in values)
     unknown_share = 3
     assert drift["with characters outside the vocabulary"][unknown_share] > 0.5
+
+
+def test_batch_predict(exported, tmp_path, small_data):
+    store, _, folder, checkpoint = exported
+    args = ("--model", folder, "--checkpoint", checkpoint, "--data", small_data, "--rounds", 1)
+    text, run = run_benchmark(store, "batch_predict", *args)
+    rows = table_rows(text, "predict step") + table_rows(text, "server") + table_rows(text, "Py")
+    rows += table_rows(text, "Spark")
+    assert len(rows) == 6 and all(float(row[1]) > 0 for row in rows)
+    assert 0 <= run.data.metrics["bench_spark_label_agreement"] <= 1
+    assert run.data.metrics["bench_step_vs_server"] > 0
