@@ -192,7 +192,8 @@ def table(r: dict, info: dict, args: argparse.Namespace) -> tuple[str, dict]:
         ("Spark local mode, mlflow.pyfunc.spark_udf", r["spark"]),
     ]
     lines = [
-        f"AG News test split ({info['rows']} texts); the int8 ONNX model `{args.model}`, "
+        f"AG News test split ({info['rows']} texts); the int8 ONNX model "
+        f"`{Path(args.model).name}`, "
         f"registered; medians over {args.rounds} alternating rounds.",
         "",
         "| engine | texts/s | vs server /predict/batch (best) |",
