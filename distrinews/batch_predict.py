@@ -163,7 +163,7 @@ def score_files(
     totals = BatchTotals()
     rows = sum(count_rows(item.input, cfg.text_column) for item in todo)
     with Scorer(folder, cfg.processes, cfg.max_text_chars) as scorer:
-        bar = progress_bar(rows, "predict", enabled=True)
+        bar = progress_bar(rows, "predict", enabled=rows > 0)
         try:
             for item in batch:
                 if item in todo:

@@ -18,8 +18,9 @@ from distrinews.cli import torchrun_command
 
 pytestmark = pytest.mark.timeout(600)
 
-#: 760 training rows, batch 4 per rank, 2 ranks: 95 optimizer steps an epoch.
-STEPS_PER_EPOCH = 95
+#: 400 training rows, batch 4 per rank, 2 ranks: 50 optimizer steps an epoch.
+TRAIN_ROWS = 400
+STEPS_PER_EPOCH = 50
 
 
 def training_options(tiny_bert, small_data, output_dir: Path, experiment: str) -> dict:
@@ -27,6 +28,7 @@ def training_options(tiny_bert, small_data, output_dir: Path, experiment: str) -
         "model": tiny_bert,
         "data": small_data,
         "epochs": 2,
+        "max_train_rows": TRAIN_ROWS,
         "batch_size": 4,
         "log_every": 1,
         "threads": 1,
@@ -212,7 +214,7 @@ def restart_in_the_first_epoch(store: MlflowStore, older, tiny_bert, small_data)
     before = checkpoint.latest_checkpoint(output_dir / older.info.run_id).name
     second = {"model": tiny_bert, "data": small_data, "output_dir": output_dir, "nproc": 2}
     second |= {"threads": 1, "max_eval_rows": 50, "log_every": 1}
-    second |= {"epochs": 2, "batch_size": 4, "max_restarts": 1}
+    second |= {"epochs": 2, "batch_size": 4, "max_restarts": 1, "max_train_rows": TRAIN_ROWS}
     log_file = store.folder / "second.log"
     with log_file.open("w") as log:
         process = store.start_mlflow_run("train", "restarted", second, log)
