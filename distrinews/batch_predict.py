@@ -73,6 +73,11 @@ class BatchTotals:
     def seconds(self) -> float:
         return sum(f.seconds for f in self.scored)
 
+    def label_shares(self, labels: tuple[str, ...]) -> np.ndarray:
+        """The share of each label among the scored texts, in `labels`' order."""
+        counts = np.array([self.labels.get(label, 0) for label in labels], dtype=np.float64)
+        return counts / max(1.0, counts.sum())
+
 
 def model_record(source: ModelSource) -> dict[str, str | None]:
     """What an output records of the model that scored it (an alias is pinned to its version)."""
@@ -129,16 +134,13 @@ def score_file(
     start = time.perf_counter()
     frame = read_input(item.input, cfg.text_column)
     values = frame[cfg.text_column].tolist()
-    frame, renamed = keep_clashing_columns(frame, answer_columns(scorer.classifier.labels))
+    columns = answer_columns(scorer.labels)
+    frame, renamed = keep_clashing_columns(frame, columns)
     parts = []
     for part in scorer.score(values):
         parts.append(part)
         bar.update(len(part))
-    answers = (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=answer_columns(scorer.classifier.labels))
-    )
+    answers = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     write_atomically(pd.concat([frame.reset_index(drop=True), answers], axis=1), item, record)
     good = answers[answers[ERROR].isna()]
     totals.labels.update(good[LABEL].tolist())
@@ -162,7 +164,11 @@ def score_files(
     """Score every file of `todo` with every CPU; the others are kept as they are."""
     totals = BatchTotals()
     rows = sum(count_rows(item.input, cfg.text_column) for item in todo)
-    with Scorer(folder, cfg.processes, cfg.max_text_chars) as scorer:
+    try:
+        scorer = Scorer(folder, cfg.processes, cfg.max_text_chars)
+    except ModelFolderError as err:  # downloaded, but not a model ONNX Runtime can open
+        raise UserError(f"{err}; pass -P model=<an exported version or folder>") from err
+    with scorer:
         bar = progress_bar(rows, "predict", enabled=rows > 0)
         try:
             for item in batch:
@@ -206,8 +212,3 @@ def run_predict(cfg: PredictConfig) -> str:
         f"texts, {rate:.0f} rows/s), {len(batch) - len(totals.scored)} kept; output in "
         f"{cfg.output}"
     )
-
-
-def label_shares(totals: BatchTotals, labels: tuple[str, ...]) -> np.ndarray:
-    counts = np.array([totals.labels.get(label, 0) for label in labels], dtype=np.float64)
-    return counts / max(1.0, counts.sum())

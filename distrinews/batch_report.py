@@ -14,7 +14,7 @@ from distrinews.config import PredictConfig
 from distrinews.mlflow_runs import log_new_params, quiet_dataset_warnings, step_run
 from distrinews.monitor import VersionReport
 from distrinews.monitor_report import png_image, signal_png
-from distrinews.runtime.model_source import ModelSource
+from distrinews.runtime.model_source import ModelSource, is_remote
 from distrinews.runtime.onnx_classifier import read_labels
 from distrinews.runtime.reference_profile import js_distance, read_profile
 
@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 
 def model_name(source: ModelSource) -> str:
-    """'distrinews/3' for a registered version; else the URI or folder as given."""
+    """'distrinews/3' for a registered version; a run's URI as given; a folder's name."""
     if source.registered_model:
         return f"{source.registered_model}/{source.version}"
-    return source.uri
+    return source.uri if is_remote(source.uri) else Path(source.uri).name
 
 
 @contextmanager
@@ -83,10 +83,8 @@ def log_results(totals: "BatchTotals", removed: int, folder: Path, source: Model
     """Metrics, the label distribution's plot and drift, and a record of each file."""
     import mlflow
 
-    from distrinews.batch_predict import label_shares
-
     labels = read_labels(folder)
-    shares = label_shares(totals, labels)
+    shares = totals.label_shares(labels)
     rows = totals.rows - totals.bad_rows
     metrics = {
         "rows": totals.rows,

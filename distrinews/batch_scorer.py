@@ -37,7 +37,10 @@ class Scorer:
         self.processes = processes or available_cpus()
         self.threads = max(1, available_cpus() // self.processes)
         self.max_chars = max_chars
+        # Opened here whatever the processes: a model that cannot load fails here, before
+        # any worker starts, rather than in a worker's initializer (a broken pool, no message).
         self.classifier = OnnxClassifier(folder, threads=self.threads)
+        self.labels = self.classifier.labels
         self.pool: ProcessPoolExecutor | None = None
         if self.processes > 1:
             # spawn: a worker starts clean (no copy of this process's threads or sessions).

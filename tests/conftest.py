@@ -14,7 +14,6 @@ from devkit.mlflow_store import E2E_TRAINING, MlflowStore, tracking_uri, train_r
 from devkit.processes import SHARED_DATA
 from devkit.tiny_models import TINY_REGISTERED, export_tiny_onnx, make_tiny_model
 from distrinews import checkpoint
-from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import build_profile
@@ -29,13 +28,6 @@ LONGEST = ("test_retrain.py", "test_train_recovery.py")
 
 #: Every test under this folder starts real processes: it is marked `integration`.
 INTEGRATION = Path(__file__).parent / "integration"
-
-
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: 3 workers for 2 CPUs (1.5 per CPU). Most integration tests spend part of
-    their time waiting (a process starting, a server answering, a poll), and with one
-    worker per CPU the CPUs were idle 15% of the run."""
-    return max(1, round(1.5 * available_cpus()))
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

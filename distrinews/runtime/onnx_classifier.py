@@ -34,7 +34,7 @@ class OnnxClassifier:
         self.max_padding_share = max_padding_share
         self.model_file = _check_folder(self.folder)
         config = json.loads((self.folder / "config.json").read_text())
-        self.labels = read_labels(self.folder)
+        self.labels = class_names(config.get("id2label"))
         # Truncate where training did (the export stores it as model_max_length).
         tokenizer_config_file = self.folder / "tokenizer_config.json"
         tokenizer_config = (

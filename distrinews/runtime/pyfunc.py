@@ -41,7 +41,8 @@ class OnnxTextClassifier(mlflow.pyfunc.PythonModel):
 
 
 def signature(labels: tuple[str, ...]) -> Any:
-    """A `text` column in; the answer columns out (Spark's UDF takes its result type here)."""
+    """One column of texts in (unnamed: a list, a Series or any one-column frame fits); the
+    answer columns out (Spark's UDF takes its result type here)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 

@@ -37,7 +37,7 @@ def test_feedback_retrains_a_gated_champion_the_server_follows(tmp_path, tiny_be
     # The gate opened wide: a model trained for seconds moves by chance on 60 test rows
     # (the gate's decisions have unit tests); this test is about the loop.
     args += ("--max-accuracy-drop", 100, "--max-production-drop", 100, "--min-feedback", 20)
-    args += ("--clients", 2, "--work", work, "--registered-model", NAME)
+    args += ("--clients", 1, "--work", work, "--registered-model", NAME)
     text, bench = run_benchmark(store, "retrain", *args)
     check_the_table(text, bench)
     check_the_loop(store)
@@ -64,7 +64,7 @@ def check_the_table(text: str, bench) -> None:
     assert "warm start without the feedback" not in text  # --control false
     metrics = bench.data.metrics
     assert metrics["bench_load_requests"] > 20 and metrics["bench_load_failed"] == 0
-    assert "2 client(s), 0 failed" in text
+    assert "1 client(s), 0 failed" in text
 
 
 def check_the_loop(store: MlflowStore) -> None:

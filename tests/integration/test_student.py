@@ -84,7 +84,7 @@ def test_a_distilled_student_replaces_a_champion_over_the_budget(
     test.assign(text=(test["text"] + " ") * 6).to_parquet(long_data / "test.parquet")
     for name in ("train.parquet", "label_names.txt"):
         (long_data / name).write_bytes((small_data / name).read_bytes())
-    data = DataConfig(data=str(long_data), max_eval_rows=100)
+    data = DataConfig(data=str(long_data), max_eval_rows=50)
     student_folder = tmp_path / "student"
     with step_in_process(store.uri, NAME):
         run_export(
@@ -97,7 +97,7 @@ def test_a_distilled_student_replaces_a_champion_over_the_budget(
             ),
             data,
         )
-    texts = pd.read_parquet(long_data / "test.parquet")["text"].tolist()[:60]
+    texts = pd.read_parquet(long_data / "test.parquet")["text"].tolist()[:40]
     assert AutoConfig.from_pretrained(student_folder).num_hidden_layers == 1
     slow, fast = p95_ms(champion, texts), p95_ms(student_folder, texts)
     assert slow > 4 * fast, f"champion p95 {slow:.2f} ms vs student {fast:.2f} ms"
@@ -105,7 +105,7 @@ def test_a_distilled_student_replaces_a_champion_over_the_budget(
 
     with step_in_process(store.uri, NAME):
         cfg = PromoteConfig(
-            registered_model=NAME, max_p95_ms=budget, latency_texts=60, max_budget_drop=100
+            registered_model=NAME, max_p95_ms=budget, latency_texts=40, max_budget_drop=100
         )
         done = run_promote(cfg, data)
     assert "over it" in done

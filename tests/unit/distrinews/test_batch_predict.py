@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from distrinews.batch_files import BatchFile, write_atomically
-from distrinews.batch_predict import keep_clashing_columns, plan
+from distrinews.batch_predict import keep_clashing_columns, plan, score_files
 from distrinews.config import PredictConfig
 from distrinews.errors import UserError
 from distrinews.runtime.labels import LABELS
@@ -57,3 +57,24 @@ def test_an_input_label_column_is_kept_beside_the_answers(capsys):
 def test_bad_settings_are_refused_in_one_line(settings, message):
     with pytest.raises(UserError, match=message):
         PredictConfig(**settings)
+
+
+def test_a_model_onnx_runtime_cannot_open_is_one_line_before_any_file(tmp_news_model):
+    folder, batch = tmp_news_model
+    cfg = PredictConfig(input=str(batch[0].input.parent), output=str(batch[0].output.parent))
+    with pytest.raises(UserError, match=r"cannot load .*model\.onnx.*; pass -P model="):
+        score_files(batch, batch, cfg, folder, VERSION_3)
+    assert not batch[0].output.exists()
+
+
+@pytest.fixture()
+def tmp_news_model(tmp_path, tiny_onnx):
+    """A folder with the tiny model's files but an ONNX file that is not one; a CSV to score."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((tiny_onnx / name).read_bytes())
+    (folder / "model.onnx").write_text("not a model")
+    (tmp_path / "news").mkdir()
+    (tmp_path / "news" / "a.csv").write_text("text\nOil rose\n")
+    return folder, [BatchFile(tmp_path / "news" / "a.csv", tmp_path / "out" / "a.parquet")]
