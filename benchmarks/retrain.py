@@ -93,7 +93,7 @@ def send(url: str, stream: pd.DataFrame, labelled: int) -> np.ndarray:
             answer.raise_for_status()
             predicted.append(LABELS.index(answer.json()["label"]))
             if i < labelled:
-                body = {"request_id": answer.headers["x-request-id"], "label": LABELS[label]}
+                body = {"prediction_id": answer.json()["prediction_id"], "label": LABELS[label]}
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 client.post("/feedback", json=body, headers=headers).raise_for_status()
     return np.array(predicted)

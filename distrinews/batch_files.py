@@ -4,10 +4,12 @@ output goes, and how an output is written so that it is whole or absent.
 An output is written to a hidden `.partial` file beside it and renamed when complete
 (a rename within a folder is atomic), only after the whole file is scored in memory: a
 killed run leaves at most a `.partial` file from the last instant, which the next run
-deletes. Each output records the model that scored it, so a rerun keeps only outputs of
-the same model version.
+deletes. Each output records the model that scored it and a fingerprint of its input (see
+`batch_predict.plan`), so a rerun keeps only what the same model scored from the same input.
+An output keeps its input's index, which a Parquet round trip gives back.
 """
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ READERS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "j
 #: The key of the Parquet metadata that records what scored the file.
 SCORED_BY = b"distrinews.scored_by"
 PARTIAL = ".partial"
+#: Bytes hashed at a time: a file of any size is hashed in constant memory.
+HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,18 @@ def count_rows(path: Path, text_column: str) -> int:
     return len(read_input(path, text_column))
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read a block at a time; UserError if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as source:
+            while block := source.read(HASH_BLOCK):
+                digest.update(block)
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from err
+    return digest.hexdigest()
+
+
 def scored_by(path: Path) -> dict | None:
     """What scored an existing output file (None if it holds no such record)."""
     try:
@@ -134,17 +150,19 @@ def write_atomically(frame: pd.DataFrame, item: BatchFile, record: dict) -> None
 
 
 def arrow_table(frame: pd.DataFrame) -> pa.Table:
-    """`frame` as an Arrow table; a column of mixed types (a JSON Lines text column with a
-    number in it) is kept with its values as strings, which Parquet can store."""
-    columns = {}
+    """`frame` as an Arrow table with its index, named or not (pandas' metadata, so that
+    `read_parquet` gives it back; a RangeIndex is stored as metadata only). A column of mixed
+    types (a JSON Lines text column with a number in it) is kept with its values as strings,
+    which Parquet can store."""
+    frame = frame.rename(columns=str)  # names as Parquet stores them, without pyarrow's warning
     for name in frame.columns:
         try:
-            columns[str(name)] = pa.array(frame[name], from_pandas=True)
+            pa.array(frame[name], from_pandas=True)
         except (pa.ArrowTypeError, pa.ArrowInvalid):
-            columns[str(name)] = pa.array(
-                [None if pd.isna(v) else str(v) for v in frame[name]], type=pa.string()
+            frame[name] = pd.Series(
+                [None if pd.isna(v) else str(v) for v in frame[name]], frame.index, "object"
             )
-    return pa.table(columns)
+    return pa.Table.from_pandas(frame, preserve_index=None)
 
 
 def remove_partials(folder: Path) -> list[Path]:

@@ -3,7 +3,8 @@ Parquet output per input file, and an MLflow run of what was scored. Torch-free:
 server's ONNX Runtime classifier.
 
 Resumable: an output is written whole or not at all (`batch_files`), and a rerun keeps the
-outputs that the same model version wrote. A row that is not a text is answered with an
+outputs that the same model version wrote from the same input bytes and settings; an input
+that changed is scored again (`plan`). A row that is not a text is answered with an
 empty label and its error, and counted; it never stops the run.
 """
 
@@ -20,6 +21,7 @@ import pandas as pd
 from distrinews.batch_files import (
     BatchFile,
     count_rows,
+    file_sha256,
     find_inputs,
     read_input,
     remove_partials,
@@ -47,6 +49,7 @@ class FileResult:
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)  # bad rows by reason
     renamed: dict[str, str] = field(default_factory=dict)  # input columns kept under new names
+    reason: str = ""  # why it was scored, or kept
 
 
 @dataclass
@@ -88,13 +91,45 @@ def model_record(source: ModelSource) -> dict[str, str | None]:
     }
 
 
-def plan(batch: list[BatchFile], record: dict, overwrite: bool) -> list[BatchFile]:
-    """The files to score: those without an output, and all of them with `overwrite`.
-    UserError for an output another model wrote, rather than mixing two models' answers."""
-    todo = []
+#: The settings that change an output's answers, besides the model and the input's bytes.
+ANSWER_SETTINGS = ("text_column", "max_text_chars")
+#: Why a file is kept: what its output records matches this run.
+KEPT = "scored by this model version from the same input and settings"
+
+
+def input_fingerprint(path: Path, cfg: PredictConfig) -> dict:
+    """What an output records of its input: the file's content hash and the settings that
+    change its answers (a re-export of the same rows at the same path hashes the same)."""
+    return {"sha256": file_sha256(path)} | {name: getattr(cfg, name) for name in ANSWER_SETTINGS}
+
+
+def rescore_reason(earlier: dict | None, now: dict) -> str | None:
+    """Why an output this model wrote must be scored again, None if it may be kept."""
+    if earlier is None:
+        return "its output records no input fingerprint (written by an older predict)"
+    if earlier.get("sha256") != now["sha256"]:
+        return "the input changed since it was scored"
+    changed = [
+        f"{name} changed ({earlier.get(name)!r} -> {now[name]!r})"
+        for name in ANSWER_SETTINGS
+        if earlier.get(name) != now[name]
+    ]
+    return ", ".join(changed) or None
+
+
+def plan(batch: list[BatchFile], record: dict, cfg: PredictConfig) -> dict[BatchFile, str]:
+    """The files to score, each with why: those without an output, those whose input or
+    answer settings changed since this model scored them, and all with `overwrite`.
+
+    UserError for an output another model wrote, whether or not its input changed: scoring
+    it again would replace that version's answers, or mix two models in one folder."""
+    todo = {}
     for item in batch:
-        if overwrite or not item.output.exists():
-            todo.append(item)
+        if not item.output.exists():
+            todo[item] = "no output yet"
+            continue
+        if cfg.overwrite:
+            todo[item] = "overwrite=true"
             continue
         earlier = scored_by(item.output)
         if earlier is None or earlier.get("model") != record["model"]:
@@ -103,6 +138,8 @@ def plan(batch: list[BatchFile], record: dict, overwrite: bool) -> list[BatchFil
                 f"{item.output} exists, scored by {by}, not {record['model']}; pass "
                 "-P overwrite=true to score it again, or choose another -P output= folder"
             )
+        if reason := rescore_reason(earlier.get("input"), input_fingerprint(item.input, cfg)):
+            todo[item] = reason
     return todo
 
 
@@ -132,6 +169,8 @@ def score_file(
 ) -> FileResult:
     """Read, score and write one file; its rows' labels and confidences go into `totals`."""
     start = time.perf_counter()
+    # Hashed before it is read: a file that changes in between is scored again next run.
+    record = record | {"input": input_fingerprint(item.input, cfg)}
     frame = read_input(item.input, cfg.text_column)
     values = frame[cfg.text_column].tolist()
     columns = answer_columns(scorer.labels)
@@ -141,7 +180,9 @@ def score_file(
         parts.append(part)
         bar.update(len(part))
     answers = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    write_atomically(pd.concat([frame.reset_index(drop=True), answers], axis=1), item, record)
+    # The answers' rows are in the input's order; the output keeps the input's index.
+    scored = pd.concat([frame.reset_index(drop=True), answers], axis=1).set_axis(frame.index)
+    write_atomically(scored, item, record)
     good = answers[answers[ERROR].isna()]
     totals.labels.update(good[LABEL].tolist())
     totals.confidence_sum += float(good["confidence"].sum())
@@ -159,9 +200,13 @@ def score_file(
 
 
 def score_files(
-    batch: list[BatchFile], todo: list[BatchFile], cfg: PredictConfig, folder: Path, record: dict
+    batch: list[BatchFile],
+    todo: dict[BatchFile, str],
+    cfg: PredictConfig,
+    folder: Path,
+    record: dict,
 ) -> BatchTotals:
-    """Score every file of `todo` with every CPU; the others are kept as they are."""
+    """Score every file of `todo` (with why) with every CPU; the others are kept as they are."""
     totals = BatchTotals()
     rows = sum(count_rows(item.input, cfg.text_column) for item in todo)
     try:
@@ -173,9 +218,11 @@ def score_files(
         try:
             for item in batch:
                 if item in todo:
-                    totals.files.append(score_file(item, scorer, cfg, record, totals, bar))
+                    result = score_file(item, scorer, cfg, record, totals, bar)
+                    result.reason = todo[item]
                 else:
-                    totals.files.append(FileResult(str(item.input), str(item.output), "kept"))
+                    result = FileResult(str(item.input), str(item.output), "kept", reason=KEPT)
+                totals.files.append(result)
         finally:
             bar.close()
     return totals
@@ -190,8 +237,16 @@ def open_model(model: str, into: Path) -> tuple[ModelSource, Path]:
         raise UserError(f"{err}; pass -P model=<a registered version, run URI or folder>") from err
 
 
+def say_why_scored_again(todo: dict[BatchFile, str]) -> None:
+    """A note for each output that exists and is scored again, since it is replaced."""
+    for item, reason in todo.items():
+        if item.output.exists():
+            print(f"note: {item.output} is scored again: {reason}", file=sys.stderr)
+
+
 def run_predict(cfg: PredictConfig) -> str:
-    """Score every input file not already scored by this model; log the run to MLflow."""
+    """Score every input file this model has not scored from the same input and settings;
+    log the run to MLflow."""
     from distrinews.batch_report import log_batch_run
     from distrinews.mlflow_runs import check_tracking_server
 
@@ -201,7 +256,8 @@ def run_predict(cfg: PredictConfig) -> str:
     with tempfile.TemporaryDirectory(prefix="distrinews-predict-") as work:
         source, folder = open_model(cfg.model, Path(work))
         record = model_record(source)
-        todo = plan(batch, record, cfg.overwrite)
+        todo = plan(batch, record, cfg)
+        say_why_scored_again(todo)
         with log_batch_run(cfg, source, batch, folder) as finish:
             removed = remove_partials(Path(cfg.output))
             totals = score_files(batch, todo, cfg, folder, record)

@@ -31,6 +31,8 @@ from distrinews.distributed import DistInfo, all_gather, barrier
 LATEST = "latest"
 TRAINING_STATE = "training_state.pt"
 TORCHRUN_JOB = "torchrun_job"
+#: The feedback rows a run trains on and holds out, as its first launch read them.
+FROZEN_FEEDBACK = "feedback_rows.json"
 
 
 def claim_run_folder(output_dir: str | Path, run_id: str, job_id: str | None) -> Path:

@@ -7,13 +7,23 @@ workflow's run. Unlike `mlflow.projects.run`, an interrupted workflow stops the
 step's whole process (torchrun and its workers, too) and marks its run KILLED.
 """
 
+import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
 from typing import Any
 
+import psutil
+
+from distrinews.signals import further_signals
+
 #: Seconds a step has to end its run after SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 60
+
+#: The password of a URL (`scheme://user:password@host`), up to the last @ before the path.
+URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/\s]*@")
 
 
 def run_child(step: str, command: list[str], parent: Any) -> tuple[int, Any]:
@@ -31,29 +41,70 @@ def run_child(step: str, command: list[str], parent: Any) -> tuple[int, Any]:
     run_id = child.info.run_id
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_NAME",)}
     env |= {"MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": parent.info.experiment_id}
-    print(f"retrain: {step} in run {run_id}: {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"retrain: {step} in run {run_id}: {shown_command(command)}", file=sys.stderr, flush=True)
     process = subprocess.Popen(command, env=env)
     try:
         status = process.wait()
     except KeyboardInterrupt:
-        stop(process)
-        end_if_running(client, run_id, "KILLED")
+        # A further Ctrl-C or SIGTERM while the step stops kills it at once, instead of
+        # leaving this block half-way with the step running and its run RUNNING.
+        with further_signals(lambda: kill_tree(process)):
+            stop(process)
+            end_if_running(client, run_id, "KILLED")
         raise
     # A step that died without ending its run (killed, out of memory) leaves it RUNNING.
     end_if_running(client, run_id, "FINISHED" if status == 0 else "FAILED")
     return status, client.get_run(run_id)
 
 
+def shown_command(command: list[str]) -> str:
+    """`command` fit for a log line: the password of every URL in it masked (a step's
+    command carries the prediction log's URL, and output is often kept in files)."""
+    return " ".join(URL_PASSWORD.sub(r"\1***@", arg) for arg in command)
+
+
 def stop(process: subprocess.Popen) -> None:
-    """SIGTERM, time to end its run (torchrun passes it to its workers), then SIGKILL."""
+    """SIGTERM, time to end its run (torchrun passes it to its workers), then SIGKILL to
+    the step and everything it started."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
         process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the step and every process under it, and wait for the step.
+
+    Killing the step alone is not enough: torchrun starts each worker in a session of its
+    own, so neither its death nor a signal to its process group reaches them. Each process
+    is frozen (SIGSTOP) before its children are read, so none starts another unseen.
+    """
+    try:
+        family = frozen_family(psutil.Process(process.pid))
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
+    process.kill()  # a no-op if it has ended and been waited for
+    process.wait()
+
+
+def frozen_family(root: psutil.Process) -> list[psutil.Process]:
+    """`root` and its descendants, each stopped (SIGSTOP) before its children are listed."""
+    family, waiting = [], [root]
+    while waiting:
+        member = waiting.pop()
+        try:
+            member.send_signal(signal.SIGSTOP)
+            waiting += member.children()
+        except psutil.NoSuchProcess:
+            continue
+        family.append(member)
+    return family
 
 
 def end_if_running(client: Any, run_id: str, status: str) -> None:

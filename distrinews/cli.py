@@ -103,7 +103,8 @@ STEPS = {
             (MonitorConfig, RETRAIN_MONITOR_FIELDS),
             (FeedbackConfig, ("production_share",)),
             (DataConfig, ("data", "max_length", "max_train_rows", "max_eval_rows")),
-            (TrainConfig, ("batch_size", "seed", "output_dir")),
+            # Not the seed: the champion's, so its validation rows stay unseen (retrain.py).
+            (TrainConfig, ("batch_size", "output_dir")),
             (PromoteConfig, RETRAIN_GATE_FIELDS),
         ),
     ),

@@ -5,6 +5,7 @@ command line (and so the MLproject parameters) is built from these dataclasses
 in `distrinews.cli`; a run logs them to MLflow as params.
 """
 
+import urllib.parse
 from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,22 @@ def _help(text: str, default: Any = MISSING) -> Any:
     if default is MISSING:
         return field(metadata={"help": text})
     return field(default=default, metadata={"help": text})
+
+
+def refuse_password(url: str, setting: str) -> None:
+    """UserError if `url` carries a password: MLflow records every -P value as a run param
+    before a step starts, and prints the command it runs."""
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:  # not a URL (a bad port, say): opening it will say so
+        return
+    if password:
+        raise UserError(
+            f"-P {setting} carries a password, which MLflow records as a run param (if this "
+            f"ran under `mlflow run`, delete that run): pass -P {setting}=env with the URL in "
+            "DISTRINEWS_PREDICTION_LOG, or the URL without its password and the password in "
+            "PGPASSWORD or ~/.pgpass"
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,8 @@ class DistillConfig:
 class FeedbackConfig:
     feedback: str = _help(
         "Also train on the labelled feedback in this prediction log (the server's "
-        "DISTRINEWS_PREDICTION_LOG, a SQLAlchemy URL); rows need their text (empty: none).",
+        "DISTRINEWS_PREDICTION_LOG, a SQLAlchemy URL without a password, or `env` to read "
+        "that variable); rows need their text (empty: none).",
         "",
     )
     feedback_since: str = _help(
@@ -128,17 +146,27 @@ class FeedbackConfig:
         "such as 7d (empty: all of it).",
         "",
     )
+    feedback_until: str = _help(
+        "Only feedback given before then: an ISO date or time (UTC if no offset); empty: "
+        "up to the moment the feedback is read.",
+        "",
+    )
     production_share: float = _help(
         "Share of the feedback held out as the `production` evaluation slice, which "
-        "training never sees and promote also scores on.",
+        "training never sees and promote also scores on: a text's side is a hash of its "
+        "normalized text, so it never changes as feedback is added.",
         0.2,
     )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.production_share < 1.0:
             raise UserError(f"production_share={self.production_share} must be in [0, 1)")
-        if self.feedback_since and not self.feedback:
-            raise UserError("feedback_since is set but feedback is empty; pass -P feedback=<URL>")
+        refuse_password(self.feedback, "feedback")
+        if (self.feedback_since or self.feedback_until) and not self.feedback:
+            raise UserError(
+                "feedback_since or feedback_until is set but feedback is empty; pass "
+                "-P feedback=<URL>"
+            )
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -343,7 +371,8 @@ class PromoteConfig:
 @dataclass(frozen=True)
 class MonitorConfig:
     store: str = _help(
-        "The prediction log to read: the server's DISTRINEWS_PREDICTION_LOG (a SQLAlchemy URL).",
+        "The prediction log to read: the server's DISTRINEWS_PREDICTION_LOG (a SQLAlchemy URL "
+        "without a password), or `env` to read that variable (the way to pass a password).",
         "sqlite:///predictions.db",
     )
     since: str = _help(
@@ -374,6 +403,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if not self.store.strip():
             raise UserError("store is empty; pass -P store=<the server's prediction log URL>")
+        refuse_password(self.store, "store")
         if not 0 < self.max_drift <= 1 or not 0 <= self.min_live_accuracy <= 1:
             raise UserError("max_drift must be in (0, 1] and min_live_accuracy in [0, 1]")
         if self.min_feedback < 1:

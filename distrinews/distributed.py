@@ -122,6 +122,14 @@ def all_gather(obj: Any, info: DistInfo) -> list[Any]:
     return gathered
 
 
+def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's `obj` (picklable), on every rank."""
+    sent = [obj]
+    if info.world_size > 1:
+        dist.broadcast_object_list(sent, src=0)
+    return sent[0]
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

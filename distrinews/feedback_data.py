@@ -3,18 +3,27 @@ against the data's classes, de-duplicated, and split into the rows training adds
 and a held-out `production` slice it never sees. No torch: promote reads the slice too.
 """
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from distrinews.config import FeedbackConfig
+from distrinews.config import DataConfig, FeedbackConfig
 from distrinews.errors import UserError
-from distrinews.monitor import parse_window
-from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, LogUnavailable, open_store
-from distrinews.splits import Splits
+from distrinews.runtime.prediction_store import (
+    FEEDBACK,
+    PREDICTIONS,
+    LogUnavailable,
+    feedback_on_prediction,
+    open_store,
+)
+from distrinews.splits import Splits, load_splits
+from distrinews.time_window import instant, parse_window
 
 #: Where a train run keeps its production slice (class names in `label`), for promote.
 PRODUCTION_ARTIFACT = "datasets/production.parquet"
@@ -29,14 +38,17 @@ class FeedbackRows:
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
 
-def feedback_start(since: str) -> datetime | None:
-    """The earliest feedback time `since` admits (None: all feedback)."""
-    return parse_window(since, "")[0] if since.strip() else None
+def feedback_window(since: str, until: str) -> tuple[datetime | None, datetime | None]:
+    """[start, end) of the feedback times `since` and `until` admit, in UTC (None: open)."""
+    end = instant(until) if until.strip() else None
+    start = parse_window(since, until)[0] if since.strip() else None
+    return start, end
 
 
-def read_feedback(url: str, since: datetime | None) -> pd.DataFrame:
-    """Every feedback item given since `since`, newest last: its time, true label, and text
-    (the one sent with the feedback, else the one the server logged with the prediction)."""
+def read_feedback(url: str, since: datetime | None, until: datetime | None = None) -> pd.DataFrame:
+    """Every feedback item given in [since, until), newest last: its time, true label, and
+    text (the one sent with the feedback, else the one the server logged with the prediction).
+    """
     try:
         engine = open_store(url)
     except LogUnavailable as err:
@@ -47,17 +59,13 @@ def read_feedback(url: str, since: datetime | None) -> pd.DataFrame:
             FEEDBACK.c.label,
             sa.func.coalesce(FEEDBACK.c.text, PREDICTIONS.c.text).label("text"),
         )
-        .select_from(
-            FEEDBACK.outerjoin(
-                PREDICTIONS,
-                (FEEDBACK.c.request_id == PREDICTIONS.c.request_id)
-                & (FEEDBACK.c.position == PREDICTIONS.c.position),
-            )
-        )
+        .select_from(FEEDBACK.outerjoin(PREDICTIONS, feedback_on_prediction()))
         .order_by(FEEDBACK.c.time, FEEDBACK.c.id)
     )
     if since is not None:
         query = query.where(FEEDBACK.c.time >= since)
+    if until is not None:  # a window's end: what arrives later is the next window's
+        query = query.where(FEEDBACK.c.time < until)
     try:
         with engine.connect() as connection:
             return pd.read_sql(query, connection)
@@ -73,16 +81,27 @@ def normalized(texts: pd.Series) -> pd.Series:
     return texts.str.casefold().str.split().str.join(" ")
 
 
-def usable_feedback(raw: pd.DataFrame, splits: Splits) -> tuple[pd.DataFrame, dict[str, int]]:
+def known_texts(data: DataConfig) -> set[str]:
+    """The normalized texts of the data's whole train and test files, whatever rows a step
+    samples from them (max_eval_rows, max_train_rows, the validation seed): feedback that
+    repeats any of them must not reach training, or a gate could score a model on the very
+    texts it was fed."""
+    full = load_splits(replace(data, max_train_rows=0, max_eval_rows=0), seed=0)
+    return set(pd.concat([normalized(frame["text"]) for frame in full.frames().values()]))
+
+
+def usable_feedback(
+    raw: pd.DataFrame, labels: tuple[str, ...], known: set[str]
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """The feedback rows training may use, labels as class ids; and the rows left out.
 
     A label the data does not have is refused, not dropped: a new class is a new model.
     """
-    unknown = sorted(set(raw["label"]) - set(splits.labels))
+    unknown = sorted(set(raw["label"]) - set(labels))
     if unknown:
         raise UserError(
             f"the feedback has label(s) {', '.join(map(repr, unknown))}, which the data does "
-            f"not have ({', '.join(splits.labels)}); a new class is a new model: add it to the "
+            f"not have ({', '.join(labels)}); a new class is a new model: add it to the "
             "data and train from the base encoder"
         )
     left_out = {"without text": int(raw["text"].isna().sum())}
@@ -91,32 +110,37 @@ def usable_feedback(raw: pd.DataFrame, splits: Splits) -> tuple[pd.DataFrame, di
     # The newest label of a text wins: a later correction replaces an earlier answer.
     latest = rows.drop_duplicates("key", keep="last")
     left_out["repeated"] = len(rows) - len(latest)
-    known = pd.concat([normalized(frame["text"]) for frame in splits.frames().values()])
-    fresh = latest[~latest["key"].isin(set(known))]
+    fresh = latest[~latest["key"].isin(known)]
     left_out["already in the data"] = len(latest) - len(fresh)
-    ids = {name: i for i, name in enumerate(splits.labels)}
+    ids = {name: i for i, name in enumerate(labels)}
     frame = pd.DataFrame({"text": fresh["text"], "label": fresh["label"].map(ids)})
     return frame.reset_index(drop=True), left_out
 
 
-def split_production(rows: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, ...]:
-    """(rows to train on, the production slice): a seeded `share` held out, at least one row
-    when there are two or more and the share is not 0."""
-    n_production = round(len(rows) * share)
-    if share > 0 and len(rows) >= 2:
-        n_production = min(max(1, n_production), len(rows) - 1)
-    order = np.random.default_rng(seed).permutation(len(rows))
-    shuffled = rows.iloc[order].reset_index(drop=True)
-    return shuffled.iloc[n_production:].reset_index(drop=True), shuffled.iloc[
-        :n_production
-    ].reset_index(drop=True)
+def in_production_slice(texts: pd.Series, share: float) -> pd.Series:
+    """Whether each text belongs to the held-out production slice: a hash of its normalized
+    text, read as a number in [0, 1), below `share`. A function of the text alone, so a
+    text's side never changes as rows are added, read again by another rank or launch, or
+    reordered; and a text sent again (any case or spacing) falls on the same side."""
+
+    def point(key: str) -> float:
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+    return normalized(texts).map(point) < share
 
 
-def load_feedback(cfg: FeedbackConfig, splits: Splits, seed: int) -> FeedbackRows:
-    """The feedback of `cfg.feedback` since `cfg.feedback_since`, ready to train and score on.
-    UserError if none of it can be trained on."""
-    raw = read_feedback(cfg.feedback, feedback_start(cfg.feedback_since))
-    rows, left_out = usable_feedback(raw, splits)
+def split_production(rows: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to train on, the production slice): about `share` of the texts, each placed by
+    its own hash (`in_production_slice`)."""
+    held_out = in_production_slice(rows["text"], share).astype(bool)
+    return rows[~held_out].reset_index(drop=True), rows[held_out].reset_index(drop=True)
+
+
+def load_feedback(cfg: FeedbackConfig, data: DataConfig, labels: tuple[str, ...]) -> FeedbackRows:
+    """The feedback of `cfg.feedback` in [feedback_since, feedback_until), ready to train and
+    score on. UserError if none of it can be trained on."""
+    raw = read_feedback(cfg.feedback, *feedback_window(cfg.feedback_since, cfg.feedback_until))
+    rows, left_out = usable_feedback(raw, labels, known_texts(data))
     if rows.empty:
         counts = ", ".join(f"{n} {why}" for why, n in left_out.items() if n) or "none given"
         raise UserError(
@@ -125,8 +149,45 @@ def load_feedback(cfg: FeedbackConfig, splits: Splits, seed: int) -> FeedbackRow
             "its text (send it with POST /feedback, or run the server with "
             "DISTRINEWS_LOG_TEXTS=true)"
         )
-    train, production = split_production(rows, cfg.production_share, seed)
+    train, production = split_production(rows, cfg.production_share)
     return FeedbackRows(train, production, left_out)
+
+
+def save_rows(rows: FeedbackRows, path: Path) -> None:
+    """Write `rows` whole or not at all (a kill mid-write leaves no file)."""
+    record = {
+        "feedback": rows.feedback.to_dict("list"),
+        "production": rows.production.to_dict("list"),
+        "left_out": rows.left_out,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record))
+    os.replace(temporary, path)
+
+
+def read_rows(path: Path) -> FeedbackRows:
+    record = json.loads(path.read_text())
+    frames = {
+        part: pd.DataFrame(record[part], columns=["text", "label"]).astype({"label": "int64"})
+        for part in ("feedback", "production")
+    }
+    return FeedbackRows(frames["feedback"], frames["production"], record["left_out"])
+
+
+def frozen_feedback(
+    cfg: FeedbackConfig, data: DataConfig, labels: tuple[str, ...], frozen: Path | None
+) -> FeedbackRows:
+    """The run's feedback rows as its first launch read them: from `frozen` if a launch of
+    this run saved them there (a torchrun restart, resume=true), else from the log, then
+    saved there. Feedback given meanwhile cannot move a row between training and the
+    production slice within one run."""
+    if frozen is not None and frozen.is_file():
+        return read_rows(frozen)
+    rows = load_feedback(cfg, data, labels)
+    if frozen is not None:
+        save_rows(rows, frozen)
+    return rows
 
 
 def with_feedback(splits: Splits, rows: FeedbackRows) -> Splits:

@@ -5,9 +5,9 @@ binned counts against the reference shares), live accuracy on the feedback, and 
 to retrain. No torch.
 """
 
-import re
+import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,77 +15,73 @@ import pandas as pd
 import sqlalchemy as sa
 
 from distrinews.config import MonitorConfig
-from distrinews.errors import UserError
+from distrinews.errors import ModelFolderError, UserError
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.prediction_store import (
     FEEDBACK,
     PREDICTIONS,
     UNREGISTERED,
     LogUnavailable,
+    feedback_on_prediction,
     open_store,
+    shown,
 )
 from distrinews.runtime.reference_profile import compared_histograms, js_distance, read_profile
+from distrinews.time_window import parse_window
 
 #: The column of the prediction log that holds each numeric drift signal.
 COLUMNS = {"confidence": "confidence", "token_length": "tokens", "unknown_share": "unknown_share"}
-SPAN = re.compile(r"(\d+)([mhd])")
-UNITS = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_window(since: str, until: str) -> tuple[datetime, datetime]:
-    """(start, end) in UTC from `since` (ISO, or a span such as 24h before `until`)."""
-
-    def instant(text: str) -> datetime:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError as err:
-            raise UserError(f"{text!r} is neither an ISO date/time nor a span like 24h") from err
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-    end = instant(until) if until else datetime.now(timezone.utc)
-    span = SPAN.fullmatch(since.strip())
-    start = end - timedelta(**{UNITS[span[2]]: int(span[1])}) if span else instant(since)
-    if start >= end:
-        raise UserError(f"since ({start.isoformat()}) is not before until ({end.isoformat()})")
-    return start, end
 
 
 def read_window(store: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The predictions made in [start, end), and the feedback given on them (any time)."""
+    """The predictions made in [start, end), and the feedback given on them (any time): one
+    label per prediction, the newest (a store written before feedback replaced repeats
+    may hold several)."""
     try:
         engine = open_store(store)
     except LogUnavailable as err:
         raise UserError(f"{err}; pass -P store=<the server's DISTRINEWS_PREDICTION_LOG>") from err
-    in_window = PREDICTIONS.c.time.between(start, end)
+    in_window = (PREDICTIONS.c.time >= start) & (PREDICTIONS.c.time < end)
+    answered = (
+        PREDICTIONS.c.id.label("prediction_row"),
+        PREDICTIONS.c.label.label("predicted"),
+        PREDICTIONS.c.model_name,
+        PREDICTIONS.c.model_version,
+    )
     with engine.connect() as connection:
         predictions = pd.read_sql(sa.select(PREDICTIONS).where(in_window), connection)
         feedback = pd.read_sql(
-            sa.select(FEEDBACK, PREDICTIONS.c.label.label("predicted"), PREDICTIONS.c.model_version)
-            .join(
-                PREDICTIONS,
-                (FEEDBACK.c.request_id == PREDICTIONS.c.request_id)
-                & (FEEDBACK.c.position == PREDICTIONS.c.position),
-            )
-            .where(in_window),
+            sa.select(FEEDBACK, *answered)
+            .join(PREDICTIONS, feedback_on_prediction())
+            .where(in_window)
+            .order_by(FEEDBACK.c.time, FEEDBACK.c.id),
             connection,
         )
     engine.dispose()
+    feedback = feedback.drop_duplicates("prediction_row", keep="last")
     for frame in (predictions, feedback):
         frame["model_version"] = frame["model_version"].fillna(UNREGISTERED)
+        frame["model_name"] = frame["model_name"].fillna("")
     return predictions, feedback
 
 
 @dataclass
 class VersionReport:
-    """What the window says about one model version."""
+    """What the window says about one version of one model."""
 
     version: str
     predictions: int
+    model_name: str = ""  # the registered model ("" for a model served from a folder)
     drift: dict[str, float] = field(default_factory=dict)  # signal -> JS distance
     p_values: dict[str, float] = field(default_factory=dict)  # signal -> chi-square p
     feedback: int = 0
     live_accuracy: float | None = None
     histograms: dict[str, tuple[list, list, list]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """'distrinews version 3', or 'version unregistered' for a folder's model."""
+        return f"{self.model_name} version {self.version}".strip()
 
 
 def chi_square_p(counts: np.ndarray, reference: list[float]) -> float:
@@ -100,7 +96,8 @@ def chi_square_p(counts: np.ndarray, reference: list[float]) -> float:
 
 def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionReport:
     """Drift of each signal of `rows` (one version's predictions) from its profile."""
-    report = VersionReport(str(rows["model_version"].iloc[0]), len(rows))
+    first = rows.iloc[0]
+    report = VersionReport(str(first["model_version"]), len(rows), str(first["model_name"]))
     counts = rows["label"].value_counts().reindex(labels, fill_value=0).to_numpy()
     values = {signal: rows[column].to_numpy() for signal, column in COLUMNS.items()}
     report.histograms = compared_histograms(profile, labels, counts, values)
@@ -110,10 +107,11 @@ def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionRepo
     return report
 
 
-def reference_profile(version: str, cfg: MonitorConfig) -> dict:
-    """The reference profile of `version` (registered), or of `cfg.reference` (a folder)."""
+def reference_profile(name: str, version: str, cfg: MonitorConfig, work: Path) -> dict:
+    """The reference profile of version `version` of registered model `name`, or of
+    `cfg.reference` (a folder) for a model served from a folder; downloaded into `work`."""
     if version != UNREGISTERED:
-        source = ModelSource(f"models:/{cfg.registered_model}/{version}")
+        source = ModelSource(f"models:/{name or cfg.registered_model}/{version}")
     elif cfg.reference:
         source = ModelSource(cfg.reference)
     else:
@@ -121,15 +119,23 @@ def reference_profile(version: str, cfg: MonitorConfig) -> dict:
             "the log holds predictions of a model served from a folder: pass its folder (or "
             "model URI) as -P reference=<folder> to compare them with its profile"
         )
-    profile = read_profile(Path(local_model_folder(source)))
+    into = work / f"{name or 'folder'}-{version}"
+    try:
+        folder = local_model_folder(source, into)
+    except ModelFolderError as err:
+        raise UserError(f"cannot read the reference profile of {source.uri}: {err}") from err
+    profile = read_profile(Path(folder))
     if profile is None:
         raise UserError(f"{source.uri} has no reference profile: re-export it")
     return profile
 
 
 def live_accuracy(report: VersionReport, feedback: pd.DataFrame) -> None:
-    """Accuracy of `report`'s version on the feedback about its predictions."""
-    mine = feedback[feedback["model_version"] == report.version]
+    """Accuracy of `report`'s model version on the feedback about its predictions."""
+    mine = feedback[
+        (feedback["model_name"] == report.model_name)
+        & (feedback["model_version"] == report.version)
+    ]
     report.feedback = len(mine)
     if len(mine):
         report.live_accuracy = float((mine["label"] == mine["predicted"]).mean())
@@ -155,28 +161,51 @@ def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:
 
 
 def run_monitor(cfg: MonitorConfig) -> str:
-    """Read the window, compare each version with its reference, log it all to a run."""
+    """Read the window, compare each model version with its own reference, log it all to a
+    run. The verdict is about `cfg.registered_model` (or a model served from a folder)."""
     from distrinews.monitor_report import log_monitor_run
 
     start, end = parse_window(cfg.since, cfg.until)
     predictions, feedback = read_window(cfg.store, start, end)
     if predictions.empty:
         raise UserError(
-            f"no predictions in {cfg.store} between {start.isoformat(timespec='seconds')} and "
-            f"{end.isoformat(timespec='seconds')}; widen -P since= or -P until="
+            f"no predictions in {shown(cfg.store)} between {start.isoformat(timespec='seconds')} "
+            f"and {end.isoformat(timespec='seconds')}; widen -P since= or -P until="
         )
-    reports = []
-    for version, rows in predictions.groupby("model_version", sort=True):
-        profile = reference_profile(str(version), cfg)
-        report = compare(rows, profile, list(profile["predicted_labels"]))
-        live_accuracy(report, feedback)
-        reports.append(report)
-    # The version that answered most in the window is the one the report is about.
-    served = max(reports, key=lambda r: r.predictions)
+    # Downloads of the versions' profiles, deleted when the step ends.
+    with tempfile.TemporaryDirectory(prefix="distrinews-monitor-") as work:
+        reports = version_reports(predictions, feedback, cfg, Path(work))
+    served = served_report(reports, cfg.registered_model)
     reasons = retrain_reasons(served, cfg)
     log_monitor_run(cfg, (start, end), reports, served, reasons)
     verdict = f"retrain recommended: {'; '.join(reasons)}" if reasons else "no retraining needed"
     return (
-        f"{len(predictions)} predictions, {len(feedback)} feedback items; version "
-        f"{served.version}: {verdict}"
+        f"{len(predictions)} predictions, {len(feedback)} feedback items; {served.label}: {verdict}"
     )
+
+
+def version_reports(
+    predictions: pd.DataFrame, feedback: pd.DataFrame, cfg: MonitorConfig, work: Path
+) -> list[VersionReport]:
+    """One report per (registered model, version) in the window, each against its own
+    profile: two models sharing one log each have a version 1."""
+    reports = []
+    for (name, version), rows in predictions.groupby(["model_name", "model_version"], sort=True):
+        profile = reference_profile(str(name), str(version), cfg, work)
+        report = compare(rows, profile, list(profile["predicted_labels"]))
+        live_accuracy(report, feedback)
+        reports.append(report)
+    return reports
+
+
+def served_report(reports: list[VersionReport], name: str) -> VersionReport:
+    """The version of `name` (or of a model served from a folder) that answered most in
+    the window: the one the verdict is about."""
+    mine = [r for r in reports if r.model_name in (name, "")]
+    if not mine:
+        present = ", ".join(f"{r.label} ({r.predictions})" for r in reports)
+        raise UserError(
+            f"no predictions of registered model {name!r} in the window (the log holds "
+            f"{present}); pass -P registered_model=<one of them>"
+        )
+    return max(mine, key=lambda r: r.predictions)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from datetime import datetime
 
 from distrinews.config import MonitorConfig
+from distrinews.data_labels import metric_safe
 from distrinews.mlflow_runs import log_new_params, step_run
 from distrinews.monitor import VersionReport
 from distrinews.runtime.prediction_store import shown
@@ -47,7 +48,7 @@ def signal_png(report: VersionReport, signal: str, sample: str = "this window") 
     ax.set_ylabel("share")
     drift = report.drift.get(signal)
     distance = "no reference" if drift is None else f"Jensen-Shannon {drift:.3f}"
-    ax.set_title(f"version {report.version}: {signal.replace('_', ' ')} ({distance})")
+    ax.set_title(f"{report.label}: {signal.replace('_', ' ')} ({distance})")
     ax.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -75,7 +76,7 @@ def html_report(
         )
         accuracy = "no feedback" if report.live_accuracy is None else f"{report.live_accuracy:.3f}"
         parts += [
-            f"<h2>Version {html.escape(report.version)}</h2>",
+            f"<h2>{html.escape(report.label)}</h2>",
             f"<p>{report.predictions} predictions; live accuracy {accuracy} on "
             f"{report.feedback} feedback items</p>",
             "<table border=1 cellpadding=4><tr><th>signal</th><th>Jensen-Shannon distance</th>"
@@ -84,8 +85,8 @@ def html_report(
         parts += [
             f"<p><img alt='{html.escape(signal)}' src='data:image/png;base64,"
             f"{base64.b64encode(png).decode()}'></p>"
-            for (version, signal), png in pngs.items()
-            if version == report.version
+            for (key, signal), png in pngs.items()
+            if key == (report.model_name, report.version)
         ]
     return "\n".join(parts) + "\n"
 
@@ -106,25 +107,33 @@ def log_monitor_run(
         )
         metrics = version_metrics(served, "monitor/")
         for report in reports:
-            metrics |= version_metrics(report, f"monitor/version_{report.version}/")
+            metrics |= version_metrics(report, version_prefix(report, cfg.registered_model))
         mlflow.log_metrics(metrics)
         pngs = {
-            (report.version, signal): signal_png(report, signal)
+            ((report.model_name, report.version), signal): signal_png(report, signal)
             for report in reports
             for signal in report.drift
         }
-        for (version, signal), png in pngs.items():
-            if version == served.version:
+        for (key, signal), png in pngs.items():
+            if key == (served.model_name, served.version):
                 mlflow.log_image(png_image(png), f"monitor/{signal}.png")
         mlflow.log_text(html_report(window, reports, reasons, pngs), "monitor/report.html")
         mlflow.set_tags(
             {
                 "model_version": served.version,
-                "registered_model": cfg.registered_model,
+                "registered_model": served.model_name or cfg.registered_model,
                 "retrain_recommended": str(bool(reasons)).lower(),
                 "retrain_reason": "; ".join(reasons) or "none",
             }
         )
+
+
+def version_prefix(report: VersionReport, name: str) -> str:
+    """`monitor/version_3/` for the monitored model's versions (and a folder's model);
+    another registered model sharing the log gets its name in the key too."""
+    if report.model_name in (name, ""):
+        return f"monitor/version_{report.version}/"
+    return f"monitor/{metric_safe(report.model_name)}/version_{report.version}/"
 
 
 def png_image(png: bytes):

@@ -1,29 +1,37 @@
-"""The Model Registry: what an exported version says about itself, and the promotion gate.
+"""The promotion gate: a registered candidate against the current `champion`, scored on
+the same rows through the classifier the server runs, and the alias moved only for a
+candidate shown to be good enough.
 
-Export registers each int8 ONNX model as a new version with its evidence as
-tags. `promote` scores a candidate version beside the current `champion` on
-the same test split, through the classifier the server runs, and moves the
-alias only if the candidate is as accurate and fast enough.
+"Shown" is paired evidence: on the test split, and on the production slice the
+candidate's train run held out of its feedback, the difference of the two accuracies
+gets a confidence interval (distrinews.paired_comparison), and the interval must clear
+the limit (max_accuracy_drop, max_production_drop: the most points the candidate may be
+worse by). A point estimate 2 points lower on 200 rows is noise; an interval says so,
+and says how many rows it would take. The latency budget is a hard limit on this CPU.
 """
 
-import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distrinews.config import DataConfig, PromoteConfig
-from distrinews.errors import ModelFolderError, UserError
+from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, log_split, step_run
-from distrinews.runtime.cpu import available_cpus, cpu_name
-from distrinews.runtime.model_source import (
-    ModelSource,
-    alias_version,
-    first_line,
-    local_model_folder,
+from distrinews.paired_comparison import PairedComparison
+from distrinews.promotion_registry import (
+    CHAMPION,
+    champion_version,
+    move_alias,
+    open_versions,
+    read,
+    registry_call,
+    resolve_version,
+    write_tags,
 )
+from distrinews.runtime.cpu import available_cpus, cpu_name
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
 from distrinews.splits import load_splits
@@ -32,29 +40,35 @@ from distrinews.version_evidence import UNTRAINED
 if TYPE_CHECKING:
     import pandas as pd
 
-#: The alias the server follows and `promote` moves.
-CHAMPION = "champion"
-
-#: Float slack when comparing accuracy points with a limit: 100 * (182/200 - 181/200)
-#: is 0.5000000000000004, and a drop of exactly the limit is allowed.
-POINTS_TOLERANCE = 1e-9
+#: The evidence the gate weighs, each with the setting that bounds it.
+EVIDENCE_LIMITS = {"test": "max_accuracy_drop", "production": "max_production_drop"}
 
 
 @dataclass(frozen=True)
 class Score:
-    """A registered version scored on the test split by the server's classifier."""
+    """A registered version scored by the server's classifier."""
 
     accuracy: float
     latency_p95_ms: float = float("nan")
     production_accuracy: float | None = None  # on the candidate's production slice, if any
 
 
-def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
-    """Score the candidate (and the champion), decide, move the alias if won, record it.
+@dataclass(frozen=True)
+class Judgement:
+    """What the gate decided and on what: the scores, and each paired comparison."""
 
-    What is recorded is what happened: a version is tagged `promoted` only once
-    the alias points to it. Returns what was done; a refusal raises UserError
-    once it is recorded.
+    promoted: bool
+    reason: str
+    scores: dict[str, Score]
+    evidence: dict[str, PairedComparison]
+
+
+def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
+    """Score the candidate (and the champion), decide, record, then move the alias if won.
+
+    What is recorded is what happened: every tag is written before the alias moves,
+    and a move that fails is recorded as such. Returns what was done; a refusal
+    raises UserError once it is recorded.
     """
     import mlflow
 
@@ -64,7 +78,10 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
     versions = {"candidate": resolve_version(client, name, cfg.version)}
     if (holder := champion_version(name)) is not None:
         versions["champion"] = holder
-    candidate_tags = client.get_model_version(name, versions["candidate"]).tags
+    candidate_tags = read(
+        f"read version {versions['candidate']} of {name!r}",
+        lambda: client.get_model_version(name, versions["candidate"]).tags,
+    )
     with (
         step_run("promote", f"promote {name} v{versions['candidate']}"),
         tempfile.TemporaryDirectory(prefix="distrinews-promote-") as work,
@@ -72,15 +89,8 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
         log_new_params(
             asdict(cfg) | {"version": versions["candidate"], "champion_version": holder or ""}
         )
-        models = open_versions(name, versions, Path(work))
-        if candidate_tags.get(UNTRAINED) == "true" and not cfg.force:
-            promoted, reason, scores = False, UNTRAINED_REASON, {}
-        else:
-            production = production_slice(candidate_tags, models["candidate"].labels, Path(work))
-            promoted, reason, scores = judge(cfg, data_cfg, models, versions, production)
-        if promoted and (lost := move_alias(client, name, versions)):
-            promoted, reason = False, lost
-        record_decision(client, name, versions, scores, promoted, reason)
+        judgement = judge_versions(cfg, data_cfg, name, versions, candidate_tags, Path(work))
+        promoted, reason = record_and_move(client, name, versions, judgement)
         if not promoted:
             raise UserError(f"version {versions['candidate']} not promoted: {reason}")
     return f"{name}@{CHAMPION} -> version {versions['candidate']}: {reason}"
@@ -92,31 +102,54 @@ UNTRAINED_REASON = (
 )
 
 
-def open_versions(name: str, versions: dict[str, str], work: Path) -> dict[str, OnnxClassifier]:
-    """The candidate and the champion, downloaded into `work`. A champion that no longer
-    loads is left out of the models (judged as if there were none), so it can be
-    replaced; `versions` still names it, as the alias holder `move_alias` expects."""
-    models = {"candidate": open_version(name, versions["candidate"], work / "candidate")}
-    if "champion" in versions:
-        try:
-            models["champion"] = open_version(name, versions["champion"], work / "champion")
-        except UserError as err:
-            print(f"note: the champion does not load, judged as absent: {err}", file=sys.stderr)
-    return models
+def judge_versions(
+    cfg: PromoteConfig,
+    data_cfg: DataConfig,
+    name: str,
+    versions: dict[str, str],
+    candidate_tags: dict[str, str],
+    work: Path,
+) -> Judgement:
+    """Download both versions (and the candidate's production slice) and judge them."""
+    models = open_versions(name, versions, work)
+    if candidate_tags.get(UNTRAINED) == "true" and not cfg.force:
+        return Judgement(False, UNTRAINED_REASON, {}, {})
+    production = production_slice(candidate_tags, models["candidate"].labels, work)
+    return judge(cfg, data_cfg, models, versions, production)
 
 
-def move_alias(client: Any, name: str, versions: dict[str, str]) -> str | None:
-    """Point `champion` at the candidate, unless another promotion moved it meanwhile.
+def record_and_move(
+    client: Any, name: str, versions: dict[str, str], judgement: Judgement
+) -> tuple[bool, str]:
+    """Record the decision on the run and the version, then move the alias if it was won;
+    a move that fails or loses a race is recorded on both as not promoted."""
+    import mlflow
 
-    Returns None once moved, else why not. MLflow has no compare-and-set for an
-    alias: the holder is read again right before and right after the move.
-    """
-    if (before := champion_version(name)) != versions.get("champion"):
-        return f"{name}@{CHAMPION} moved to version {before} during this promotion; run it again"
-    client.set_registered_model_alias(name, CHAMPION, versions["candidate"])
-    if (after := champion_version(name)) != versions["candidate"]:
-        return f"{name}@{CHAMPION} was moved to version {after} by a concurrent promotion"
-    return None
+    promoted, reason = judgement.promoted, judgement.reason
+    mlflow.log_metrics(run_metrics(judgement))
+    mlflow.set_tags({"decision": decision_word(promoted), "reason": reason})
+    write_tags(client, name, versions["candidate"], version_tags(versions, judgement))
+    if promoted and (lost := try_move_alias(client, name, versions)):
+        promoted, reason = False, lost
+        after = "the alias did not move, but the version's tags still say promoted: fix them"
+        with registry_call(f"record on version {versions['candidate']} that it lost", after):
+            client.set_model_version_tag(name, versions["candidate"], "promotion_reason", lost)
+            client.set_model_version_tag(name, versions["candidate"], "promotion", "refused")
+        mlflow.set_tags({"decision": decision_word(promoted), "reason": reason})
+    return promoted, reason
+
+
+def try_move_alias(client: Any, name: str, versions: dict[str, str]) -> str | None:
+    """`move_alias`, with a failed read of the alias before the move as one more reason
+    it did not move (the tags, written already, are then set right)."""
+    try:
+        return move_alias(client, name, versions)
+    except UserError as err:
+        return str(err)
+
+
+def decision_word(promoted: bool) -> str:
+    return "promoted" if promoted else "refused"
 
 
 def judge(
@@ -125,44 +158,52 @@ def judge(
     models: dict[str, OnnxClassifier],
     versions: dict[str, str],
     production: "pd.DataFrame | None" = None,
-) -> tuple[bool, str, dict[str, Score]]:
-    """(promote?, why, scores): the labels first, then both models on one test split, and on
-    the candidate's production slice when its train run held one out."""
+) -> Judgement:
+    """The labels first, then both models on one test split, and on the candidate's
+    production slice when its train run held one out: each row answered by both."""
     candidate, champion = models["candidate"], models.get("champion")
     if champion is not None and champion.labels != candidate.labels:
         reason = (
             f"it predicts {', '.join(candidate.labels)}, the champion (version "
             f"{versions['champion']}) {', '.join(champion.labels)}; register it under another name"
         )
-        return False, reason, {}
+        return Judgement(False, reason, {}, {})
     test = load_splits(data_cfg, seed=0, model_labels=candidate.labels).test
     if test.empty:
         raise UserError(f"the test split of {data_cfg.data} is empty: nothing to score on")
     log_split(test, data_cfg.data, "test")
-    texts, labels = test["text"].tolist(), test["label"].to_numpy()
+    rows = {"test": test}
+    if production is not None:
+        rows["production"] = production
+    right = {role: answers_right(model, rows) for role, model in models.items()}
     # Both timed here: the budget is about the machine the gate runs on, and a champion
     # over it (a slower CPU than the one it was exported on) may be replaced.
-    scores = {"candidate": score(candidate, texts, labels, cfg.latency_texts)}
-    if champion is not None:
-        scores["champion"] = score(champion, texts, labels, cfg.latency_texts)
-    if production is not None:
-        scores = {
-            role: replace(
-                s,
-                production_accuracy=accuracy_on(
-                    models[role], production["text"].tolist(), production["label"].to_numpy()
-                ),
-            )
-            for role, s in scores.items()
+    texts = test["text"].tolist()
+    scores = {role: score(models[role], right[role], texts, cfg.latency_texts) for role in models}
+    evidence = {}
+    if "champion" in right:
+        evidence = {
+            kind: PairedComparison.of(right["candidate"][kind], right["champion"][kind])
+            for kind in rows
         }
-    return (*decide(cfg, scores["candidate"], scores.get("champion"), versions), scores)
+    promoted, reason = decide(cfg, scores["candidate"], scores.get("champion"), versions, evidence)
+    return Judgement(promoted, reason, scores, evidence)
+
+
+def answers_right(model: OnnxClassifier, rows: dict[str, "pd.DataFrame"]) -> dict[str, np.ndarray]:
+    """Per kind of evidence, which of its rows the classifier the server runs gets right."""
+    return {
+        kind: batched_predictions(model.logits, frame["text"].tolist()) == frame["label"].to_numpy()
+        for kind, frame in rows.items()
+    }
 
 
 def production_slice(
     candidate_tags: dict[str, str], labels: tuple[str, ...], work: Path
 ) -> "pd.DataFrame | None":
     """The production slice the candidate's train run held out of its feedback (class ids in
-    `label`), logged as this run's `production` dataset; None if it had none."""
+    `label`), logged as this run's `production` dataset; None if it had none. A slice that
+    could not be fetched stops the gate: judging without it would skip its limit."""
     import mlflow
     import pandas as pd
 
@@ -170,79 +211,47 @@ def production_slice(
     from distrinews.mlflow_runs import download_if_logged, log_feedback_split
 
     run_id = candidate_tags.get("source_run_id")
-    path = run_id and download_if_logged(run_id, PRODUCTION_ARTIFACT, work / "production")
+    if not run_id:
+        return None
+    with registry_call(f"fetch the production slice of run {run_id}"):
+        path = download_if_logged(run_id, PRODUCTION_ARTIFACT, work / "production")
+        params = mlflow.get_run(run_id).data.params if path else {}
     if not path:
         return None
     frame = pd.read_parquet(path)
     if frame.empty:
         return None
-    params = mlflow.get_run(run_id).data.params
     log_feedback_split(
         frame, params.get("feedback", ""), params.get("feedback_since", ""), "production"
     )
     return frame.assign(label=frame["label"].map({name: i for i, name in enumerate(labels)}))
 
 
-def accuracy_on(model: OnnxClassifier, texts: list[str], labels: np.ndarray) -> float:
-    """Share of `texts` the classifier the server runs labels as `labels`."""
-    return float((batched_predictions(model.logits, texts) == labels).mean())
-
-
-def resolve_version(client: Any, name: str, version: str) -> str:
-    """The version asked for, or the newest; UserError if there is none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if version:
-            # As text: a SQLite registry answers numbers, a tracking server strings.
-            return str(client.get_model_version(name, version).version)
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException as err:
-        raise UserError(
-            f"no version {version or ''} of registered model {name!r}: "
-            f"{first_line(err)}; export a model first"
-        ) from err
-    if not versions:
-        raise UserError(f"registered model {name!r} has no versions; export a model first")
-    return str(max(int(v.version) for v in versions))
-
-
-def champion_version(name: str) -> str | None:
-    """The version `champion` points to, None if the alias is not set yet; a registry that
-    does not answer or refuses must not read as "no champion" (it would skip the gate)."""
-    try:
-        return alias_version(name, CHAMPION)
-    except ModelFolderError as err:
-        raise UserError(f"cannot read {name}@{CHAMPION}: {err}") from err
-
-
-def open_version(name: str, version: str, into: Path) -> OnnxClassifier:
-    """The version's ONNX model, downloaded into `into`, in the classifier the server runs."""
-    try:
-        folder = local_model_folder(ModelSource(f"models:/{name}/{version}"), into)
-        return OnnxClassifier(folder, threads=available_cpus())
-    except ModelFolderError as err:
-        raise UserError(f"version {version} of {name!r} does not load: {err}") from err
-
-
 def score(
-    model: OnnxClassifier, texts: list[str], labels: np.ndarray, latency_texts: int = 0
+    model: OnnxClassifier, right: dict[str, np.ndarray], texts: list[str], latency_texts: int
 ) -> Score:
-    """Test accuracy, and with `latency_texts` the batch-1 p95 (after a short warm-up)."""
-    accuracy = accuracy_on(model, texts, labels)
+    """Accuracies from `right`, and with `latency_texts` the batch-1 p95 (after a short
+    warm-up)."""
+    production = float(right["production"].mean()) if "production" in right else None
+    accuracy = float(right["test"].mean())
     if not latency_texts:
-        return Score(accuracy)
+        return Score(accuracy, production_accuracy=production)
     batch1_latency_ms(model.logits, texts[:10])
     timings = batch1_latency_ms(model.logits, texts[:latency_texts])
-    return Score(accuracy, percentile(timings, 95))
+    return Score(accuracy, percentile(timings, 95), production)
 
 
 def decide(
-    cfg: PromoteConfig, candidate: Score, champion: Score | None, versions: dict[str, str]
+    cfg: PromoteConfig,
+    candidate: Score,
+    champion: Score | None,
+    versions: dict[str, str],
+    evidence: dict[str, PairedComparison] | None = None,
 ) -> tuple[bool, str]:
-    """(promote?, why): a candidate over the latency budget never; else no accuracy drop
-    past the limit unless forced, a larger one (max_budget_drop) allowed when the champion
-    is over the budget and the candidate within it."""
+    """(promote?, why): a candidate over the latency budget never; else, unless forced,
+    every paired comparison's interval must clear its limit: the candidate shown to be at
+    most that many points worse (a larger limit, max_budget_drop, when the champion is
+    over the budget and the candidate within it)."""
     p95 = f"p95 {candidate.latency_p95_ms:.1f} ms"
     if candidate.latency_p95_ms > cfg.max_p95_ms:
         return False, f"{p95} is over max_p95_ms={cfg.max_p95_ms:g}, whatever its accuracy"
@@ -251,37 +260,42 @@ def decide(
         return True, f"{replaced}; {p95} within {cfg.max_p95_ms:g} ms"
     if champion is None:
         return True, f"first champion; {p95} within {cfg.max_p95_ms:g} ms"
-    versus = (
+    if not evidence:
+        raise ValueError("a champion to beat needs paired evidence")
+    versus = versus_text(candidate, champion, versions)
+    if cfg.force:
+        return True, f"forced: {versus}, not gated; {p95}"
+    limits = drop_limits(cfg, champion)
+    for kind, comparison in evidence.items():
+        limit, setting = limits[kind]
+        verdict = comparison.verdict(limit / 100)
+        if not verdict.passed:
+            why = verdict.explain(limit, setting)
+            return False, f"{versus}; {kind}: {comparison.describe()}: {why}"
+    shown = "; ".join(f"{kind}: {comparison.describe()}" for kind, comparison in evidence.items())
+    budget = f"{p95} within {cfg.max_p95_ms:g} ms"
+    if champion.latency_p95_ms > cfg.max_p95_ms:
+        budget += f", the champion's p95 {champion.latency_p95_ms:.1f} ms over it"
+    return True, f"{versus}; {shown}; {budget}"
+
+
+def versus_text(candidate: Score, champion: Score, versions: dict[str, str]) -> str:
+    text = (
         f"test accuracy {candidate.accuracy:.4f} vs the champion's (version "
         f"{versions['champion']}) {champion.accuracy:.4f}"
     )
     if candidate.production_accuracy is not None and champion.production_accuracy is not None:
-        versus += (
+        text += (
             f"; production accuracy {candidate.production_accuracy:.4f} vs "
             f"{champion.production_accuracy:.4f}"
         )
-    if cfg.force:
-        return True, f"forced: {versus}, not gated; {p95}"
-    limits = drop_limits(cfg, champion)
-    for kind, drop, (limit, setting) in (
-        ("test", 100 * (champion.accuracy - candidate.accuracy), limits["test"]),
-        ("production", production_points(candidate, champion), limits["production"]),
-    ):
-        if drop > limit + POINTS_TOLERANCE:
-            return False, f"{versus}: {drop:.2f} {kind} points lower ({setting}={limit:g})"
-    budget = f"{p95} within {cfg.max_p95_ms:g} ms"
-    if champion.latency_p95_ms > cfg.max_p95_ms:
-        budget += f", the champion's p95 {champion.latency_p95_ms:.1f} ms over it"
-    return True, f"{versus}; {budget}"
+    return text
 
 
 def drop_limits(cfg: PromoteConfig, champion: Score) -> dict[str, tuple[float, str]]:
-    """How many points the candidate may lose on test and on production, and which setting
-    says so: more (max_budget_drop) when the champion misses the budget, the candidate not."""
-    limits = {
-        "test": (cfg.max_accuracy_drop, "max_accuracy_drop"),
-        "production": (cfg.max_production_drop, "max_production_drop"),
-    }
+    """How many points the candidate may be worse by on each kind of evidence, and which
+    setting says so: more (max_budget_drop) when the champion misses the budget."""
+    limits = {kind: (getattr(cfg, setting), setting) for kind, setting in EVIDENCE_LIMITS.items()}
     if champion.latency_p95_ms > cfg.max_p95_ms:  # NaN (not timed) compares False
         limits = {
             kind: max(limit, (cfg.max_budget_drop, "max_budget_drop"))
@@ -290,56 +304,46 @@ def drop_limits(cfg: PromoteConfig, champion: Score) -> dict[str, tuple[float, s
     return limits
 
 
-def production_points(candidate: Score, champion: Score) -> float:
-    """How many points the candidate is below the champion on production (0: not scored)."""
-    if candidate.production_accuracy is None or champion.production_accuracy is None:
-        return 0.0
-    return 100 * (champion.production_accuracy - candidate.production_accuracy)
+def run_metrics(judgement: Judgement) -> dict[str, float]:
+    """The promote run's metrics: each score, and each comparison in points."""
+    metrics = {}
+    for role, s in judgement.scores.items():
+        metrics[f"{role}/accuracy"] = s.accuracy
+        if s.production_accuracy is not None:
+            metrics[f"{role}/production_accuracy"] = s.production_accuracy
+        if not np.isnan(s.latency_p95_ms):
+            metrics[f"{role}/latency_p95_ms"] = s.latency_p95_ms
+    for kind, comparison in judgement.evidence.items():
+        low, high = comparison.interval()
+        metrics |= {
+            f"{kind}/difference_points": 100 * comparison.difference,
+            f"{kind}/interval_low_points": 100 * low,
+            f"{kind}/interval_high_points": 100 * high,
+            f"{kind}/paired_rows": comparison.rows,
+            f"{kind}/disagreements": comparison.disagreements,
+            f"{kind}/mcnemar_p": comparison.p_value(),
+        }
+    return metrics
 
 
-def record_decision(
-    client: Any,
-    name: str,
-    versions: dict[str, str],
-    scores: dict[str, Score],
-    promoted: bool,
-    reason: str,
-) -> None:
-    """The decision, the scores and the reason: on the promote run and on the version."""
+def version_tags(versions: dict[str, str], judgement: Judgement) -> dict[str, str]:
+    """The decision, its evidence and the reason, for the version's page; `promotion`, the
+    tag that says what was decided, comes last (the others explain it)."""
     import mlflow
 
-    metrics = {f"{role}/accuracy": s.accuracy for role, s in scores.items()}
-    metrics |= {
-        f"{role}/production_accuracy": s.production_accuracy
-        for role, s in scores.items()
-        if s.production_accuracy is not None
-    }
-    metrics |= {
-        f"{role}/latency_p95_ms": s.latency_p95_ms
-        for role, s in scores.items()
-        if not np.isnan(s.latency_p95_ms)
-    }
-    mlflow.log_metrics(metrics)
-    decision = "promoted" if promoted else "refused"
-    mlflow.set_tags({"decision": decision, "reason": reason})
     tags = {
-        "promotion": decision,
-        "promotion_reason": reason,
+        "promotion_reason": judgement.reason[:5000],
         "promotion_run_id": mlflow.active_run().info.run_id,
         "promotion_champion_version": versions.get("champion", ""),
         # Latency belongs to a CPU: the same model is 3-7 ms on one and 20-30 on another.
         "promotion_cpu": f"{cpu_name()}, {available_cpus()} vCPUs",
     }
-    tags |= {f"promotion_{role}_accuracy": f"{s.accuracy:.4f}" for role, s in scores.items()}
-    tags |= {
-        f"promotion_{role}_latency_p95_ms": f"{s.latency_p95_ms:.2f}"
-        for role, s in scores.items()
-        if not np.isnan(s.latency_p95_ms)
-    }
-    tags |= {
-        f"promotion_{role}_production_accuracy": f"{s.production_accuracy:.4f}"
-        for role, s in scores.items()
-        if s.production_accuracy is not None
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, versions["candidate"], key, value)
+    for role, s in judgement.scores.items():
+        tags[f"promotion_{role}_accuracy"] = f"{s.accuracy:.4f}"
+        if not np.isnan(s.latency_p95_ms):
+            tags[f"promotion_{role}_latency_p95_ms"] = f"{s.latency_p95_ms:.2f}"
+        if s.production_accuracy is not None:
+            tags[f"promotion_{role}_production_accuracy"] = f"{s.production_accuracy:.4f}"
+    for kind, comparison in judgement.evidence.items():
+        tags[f"promotion_{kind}_evidence"] = comparison.describe()
+    return tags | {"promotion": decision_word(judgement.promoted)}

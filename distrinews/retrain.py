@@ -3,8 +3,11 @@ with a child run per step: monitor -> train (warm-started from the champion, on 
 feedback) -> export -> promote.
 
 The window starts where the last promoted retrain's ended (or at `since`, if later), so
-feedback already learned is not trained on again. One retrain per registered model runs
-at a time: a second refuses while the first is RUNNING.
+feedback already learned is not trained on again; it ends at its start time (or `until`), and
+every step reads [start, end). One retrain per registered model runs at a time: a second
+refuses while the first is RUNNING. The new model's validation split is the champion's
+(its train run's seed and val_fraction), so export fits the temperature and reference
+profile on rows the warm-start weights never trained on.
 """
 
 import sys
@@ -17,9 +20,10 @@ from distrinews.cli import step_command
 from distrinews.config import RetrainJob
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
-from distrinews.monitor import parse_window
 from distrinews.promotion import champion_version
 from distrinews.runtime.prediction_store import shown
+from distrinews.signals import further_signals
+from distrinews.time_window import parse_window
 
 
 @dataclass
@@ -32,6 +36,15 @@ class Story:
     candidate: str = ""  # the version it registered
     window: tuple[str, str] = ("", "")
     children: dict[str, Any] = field(default_factory=dict)  # step -> its run
+
+
+@dataclass(frozen=True)
+class ChampionSplit:
+    """What decided the champion's validation split: its train run's seed and val_fraction."""
+
+    seed: int
+    val_fraction: float
+    run_id: str  # the champion's train run
 
 
 def run_retrain(job: RetrainJob) -> str:
@@ -47,9 +60,11 @@ def run_retrain(job: RetrainJob) -> str:
         try:
             loop(job, parent, story)
         except KeyboardInterrupt:
-            story.decision, story.reason = "interrupted", "stopped before it decided"
-            record(story)
-            mlflow.end_run("KILLED")  # not FAILED: nothing went wrong, it was stopped
+            # A further signal must not cut the recording short: the run would end FAILED.
+            with further_signals():
+                story.decision, story.reason = "interrupted", "stopped before it decided"
+                record(story)
+                mlflow.end_run("KILLED")  # not FAILED: nothing went wrong, it was stopped
             raise
         except Exception as err:  # a step failed, or this process did: recorded, then raised
             story.decision, story.reason = "failed", str(err)
@@ -74,18 +89,20 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
         | {"store": shown(job.monitor.store), "window_start": story.window[0]}
         | {"window_end": story.window[1]}
     )
-    if count_usable_feedback(job, start) == 0:
+    if count_usable_feedback(job, start, end) == 0:
         story.decision = "skipped"
         story.reason = (
             f"no labelled feedback with text since {story.window[0]}: nothing to train on"
         )
         return
+    split = champion_split(job.name, story.champion)
+    log_split(split, story.champion)
     recommended, why = monitor(job, parent, story)
     if not (recommended or job.retrain.force):
         story.decision, story.reason = "not needed", f"the monitor sees no need ({why})"
         return
     story.reason = why if recommended else f"forced (the monitor: {why})"
-    train_run = train(job, parent, story, start)
+    train_run = train(job, parent, story, split)
     story.candidate = export(job, parent, story, train_run)
     promote(job, parent, story, story.candidate)
 
@@ -120,16 +137,64 @@ def retrain_runs(name: str, condition: str, **options: Any) -> list:
     )
 
 
-def count_usable_feedback(job: RetrainJob, start: datetime) -> int:
-    """How many feedback rows the train step would learn from or hold out (its own rules)."""
-    from distrinews.feedback_data import read_feedback, usable_feedback
+def count_usable_feedback(job: RetrainJob, start: datetime, end: datetime) -> int:
+    """How many feedback rows of [start, end) the train step would learn from or hold out
+    (its own rules)."""
+    from distrinews.feedback_data import known_texts, read_feedback, usable_feedback
     from distrinews.splits import load_splits
 
-    raw = read_feedback(job.monitor.store, start)
+    raw = read_feedback(job.monitor.store, start, end)
     if raw.empty:
         return 0
-    rows, _ = usable_feedback(raw, load_splits(job.data, job.train.seed))
+    labels = load_splits(job.data, seed=0).labels  # the data's classes, whatever the seed
+    rows, _ = usable_feedback(raw, labels, known_texts(job.data))
     return len(rows)
+
+
+def champion_split(name: str, version: str) -> ChampionSplit:
+    """The seed and val_fraction of the train run behind `version` (its `source_run_id`
+    tag). UserError if they cannot be read: with a guess, export could fit the temperature
+    and profile on rows the warm-start weights trained on."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from distrinews.runtime.model_source import first_line
+
+    client = mlflow.MlflowClient()
+    run_id = ""
+    try:
+        run_id = client.get_model_version(name, version).tags.get("source_run_id", "")
+        params = client.get_run(run_id).data.params if run_id else {}
+    except MlflowException as err:
+        raise unreadable_split(name, version, run_id, first_line(err)) from err
+    try:
+        return ChampionSplit(int(params["seed"]), float(params["val_fraction"]), run_id)
+    except KeyError as err:
+        raise unreadable_split(name, version, run_id, f"it has no {err.args[0]} param") from err
+    except ValueError as err:
+        raise unreadable_split(name, version, run_id, str(err)) from err
+
+
+def unreadable_split(name: str, version: str, run_id: str, why: str) -> UserError:
+    behind = f"train run {run_id}" if run_id else "train run (it has no source_run_id tag)"
+    return UserError(
+        f"cannot read the seed and val_fraction of {name} version {version}'s {behind}: {why}; "
+        "retrain takes the champion's validation split, so that the new model is calibrated "
+        "on rows the champion never trained on"
+    )
+
+
+def log_split(split: ChampionSplit, champion: str) -> None:
+    """Say on the parent run which seed and val_fraction the train step gets, and why."""
+    import mlflow
+
+    log_new_params({"seed": split.seed, "val_fraction": split.val_fraction})
+    mlflow.set_tag(
+        "seed_from",
+        f"the champion's (version {champion}) train run {split.run_id}: the same validation "
+        "rows, which its weights never trained on, so export's temperature and reference "
+        "profile are fitted on unseen rows",
+    )
 
 
 def refuse_if_running(parent: Any, name: str, lock_hours: float) -> None:
@@ -187,24 +252,27 @@ def monitor(job: RetrainJob, parent: Any, story: Story) -> tuple[bool, str]:
     return tags.get("retrain_recommended") == "true", tags.get("retrain_reason", "")
 
 
-def train(job: RetrainJob, parent: Any, story: Story, start: datetime) -> Any:
-    """A warm start from the champion's train run, on train plus the window's feedback."""
+def train(job: RetrainJob, parent: Any, story: Story, split: ChampionSplit) -> Any:
+    """A warm start from the champion's train run, on train plus the window's feedback, with
+    the champion's validation split."""
     data, train_cfg = job.data, job.train
     command = step_command(
         "train",
         job.retrain.nproc,
         data=data.data,
         max_length=data.max_length,
+        val_fraction=split.val_fraction,
         max_train_rows=data.max_train_rows,
         max_eval_rows=data.max_eval_rows,
         init_from=f"models:/{job.name}/{story.champion}",
         feedback=job.monitor.store,
-        feedback_since=start.isoformat(),
+        feedback_since=story.window[0],
+        feedback_until=story.window[1],
         production_share=job.feedback.production_share,
         epochs=job.retrain.epochs,
         lr=job.retrain.lr,
         batch_size=train_cfg.batch_size,
-        seed=train_cfg.seed,
+        seed=split.seed,
         output_dir=train_cfg.output_dir,
     )
     return child("train", command, parent, story)

@@ -28,6 +28,7 @@ from distrinews.distributed import (
     EmbeddingRowAllReduce,
     all_reduce_sum,
     barrier,
+    broadcast_from_main,
     check_world_fits_machine,
     cleanup_distributed,
     fail_together,
@@ -37,7 +38,7 @@ from distrinews.distributed import (
 )
 from distrinews.errors import UserError
 from distrinews.evaluation import evaluate
-from distrinews.feedback_data import FeedbackRows, load_feedback, with_feedback
+from distrinews.feedback_data import FeedbackRows, frozen_feedback, with_feedback
 from distrinews.layer_selection import keep_layers
 from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
 from distrinews.mlflow_runs import check_tracking_server, git_commit
@@ -228,9 +229,15 @@ def _train(
     job: TrainingJob, info: DistInfo, tracker: Tracker, resume_from: Path | None, saved: dict | None
 ) -> dict[str, float]:
     torch.manual_seed(job.train.seed)  # same new head on every rank
-    with fail_together(info), tempfile.TemporaryDirectory(prefix="distrinews-init-") as init_dir:
+    with fail_together(info):
         check_world_fits_machine(info)
-        inputs = load_inputs(job, resume_from, Path(init_dir), info)
+        splits = load_splits(job.data, job.train.seed)
+        feedback = main_reads_feedback(job, splits.labels, info, tracker.run_id)
+    # Read once, by rank 0, and sent to every rank: ranks reading the live log each would
+    # see different rows, and hold out (and train on) different ones.
+    feedback = broadcast_from_main(feedback, info)
+    with fail_together(info), tempfile.TemporaryDirectory(prefix="distrinews-init-") as init_dir:
+        inputs = load_inputs(job, splits, feedback, resume_from, Path(init_dir), info)
         model, tokenizer = load_model_and_tokenizer(inputs.start, inputs.splits.labels)
         if job.model.layers:
             inputs.kept_layers = keep_layers(model, job.model.layers)
@@ -275,16 +282,30 @@ class TrainInputs:
         return frames
 
 
+def main_reads_feedback(
+    job: TrainingJob, labels: tuple[str, ...], info: DistInfo, run_id: str | None
+) -> FeedbackRows | None:
+    """On the main process, with -P feedback=: the run's feedback rows, frozen in its
+    checkpoint folder by its first launch (every restart and resume reads them back)."""
+    if not (info.is_main and job.feedback.feedback):
+        return None
+    folder = Path(job.train.output_dir) / run_id if run_id else None
+    frozen = folder / checkpoint.FROZEN_FEEDBACK if folder else None
+    return frozen_feedback(job.feedback, job.data, labels, frozen)
+
+
 def load_inputs(
-    job: TrainingJob, resume_from: Path | None, init_dir: Path, info: DistInfo
+    job: TrainingJob,
+    splits: Splits,
+    feedback: FeedbackRows | None,
+    resume_from: Path | None,
+    init_dir: Path,
+    info: DistInfo,
 ) -> TrainInputs:
-    """The data's splits, the feedback (with -P feedback=), the starting weights (the run's
-    own checkpoint when resuming, a warm start's with -P init_from=, else `model`'s), and
-    the teacher (-P teacher=), whose logits the main process caches if they are not yet."""
-    splits = load_splits(job.data, job.train.seed)
-    inputs = TrainInputs(splits, str(resume_from or job.model.model))
-    if job.feedback.feedback:
-        inputs.feedback = load_feedback(job.feedback, splits, job.train.seed)
+    """The data's splits and feedback rows, the starting weights (the run's own checkpoint
+    when resuming, a warm start's with -P init_from=, else `model`'s), and the teacher
+    (-P teacher=), whose logits the main process caches if they are not yet."""
+    inputs = TrainInputs(splits, str(resume_from or job.model.model), feedback)
     if job.model.init_from and resume_from is None:
         folder, inputs.lineage = warm_start_folder(job.model.init_from, splits.labels, init_dir)
         inputs.start = str(folder)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from distrinews.errors import ModelFolderError
 from distrinews.runtime.prediction_store import LogUnavailable, open_store
 from serving.app import create_app, load_served_model
-from serving.settings import Settings
+from serving.settings import Settings, settings_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         # --model wins over DISTRINEWS_MODEL; every other setting comes from the environment.
         settings = Settings(**({"model": args.model} if args.model else {}))
     except ValidationError as err:  # a bad DISTRINEWS_* value
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {' '.join(settings_error(err).split())}", file=sys.stderr)
         return 2
     try:
         # Here rather than in the app's start-up (which also runs before the port

@@ -62,7 +62,7 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
     metrics: ServerMetrics = app.state.metrics
     app.state.prediction_log = await asyncio.to_thread(start_prediction_log, app, settings)
     batcher = MicroBatcher(
-        model.classifier,
+        model,
         settings.micro_batch_size,
         settings.micro_batch_window_ms,
         observe=metrics.observe_inference,
@@ -101,6 +101,7 @@ def start_prediction_log(app: FastAPI, settings: Settings) -> PredictionLog | No
         settings.log_flush_seconds,
         settings.log_sample,
         counts=app.state.metrics.count_logged,
+        retention_days=settings.log_retention_days,
     )
 
 

@@ -2,69 +2,119 @@
 live-accuracy gauge per model version follows the last feedback items.
 
 The route exists only when DISTRINEWS_FEEDBACK_TOKEN is set, and answers only a request
-that carries it as a bearer token. A prediction is found among those this server answered
-recently (still queued for the log, perhaps) or in the prediction log's store.
+that carries it as a bearer token. A prediction is named by the `prediction_id` of its
+answer (and a position in a batch); a body with only the client's `request_id` is taken
+when that id names one logged request. It is found among those this server answered
+recently (still queued for the log, perhaps) or in the prediction log's store. One label
+per prediction: a repeat (a client's retry, a correction) replaces the earlier one, in
+the store and in the gauge alike.
 """
 
 import asyncio
 import secrets
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from fastapi import HTTPException
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
+from pydantic import SecretStr
 
-from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, UNREGISTERED
+from distrinews.runtime.prediction_store import PREDICTIONS, UNREGISTERED, upsert_feedback
 from serving.prediction_log import now
 
 
+@dataclass(frozen=True)
+class Found:
+    """A logged prediction that feedback names."""
+
+    prediction_id: str | None  # None: logged by an older server, before prediction ids
+    request_id: str
+    version: str
+    predicted: str
+
+
+@dataclass(frozen=True)
+class Given:
+    """One feedback item, as the route hands it over."""
+
+    prediction_id: str | None
+    request_id: str | None
+    position: int
+    label: str
+    text: str | None
+
+
 class RecentPredictions:
-    """The labels this server answered for its last `size` requests, by request id."""
+    """The labels this server answered for its last `size` requests, by prediction id, and
+    the prediction ids of each client request id among them."""
 
     def __init__(self, size: int = 10_000):
         self.size = size
-        self.answers: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+        # prediction id -> (request id, model version, labels)
+        self.answers: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()
+        self.by_request: dict[str, list[str]] = {}
         self.lock = threading.Lock()
 
-    def remember(self, request_id: str, version: str | None, labels: tuple[str, ...]) -> None:
+    def remember(
+        self, prediction_id: str, request_id: str, version: str | None, labels: tuple[str, ...]
+    ) -> None:
         with self.lock:
-            self.answers[request_id] = (version or UNREGISTERED, labels)
-            self.answers.move_to_end(request_id)
+            self.answers[prediction_id] = (request_id, version or UNREGISTERED, labels)
+            self.by_request.setdefault(request_id, []).append(prediction_id)
             while len(self.answers) > self.size:
-                self.answers.popitem(last=False)
+                oldest, (its_request, *_) = self.answers.popitem(last=False)
+                named = self.by_request[its_request]
+                named.remove(oldest)
+                if not named:
+                    del self.by_request[its_request]
 
-    def find(self, request_id: str, position: int) -> tuple[str, str] | None:
-        """(model version, predicted label), if this server answered it recently."""
+    def find(self, prediction_id: str, position: int) -> Found | None:
+        """The prediction, if this server answered it recently."""
         with self.lock:
-            found = self.answers.get(request_id)
-        if found is None or position >= len(found[1]):
+            answer = self.answers.get(prediction_id)
+        if answer is None or position >= len(answer[2]):
             return None
-        return found[0], found[1][position]
+        request_id, version, labels = answer
+        return Found(prediction_id, request_id, version, labels[position])
+
+    def named(self, request_id: str) -> list[str]:
+        """The prediction ids answered recently under the client's `request_id`."""
+        with self.lock:
+            return list(self.by_request.get(request_id, ()))
 
 
 class LiveAccuracy:
-    """Per model version, the share of its last `window` feedback items it got right."""
+    """Per model version, the share of its last `window` labelled predictions it got right;
+    a prediction labelled again counts once, with its latest label."""
 
     def __init__(self, registry: CollectorRegistry, window: int):
         self.window = window
-        self.outcomes: dict[str, deque[bool]] = {}
+        # version -> (prediction id, position) -> right or not, oldest first
+        self.outcomes: dict[str, OrderedDict[tuple[str, int], bool]] = {}
         self.lock = threading.Lock()
         self.received = Counter(
             "distrinews_feedback",
-            "Feedback items recorded, by whether the prediction was right",
+            "Predictions labelled (a repeated label is not counted again), by whether the "
+            "prediction was right",
             ["correct"],
             registry=registry,
         )
         registry.register(self)
 
-    def add(self, version: str, correct: bool) -> None:
+    def add(self, version: str, key: tuple[str, int], correct: bool, replaced: bool) -> None:
+        """Count the outcome of prediction `key`; one it had already replaces the earlier."""
         with self.lock:
-            self.outcomes.setdefault(version, deque(maxlen=self.window)).append(correct)
-        self.received.labels(str(correct).lower()).inc()
+            outcomes = self.outcomes.setdefault(version, OrderedDict())
+            outcomes[key] = correct  # a repeat keeps its place in the window
+            while len(outcomes) > self.window:
+                outcomes.popitem(last=False)
+        if not replaced:
+            self.received.labels(str(correct).lower()).inc()
 
     def collect(self) -> Iterator[Metric]:
         accuracy = GaugeMetricFamily(
@@ -78,7 +128,7 @@ class LiveAccuracy:
             labels=["model_version"],
         )
         with self.lock:
-            windows = {version: list(outcomes) for version, outcomes in self.outcomes.items()}
+            windows = {version: list(o.values()) for version, o in self.outcomes.items()}
         for version, outcomes in windows.items():
             accuracy.add_metric([version], sum(outcomes) / len(outcomes))
             items.add_metric([version], len(outcomes))
@@ -89,69 +139,111 @@ class LiveAccuracy:
         return iter(())
 
 
-def check_token(credentials: HTTPAuthorizationCredentials | None, token: str) -> None:
+def check_token(credentials: HTTPAuthorizationCredentials | None, token: SecretStr) -> None:
     """401 unless the request carries `token` as its bearer token (compared in constant time)."""
     given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), token.encode()):
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
         raise HTTPException(
             401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
 
 
-def stored_prediction(engine: sa.Engine, request_id: str, position: int) -> tuple[str, str] | None:
-    """(model version, predicted label) of a logged prediction, from the store."""
-    query = sa.select(PREDICTIONS.c.model_version, PREDICTIONS.c.label).where(
-        PREDICTIONS.c.request_id == request_id, PREDICTIONS.c.position == position
+def stored_prediction(
+    engine: sa.Engine, prediction_id: str | None, request_id: str | None, position: int
+) -> Found | None:
+    """A logged prediction, from the store: by its prediction id, or (None) the one an older
+    server logged under `request_id`."""
+    named = (
+        PREDICTIONS.c.prediction_id == prediction_id
+        if prediction_id is not None
+        else PREDICTIONS.c.prediction_id.is_(None) & (PREDICTIONS.c.request_id == request_id)
     )
+    query = sa.select(
+        PREDICTIONS.c.request_id, PREDICTIONS.c.model_version, PREDICTIONS.c.label
+    ).where(named, PREDICTIONS.c.position == position)
     with engine.connect() as connection:
         row = connection.execute(query.limit(1)).first()
-    return None if row is None else (row.model_version or UNREGISTERED, row.label)
+    if row is None:
+        return None
+    return Found(prediction_id, row.request_id, row.model_version or UNREGISTERED, row.label)
 
 
-def write_feedback(
-    engine: sa.Engine, request_id: str, position: int, label: str, text: str | None
-) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            FEEDBACK.insert(),
-            [
-                {
-                    "time": now(),
-                    "request_id": request_id,
-                    "position": position,
-                    "label": label,
-                    "text": text,
-                }
-            ],
+def stored_requests(engine: sa.Engine, request_id: str) -> list[str | None]:
+    """The prediction ids of (at most two) requests logged under the client's `request_id`;
+    None for one an older server logged. Every logged request has a text at position 0."""
+    query = sa.select(PREDICTIONS.c.prediction_id).where(
+        PREDICTIONS.c.request_id == request_id, PREDICTIONS.c.position == 0
+    )
+    with engine.connect() as connection:
+        return list(connection.execute(query.limit(2)).scalars())
+
+
+async def only_request(engine: sa.Engine, recent: RecentPredictions, request_id: str) -> str | None:
+    """The prediction id of the one request logged under `request_id` (None: logged by an
+    older server); 404 if there is none, 409 if there are several (clients reuse ids)."""
+    stored = await asyncio.to_thread(stored_requests, engine, request_id)
+    named = dict.fromkeys([*recent.named(request_id), *(i for i in stored if i is not None)])
+    requests = [*named, *(i for i in stored if i is None)]
+    if not requests:
+        raise HTTPException(404, f"no logged prediction with request id {request_id!r}")
+    if len(requests) > 1:
+        raise HTTPException(
+            409,
+            f"request id {request_id!r} names several logged predictions; send the "
+            "prediction_id of the /predict answer",
         )
+    return requests[0]
+
+
+async def find_prediction(engine: sa.Engine, recent: RecentPredictions, given: Given) -> Found:
+    """The prediction `given` names (404 if it is unknown, 409 if its request id is
+    ambiguous)."""
+    prediction_id = given.prediction_id
+    if prediction_id is None:
+        prediction_id = await only_request(engine, recent, given.request_id or "")
+    found = (prediction_id and recent.find(prediction_id, given.position)) or (
+        await asyncio.to_thread(
+            stored_prediction, engine, prediction_id, given.request_id, given.position
+        )
+    )
+    if found is None:
+        named = f"prediction id {prediction_id!r}" if prediction_id else "that request id"
+        raise HTTPException(404, f"no logged prediction with {named} at position {given.position}")
+    return found
+
+
+def write_feedback(engine: sa.Engine, found: Found, given: Given) -> bool:
+    """The label, in place of any its prediction had; whether it replaced one."""
+    row = {
+        "time": now(),
+        "request_id": found.request_id,
+        "prediction_id": found.prediction_id,
+        "position": given.position,
+        "label": given.label,
+        "text": given.text,
+    }
+    with engine.begin() as connection:
+        return upsert_feedback(connection, row)
 
 
 async def record_feedback(
-    engine: sa.Engine,
-    recent: RecentPredictions,
-    live: LiveAccuracy,
-    item: tuple[str, int, str, str | None],
+    engine: sa.Engine, recent: RecentPredictions, live: LiveAccuracy, given: Given
 ) -> dict:
-    """Find the prediction (404 if unknown), write the true label (503 if the store fails),
-    count it for the live accuracy of the version that answered."""
-    request_id, position, label, text = item
+    """Find the prediction (404 unknown, 409 ambiguous), write the true label (503 if the
+    store fails), count it for the live accuracy of the version that answered."""
     try:
-        found = recent.find(request_id, position) or await asyncio.to_thread(
-            stored_prediction, engine, request_id, position
-        )
-        if found is None:
-            raise HTTPException(
-                404, f"no logged prediction with request id {request_id!r} at position {position}"
-            )
-        await asyncio.to_thread(write_feedback, engine, request_id, position, label, text)
+        found = await find_prediction(engine, recent, given)
+        replaced = await asyncio.to_thread(write_feedback, engine, found, given)
     except sa.exc.SQLAlchemyError as err:
         raise HTTPException(503, "the prediction log is unavailable; retry later") from err
-    version, predicted = found
-    live.add(version, predicted == label)
+    key = (found.prediction_id or f"request {found.request_id}", given.position)
+    live.add(found.version, key, found.predicted == given.label, replaced)
     return {
-        "request_id": request_id,
-        "position": position,
-        "label": label,
-        "predicted": predicted,
-        "model_version": version,
+        "prediction_id": found.prediction_id,
+        "request_id": found.request_id,
+        "position": given.position,
+        "label": given.label,
+        "predicted": found.predicted,
+        "model_version": found.version,
+        "replaced": replaced,
     }

@@ -112,12 +112,19 @@ def export_report(folder: Path) -> dict:
 
 @dataclass(frozen=True)
 class Scores:
-    """Rows of class probabilities, the labels of their columns, and what each text looked
-    like to the model (its token count and unknown-token share)."""
+    """Rows of class probabilities, the labels of their columns, what each text looked
+    like to the model (its token count and unknown-token share), and the model that
+    computed them: its version is the one answered, logged and counted, even if another
+    was swapped in while the request waited (serving.reload)."""
 
     rows: np.ndarray
     labels: tuple[str, ...]
     features: list[TextFeatures]
+    model: LoadedModel
+
+    def part(self, start: int, end: int) -> "Scores":
+        """The scores of texts [start, end): one request's share of a micro-batch."""
+        return Scores(self.rows[start:end], self.labels, self.features[start:end], self.model)
 
 
 #: A request's texts, and the future its scores are set on.
@@ -139,12 +146,12 @@ class MicroBatcher:
 
     def __init__(
         self,
-        classifier: OnnxClassifier,
+        model: LoadedModel,
         max_texts: int,
         window_ms: float,
         observe: Observer = lambda seconds, classifier, features, rows: None,
     ):
-        self.classifier = classifier
+        self.model = model  # replaced by serving.reload.serve
         # Called in the inference thread with what one inference saw and answered.
         self.observe = observe
         self.max_texts = max_texts
@@ -168,20 +175,21 @@ class MicroBatcher:
         if len(texts) >= self.max_texts:
             # Nothing could join this request (always so with batching off):
             # skip the queue and the worker's hop.
-            return await loop.run_in_executor(self.executor, self.infer, self.classifier, texts)
+            return await loop.run_in_executor(self.executor, self.infer, self.model, texts)
         future = loop.create_future()
         await self.queue.put((texts, future))
         return await future
 
-    def infer(self, classifier: OnnxClassifier, texts: list[str]) -> Scores:
-        """Class probabilities from `classifier`, with its labels: one model answers
-        a request whole, even if another is swapped in meanwhile (serving.reload)."""
+    def infer(self, model: LoadedModel, texts: list[str]) -> Scores:
+        """Class probabilities from `model`, with its labels: one model answers a request
+        whole, even if another is swapped in meanwhile (serving.reload)."""
+        classifier = model.classifier
         start = time.perf_counter()
         encodings = classifier.encode(texts)
         rows = classifier.calibrated(classifier.logits_of(encodings))
         features = [text_features(e, classifier.unknown_id) for e in encodings]
         self.observe(time.perf_counter() - start, classifier, features, rows)
-        return Scores(rows, classifier.labels, features)
+        return Scores(rows, classifier.labels, features, model)
 
     async def _collect(self) -> list[Waiting]:
         """The next batch: at most `max_texts` texts, unless its one request holds more."""
@@ -218,9 +226,7 @@ class MicroBatcher:
             batch = await self._collect()
             texts = [text for request_texts, _ in batch for text in request_texts]
             try:
-                scores = await loop.run_in_executor(
-                    self.executor, self.infer, self.classifier, texts
-                )
+                scores = await loop.run_in_executor(self.executor, self.infer, self.model, texts)
             except Exception as err:  # answer every waiting request, keep serving
                 log.exception("inference failed")
                 for _, future in batch:
@@ -230,8 +236,5 @@ class MicroBatcher:
             start = 0
             for request_texts, future in batch:
                 if not future.done():  # the client may have gone away
-                    end = start + len(request_texts)
-                    future.set_result(
-                        Scores(scores.rows[start:end], scores.labels, scores.features[start:end])
-                    )
+                    future.set_result(scores.part(start, start + len(request_texts)))
                 start += len(request_texts)

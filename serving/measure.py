@@ -17,13 +17,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from distrinews.errors import ModelFolderError
 from distrinews.runtime.cpu import available_cpus, cpu_name
 from distrinews.runtime.reference_profile import read_profile
 from distrinews.runtime.scoring import batch1_latency_ms, percentile
 from serving.app import load_served_model
-from serving.settings import Settings
+from serving.settings import Settings, settings_error
 
 #: Words of one WordPiece token each, for texts of a chosen token count.
 WORDS = (
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         loaded = load_served_model(Settings(**({"model": args.model} if args.model else {})))
+    except ValidationError as err:  # a bad DISTRINEWS_* value: never its value (secrets)
+        print(f"error: {' '.join(settings_error(err).split())}", file=sys.stderr)
+        return 2
     except (ModelFolderError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

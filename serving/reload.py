@@ -172,7 +172,7 @@ def log_if_stopped(task: asyncio.Task) -> None:
 
 def serve(app: FastAPI, loaded: LoadedModel) -> None:
     """Make `loaded` the model that answers from now on (no await: atomic for requests)."""
-    app.state.batcher.classifier = loaded.classifier
+    app.state.batcher.model = loaded
     app.state.model = loaded
     app.state.metrics.describe_model(loaded.source, loaded.classifier.labels)
 

@@ -5,20 +5,32 @@ every limit the server enforces (length, batch size, no empty text, no NUL):
 what the schema accepts is served, what it refuses gets a 4xx.
 """
 
+import uuid
+from collections.abc import Callable, Coroutine
 from importlib.resources import files
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 
 from distrinews.runtime.text_rules import TEXT_PATTERN
-from serving.feedback import check_token, record_feedback
-from serving.inference import LoadedModel, MicroBatcher
+from serving.feedback import Given, check_token, record_feedback
+from serving.inference import LoadedModel, MicroBatcher, Scores
 from serving.observability import REQUEST_ID
 from serving.prediction_log import Answered, now
 from serving.settings import Settings
@@ -39,14 +51,58 @@ PREDICT_ERRORS = NOT_LOADED | {
 }
 
 
+#: The server's own id of an answer, a uuid4 in hex: what /feedback names it by.
+PREDICTION_ID = "^[0-9a-f]{32}$"
+PREDICTION_ID_FIELD = Field(
+    description="The server's id of this answer (also its X-Prediction-ID header): send it "
+    "with POST /feedback"
+)
+
+
 class Prediction(BaseModel):
     label: str
     confidence: float
     probabilities: dict[str, float]
 
 
+class PredictAnswer(Prediction):
+    prediction_id: str = PREDICTION_ID_FIELD
+
+
 class BatchPrediction(BaseModel):
+    prediction_id: str = PREDICTION_ID_FIELD
     predictions: list[Prediction]
+
+
+class NamesAPrediction(BaseModel):
+    """The base of FeedbackRequest: it names its prediction by prediction_id, or by the
+    client's request_id alone (clients written before prediction ids)."""
+
+    # The schema says it too (one of them there, and not null): what it accepts is taken.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("prediction_id", "request_id")
+            ]
+        }
+    )
+    prediction_id: Annotated[str, StringConstraints(strict=True, pattern=PREDICTION_ID)] | None = (
+        Field(None, description="The prediction_id of the /predict answer")
+    )
+    request_id: (
+        Annotated[str, StringConstraints(strict=True, pattern=f"^{REQUEST_ID.pattern}$")] | None
+    ) = Field(
+        None,
+        description="Instead of prediction_id (older clients): the X-Request-ID of the "
+        "/predict answer, taken only if it names one logged request (409 if several)",
+    )
+
+    @model_validator(mode="after")
+    def names_a_prediction(self) -> "NamesAPrediction":
+        if self.prediction_id is None and self.request_id is None:
+            raise ValueError("send the prediction_id of the /predict answer")
+        return self
 
 
 def no_bool(value: object) -> object:
@@ -73,10 +129,7 @@ def request_models(settings: Settings) -> tuple[type[BaseModel], ...]:
         create_model("BatchRequest", texts=(list[news_text], texts)),
         create_model(
             "FeedbackRequest",
-            request_id=(
-                Annotated[str, StringConstraints(strict=True, pattern=f"^{REQUEST_ID.pattern}$")],
-                Field(description="The X-Request-ID of the /predict answer"),
-            ),
+            __base__=NamesAPrediction,
             label=(
                 Annotated[str, StringConstraints(strict=True, max_length=256)],
                 Field(description="The true label: one of the model's labels"),
@@ -118,32 +171,48 @@ def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[dict]:
     ]
 
 
-async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> list[dict]:
-    """Predictions for `texts`; their length and labels go to the access log (not the texts),
-    and they go to the prediction log (the texts only if the operator said so)."""
+async def predict_texts(
+    texts: list[str], batcher: MicroBatcher, request: Request
+) -> tuple[str, list[dict]]:
+    """A new prediction id, and predictions for `texts`; their length and labels go to the
+    access log (not the texts), and they go to the prediction log (the texts only if the
+    operator said so)."""
     scores = await batcher.probabilities(texts)
+    prediction_id = uuid.uuid4().hex
     predictions = to_predictions(scores.rows, scores.labels)
     request.state.text_chars = sum(map(len, texts))
     request.state.label = ",".join(p["label"] for p in predictions)
-    state = request.app.state
-    if state.prediction_log is not None:
-        source = state.model.source
-        state.recent.remember(
-            request.state.request_id, source.version, tuple(p["label"] for p in predictions)
+    if request.app.state.prediction_log is not None:
+        log_predictions(request, prediction_id, scores, texts)
+    return prediction_id, predictions
+
+
+def log_predictions(request: Request, prediction_id: str, scores: Scores, texts: list[str]) -> None:
+    """Hand the answer to the prediction log and to /feedback's recent answers, under the
+    version of the model that computed it (not the one serving now: a reload may have
+    swapped it in while the request waited)."""
+    state, source = request.app.state, scores.model.source
+    labels = tuple(scores.labels[int(row.argmax())] for row in scores.rows)
+    state.recent.remember(prediction_id, request.state.request_id, source.version, labels)
+    state.prediction_log.add(
+        Answered(
+            now(),
+            request.state.request_id,
+            prediction_id,
+            source.registered_model,
+            source.version,
+            scores.labels,
+            scores.rows,
+            scores.features,
+            texts if state.settings.log_texts else None,
         )
-        state.prediction_log.add(
-            Answered(
-                now(),
-                request.state.request_id,
-                source.registered_model,
-                source.version,
-                scores.labels,
-                scores.rows,
-                scores.features,
-                texts if state.settings.log_texts else None,
-            )
-        )
-    return predictions
+    )
+
+
+def answer(prediction_id: str, body: dict) -> JSONResponse:
+    """`body`, with the prediction id in it and in the X-Prediction-ID header."""
+    headers = {"X-Prediction-ID": prediction_id}
+    return JSONResponse({**body, "prediction_id": prediction_id}, headers=headers)
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -155,16 +224,17 @@ def build_router(settings: Settings) -> APIRouter:
     async def page() -> str:
         return PAGE
 
-    @router.post("/predict", response_model=Prediction, responses=PREDICT_ERRORS)
+    @router.post("/predict", response_model=PredictAnswer, responses=PREDICT_ERRORS)
     async def predict(body: PredictRequest, batcher: BatcherDep, request: Request) -> Response:
-        (prediction,) = await predict_texts([body.text], batcher, request)
-        return JSONResponse(prediction)
+        prediction_id, (prediction,) = await predict_texts([body.text], batcher, request)
+        return answer(prediction_id, prediction)
 
     @router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
     async def predict_batch(body: BatchRequest, batcher: BatcherDep, request: Request) -> Response:
-        return JSONResponse({"predictions": await predict_texts(body.texts, batcher, request)})
+        prediction_id, predictions = await predict_texts(body.texts, batcher, request)
+        return answer(prediction_id, {"predictions": predictions})
 
-    if settings.feedback_token:
+    if settings.feedback_token.get_secret_value():
         add_feedback_route(router, settings, FeedbackRequest)
     router.add_api_route("/health", health, methods=["GET"])
     router.add_api_route("/ready", ready, methods=["GET"], responses=NOT_LOADED)
@@ -176,23 +246,37 @@ def build_router(settings: Settings) -> APIRouter:
 FEEDBACK_ERRORS = {
     400: {"model": ErrorDetail, "description": "The body cannot be read (not UTF-8 text)"},
     401: {"model": ErrorDetail, "description": "No valid bearer token"},
-    404: {"model": ErrorDetail, "description": "No logged prediction with that request id"},
+    404: {"model": ErrorDetail, "description": "No logged prediction with that id"},
+    409: {
+        "model": ErrorDetail,
+        "description": "The request id names several logged predictions: send the prediction_id",
+    },
     413: {"model": ErrorDetail, "description": "Request body over the configured size"},
     503: {"model": ErrorDetail, "description": "The prediction log is unavailable"},
 }
 
 
+def token_first(token: SecretStr, bearer: HTTPBearer) -> type[APIRoute]:
+    """A route class that answers 401 to a request without `token` before its body is read:
+    a FastAPI dependency runs only after the body is parsed (bad JSON would get 422)."""
+
+    class TokenFirst(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def token_checked(request: Request) -> Response:
+                check_token(await bearer(request), token)
+                return await handler(request)
+
+            return token_checked
+
+    return TokenFirst
+
+
 def add_feedback_route(router: APIRouter, settings: Settings, body_model: type[BaseModel]) -> None:
     """POST /feedback, answering only requests with the bearer token (checked before the body
-    is looked at)."""
-    bearer = HTTPBearer(auto_error=False)
+    is read)."""
 
-    async def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        check_token(credentials, settings.feedback_token)
-
-    @router.post("/feedback", responses=FEEDBACK_ERRORS, dependencies=[Depends(require_token)])
     async def feedback(body: body_model, request: Request) -> dict:  # type: ignore[valid-type]
         """Record the true label of a logged prediction."""
         state = request.app.state
@@ -202,9 +286,20 @@ def add_feedback_route(router: APIRouter, settings: Settings, body_model: type[B
             message = f"unknown label {body.label!r}; the model's labels are {', '.join(labels)}"
             error = {"type": "value_error", "loc": ("body", "label"), "msg": message}
             raise RequestValidationError([error | {"input": body.label}])
-        item = (body.request_id, body.position, body.label, body.text)
+        given = Given(body.prediction_id, body.request_id, body.position, body.label, body.text)
         engine = state.prediction_log.engine
-        return await record_feedback(engine, state.recent, state.live_accuracy, item)
+        return await record_feedback(engine, state.recent, state.live_accuracy, given)
+
+    bearer = HTTPBearer(auto_error=False)
+    router.add_api_route(
+        "/feedback",
+        feedback,
+        methods=["POST"],
+        responses=FEEDBACK_ERRORS,
+        # Checks nothing (TokenFirst does): it puts the bearer scheme in the OpenAPI schema.
+        dependencies=[Depends(bearer)],
+        route_class_override=token_first(settings.feedback_token, bearer),
+    )
 
 
 async def health() -> dict[str, str]:

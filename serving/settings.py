@@ -1,13 +1,21 @@
-"""Every server setting in one place; each can be set as DISTRINEWS_<NAME> in the environment."""
+"""Every server setting in one place; each can be set as DISTRINEWS_<NAME> in the environment.
 
-from pydantic import Field, model_validator
+A secret (the feedback token) is a SecretStr: its repr and str are masked, and a settings
+error never echoes what was given (`hide_input_in_errors`, and `settings_error`'s lines).
+"""
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distrinews.runtime.text_rules import MAX_TEXT_CHARS
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DISTRINEWS_", frozen=True)
+    # hide_input_in_errors: pydantic would print each bad value, and a model validator's
+    # error shows every setting, the token among them.
+    model_config = SettingsConfigDict(
+        env_prefix="DISTRINEWS_", frozen=True, hide_input_in_errors=True
+    )
 
     model: str = Field(
         "",
@@ -79,8 +87,16 @@ class Settings(BaseSettings):
         gt=0,
         description="The writer writes at least this often (a kill -9 loses at most this)",
     )
-    feedback_token: str = Field(
-        "",
+    # 0 by default: deleting is for good, the feedback among it is the retrain's training
+    # data, and how far back the monitor and the retrain look is the operator's choice.
+    log_retention_days: int = Field(
+        0,
+        ge=0,
+        description="Predictions and feedback older than this many days are deleted, at "
+        "start and then hourly (0: kept forever)",
+    )
+    feedback_token: SecretStr = Field(
+        SecretStr(""),
         description="Bearer token that POST /feedback requires (empty: no /feedback route)",
     )
     feedback_window: int = Field(
@@ -99,9 +115,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def feedback_needs_the_log(self) -> "Settings":
-        if self.feedback_token and not self.prediction_log:
+        if self.feedback_token.get_secret_value() and not self.prediction_log:
             raise ValueError(
                 "DISTRINEWS_FEEDBACK_TOKEN is set but DISTRINEWS_PREDICTION_LOG is empty: "
                 "feedback is recorded against the prediction log; set both"
             )
         return self
+
+
+def settings_error(err: ValidationError) -> str:
+    """Every bad setting on one line, each as `name: what is wrong`, never the value given
+    (a secret may be among them)."""
+    problems = []
+    for error in err.errors(include_input=False, include_url=False):
+        message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+        name = ".".join(map(str, error["loc"]))
+        problems.append(f"{name}: {message}" if name else message)
+    return "; ".join(problems)

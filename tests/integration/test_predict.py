@@ -1,6 +1,7 @@
 """`mlflow run . -e predict` as a user types it: a folder of a Parquet and a CSV file with rows
-that are not texts, scored by a registered version; a rerun keeps what is done; a run killed
-mid-file leaves no partial output, and the next run completes it."""
+that are not texts, scored by a registered version; a rerun keeps what is done, and scores
+again what changed; a run killed mid-file leaves no partial output, and the next run completes
+it."""
 
 import os
 import signal
@@ -9,13 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from devkit.mlflow_store import MlflowStore
+from devkit.mlflow_store import MlflowStore, step_in_process
 from devkit.processes import PROCESS_TIMEOUT, REPO, SHARED_DATA
 from devkit.tiny_models import TINY_REGISTERED as NAME
+from distrinews.batch_predict import run_predict
+from distrinews.config import PredictConfig
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.table_scoring import answer_columns
 
@@ -82,6 +86,67 @@ def test_predict_scores_a_folder_keeps_every_row_and_resumes(registered_tiny, tm
 def last_run(store: MlflowStore, experiment: str):
     experiment_id = store.client.get_experiment_by_name(experiment).experiment_id
     return store.client.search_runs([experiment_id], order_by=["start_time DESC"])[0]
+
+
+def predict_in_process(store: MlflowStore, experiment: str, **settings) -> tuple[str, dict]:
+    """The step's function as `mlflow run` calls it: its summary, and its files.json by input
+    file name."""
+    with step_in_process(store.uri, experiment):
+        mlflow.set_experiment(experiment)  # not the one a fixture made active in this process
+        summary = run_predict(PredictConfig(model=f"models:/{NAME}/1", **settings))
+        run_id = last_run(store, experiment).info.run_id
+        files = mlflow.artifacts.load_dict(f"runs:/{run_id}/predict/files.json")["files"]
+    return summary, {Path(f["input"]).name: f for f in files}
+
+
+def test_a_rerun_scores_again_an_input_that_grew_and_keeps_the_unchanged_one(
+    registered_tiny, tmp_path
+):
+    registered_tiny.experiment("grown")
+    source, output = tmp_path / "news", tmp_path / "scored"
+    test = pd.read_parquet(SHARED_DATA / "test.parquet")[["text"]]
+    source.mkdir()
+    test.iloc[:20].to_parquet(source / "a.parquet")
+    test.iloc[20:30].to_csv(source / "b.csv", index=False)
+    settings = {"input": str(source), "output": str(output)}
+    predict_in_process(registered_tiny, "grown", **settings)
+    written = {name: (output / name).stat().st_mtime_ns for name in ("a.parquet", "b.parquet")}
+    summary, files = predict_in_process(registered_tiny, "grown", **settings)
+    assert "0 file(s) scored" in summary and "2 kept" in summary, "nothing changed"
+    assert {name: (output / name).stat().st_mtime_ns for name in written} == written
+
+    test.iloc[20:35].to_csv(source / "b.csv", index=False)  # 5 rows more
+    summary, files = predict_in_process(registered_tiny, "grown", **settings)
+    assert "1 file(s) scored (15 rows" in summary and "1 kept" in summary
+    assert files["b.csv"]["reason"] == "the input changed since it was scored"
+    assert files["a.parquet"]["status"] == "kept"
+    assert (output / "a.parquet").stat().st_mtime_ns == written["a.parquet"]
+    grown = pd.read_parquet(output / "b.parquet")
+    assert grown["text"].tolist() == test["text"].iloc[20:35].tolist()
+    assert grown["label"].isin(LABELS).all(), "the new rows are scored"
+
+
+def test_another_text_column_scores_again_and_the_output_keeps_the_input_s_id_index(
+    registered_tiny, tmp_path
+):
+    registered_tiny.experiment("headlines")
+    test = pd.read_parquet(SHARED_DATA / "test.parquet").iloc[:20]
+    news = test.assign(id=range(500, 520), headline="Oil rose").set_index("id")
+    news.to_parquet(tmp_path / "a.parquet")
+    settings = {"input": str(tmp_path / "a.parquet"), "output": str(tmp_path / "scored")}
+    predict_in_process(registered_tiny, "headlines", **settings)
+    scored = pd.read_parquet(tmp_path / "scored" / "a.parquet")
+    pd.testing.assert_index_equal(scored.index, news.index)
+    assert scored["text"].tolist() == news["text"].tolist()
+
+    summary, files = predict_in_process(
+        registered_tiny, "headlines", **settings, text_column="headline"
+    )
+    assert "1 file(s) scored (20 rows" in summary
+    assert files["a.parquet"]["reason"] == "text_column changed ('text' -> 'headline')"
+    rescored = pd.read_parquet(tmp_path / "scored" / "a.parquet")
+    assert rescored["label"].nunique() == 1, "every row's text is now the same headline"
+    pd.testing.assert_index_equal(rescored.index, news.index)
 
 
 def predict_command(source: Path, output: Path, *flags: str) -> list[str]:

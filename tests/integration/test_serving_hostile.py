@@ -57,8 +57,8 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
     generated = re.search(r"(\d+) generated, (\d+) passed\n", result.stdout)
     assert generated and generated[1] == generated[2], result.stdout[-2000:]
-    # Six operations, /feedback among them; its random request ids are all unknown (404:
-    # schemathesis warns that it found no data, which is right).
+    # Six operations, /feedback among them; its random prediction and request ids are all
+    # unknown (404: schemathesis warns that it found no data, which is right).
     assert "Selected: 6/6" in result.stdout and "Tested: 6" in result.stdout
     assert httpx.get(f"{server.url}/health").json() == {"status": "healthy"}
 

@@ -36,6 +36,28 @@ def test_bad_setting_is_one_error_line(tiny_onnx):
     assert result.stderr.count("\n") == 1 and "threads" in result.stderr
 
 
+@pytest.mark.parametrize("module", ["serving", "serving.measure"])
+def test_a_settings_error_never_shows_the_feedback_token(module):
+    """Issue 32, defect 8: pydantic echoes what it was given, a model validator's error every
+    setting (a short token, last, was printed whole). The error names the settings only."""
+    token = "tok-9f3c2a"
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DISTRINEWS_PREDICTION_LOG": "",
+            "DISTRINEWS_FEEDBACK_TOKEN": token,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and "DISTRINEWS_PREDICTION_LOG" in result.stderr
+    assert token not in result.stdout + result.stderr
+
+
 def test_a_bad_model_is_one_error_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--model", str(tmp_path / "missing")],

@@ -7,6 +7,7 @@ import pytest
 
 from distrinews.batch_files import (
     BatchFile,
+    file_sha256,
     find_inputs,
     read_input,
     remove_partials,
@@ -89,6 +90,34 @@ def test_an_output_is_written_whole_with_its_model_and_no_partial_left(tmp_path)
     assert scored_by(item.output) == record
     assert pq.read_table(item.output).column("mixed").to_pylist() == ["a", "5"]
     assert sorted(p.name for p in item.output.parent.iterdir()) == ["a.parquet"]
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        pd.Index([17, 3, 42], name="id"),
+        pd.MultiIndex.from_tuples([("2024-01-02", 1), ("2024-01-02", 2), ("2024-01-03", 1)]),
+        pd.Index(["x", "y", "z"]),
+        pd.RangeIndex(150, 153),
+    ],
+    ids=["named id", "multiindex", "unnamed labels", "range from 150"],
+)
+def test_an_output_keeps_its_input_s_index_through_a_parquet_round_trip(tmp_path, index):
+    item = BatchFile(tmp_path / "a.parquet", tmp_path / "out" / "a.parquet")
+    frame = pd.DataFrame({"text": ["Oil rose", None, "Rain"], "label": ["Business", "", "World"]})
+    write_atomically(frame.set_axis(index), item, {"model": "m"})
+    pd.testing.assert_index_equal(pd.read_parquet(item.output).index, index)
+
+
+def test_a_file_s_hash_changes_with_its_bytes_only(tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("text\nOil rose\n")
+    second.write_text("text\nOil rose\n")
+    assert file_sha256(first) == file_sha256(second)
+    second.write_text("text\nOil rose\nRain\n")
+    assert file_sha256(first) != file_sha256(second)
+    with pytest.raises(UserError, match="cannot read"):
+        file_sha256(tmp_path / "absent.csv")
 
 
 def test_an_output_that_cannot_be_renamed_into_place_leaves_no_partial(tmp_path):

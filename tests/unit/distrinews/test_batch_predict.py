@@ -1,10 +1,12 @@
 """Which files a predict run scores, and how an input's own `label` column is kept."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
 from distrinews.batch_files import BatchFile, write_atomically
-from distrinews.batch_predict import keep_clashing_columns, plan, score_files
+from distrinews.batch_predict import input_fingerprint, keep_clashing_columns, plan, score_files
 from distrinews.config import PredictConfig
 from distrinews.errors import UserError
 from distrinews.runtime.labels import LABELS
@@ -14,25 +16,76 @@ VERSION_3 = {"model": "models:/distrinews/3", "registered_model": "distrinews", 
 
 
 def batch_of(tmp_path, *names: str) -> list[BatchFile]:
+    """Input CSV files of one text each, and where their outputs go."""
+    for name in names:
+        (tmp_path / f"{name}.csv").write_text("text\nOil rose\n")
     return [BatchFile(tmp_path / f"{n}.csv", tmp_path / "out" / f"{n}.parquet") for n in names]
 
 
+def settings(tmp_path, **changes) -> PredictConfig:
+    return PredictConfig(input=str(tmp_path), output=str(tmp_path / "out"), **changes)
+
+
+def write_scored(item: BatchFile, cfg: PredictConfig, record: dict = VERSION_3) -> None:
+    """An output of `item` as `record`'s model writes it with `cfg` (no answers: plan reads
+    only what the output records)."""
+    record = record | {"input": input_fingerprint(item.input, cfg)}
+    write_atomically(pd.DataFrame({"text": ["Oil rose"]}), item, record)
+
+
 def test_a_rerun_scores_only_the_files_not_yet_written(tmp_path):
-    batch = batch_of(tmp_path, "a", "b")
-    write_atomically(pd.DataFrame({"text": ["x"]}), batch[0], VERSION_3)
-    assert plan(batch, VERSION_3, overwrite=False) == batch[1:]
-    assert plan(batch, VERSION_3, overwrite=True) == batch
+    batch, cfg = batch_of(tmp_path, "a", "b"), settings(tmp_path)
+    write_scored(batch[0], cfg)
+    assert plan(batch, VERSION_3, cfg) == {batch[1]: "no output yet"}
+    overwrite = settings(tmp_path, overwrite=True)
+    assert plan(batch, VERSION_3, overwrite) == {
+        batch[0]: "overwrite=true",
+        batch[1]: "no output yet",
+    }
+
+
+def grow(item: BatchFile, cfg: PredictConfig) -> PredictConfig:
+    item.input.write_text("text\nOil rose\nRain\n")
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (grow, "the input changed since it was scored"),
+        (
+            lambda item, cfg: replace(cfg, text_column="headline"),
+            "text_column changed ('text' -> 'headline')",
+        ),
+        (lambda item, cfg: replace(cfg, max_text_chars=5), "max_text_chars changed (10000 -> 5)"),
+    ],
+    ids=["the input grew", "another text column", "another text limit"],
+)
+def test_an_output_whose_input_or_answer_settings_changed_is_scored_again(tmp_path, change, reason):
+    (item,), cfg = batch_of(tmp_path, "a"), settings(tmp_path)
+    write_scored(item, cfg)
+    assert plan([item], VERSION_3, change(item, cfg)) == {item: reason}
+
+
+def test_an_output_that_records_no_input_is_scored_again_and_a_re_export_is_kept(tmp_path):
+    (item,), cfg = batch_of(tmp_path, "a"), settings(tmp_path)
+    write_atomically(pd.DataFrame({"text": ["Oil rose"]}), item, VERSION_3)  # an older predict
+    assert "records no input fingerprint" in plan([item], VERSION_3, cfg)[item]
+    write_scored(item, cfg)
+    item.input.write_text("text\nOil rose\n")  # the same bytes written again: a new mtime
+    assert plan([item], VERSION_3, cfg) == {}
 
 
 def test_an_output_of_another_version_is_not_mixed_with_this_one(tmp_path):
-    batch = batch_of(tmp_path, "a")
-    write_atomically(pd.DataFrame({"text": ["x"]}), batch[0], VERSION_3)
+    (item,), cfg = batch_of(tmp_path, "a"), settings(tmp_path)
+    write_scored(item, cfg)
+    item.input.write_text("text\nOil rose\nRain\n")  # changed, and still not replaced
     version_4 = VERSION_3 | {"model": "models:/distrinews/4", "version": "4"}
     with pytest.raises(UserError, match="scored by models:/distrinews/3, not models:/distrin"):
-        plan(batch, version_4, overwrite=False)
-    (tmp_path / "out" / "a.parquet").write_text("someone else's")
+        plan([item], version_4, cfg)
+    item.output.write_text("someone else's")
     with pytest.raises(UserError, match="scored by something else.*overwrite=true"):
-        plan(batch, VERSION_3, overwrite=False)
+        plan([item], VERSION_3, cfg)
 
 
 def test_an_input_label_column_is_kept_beside_the_answers(capsys):

@@ -27,3 +27,16 @@ def test_the_step_runs_in_the_child_run(tmp_path):
     with step_in_process(store.uri, "flow"), mlflow.start_run() as parent:
         status, run = run_child("monitor", [sys.executable, "-c", code], parent)
     assert status == 0 and run.info.status == "FINISHED" and run.data.metrics["seen"] == 1
+
+
+def test_the_command_printed_for_a_step_masks_every_url_password(tmp_path, capfd):
+    store = MlflowStore(tmp_path)
+    store.experiment("flow")
+    command = [sys.executable, "-c", "pass", "--store", "postgresql://logger:S3cretPW@db/log"]
+    command += ["--feedback=postgresql+psycopg://u:p@ss:word@db:5432/log", "--data", "/tmp/x"]
+    with step_in_process(store.uri, "flow"), mlflow.start_run() as parent:
+        status, _ = run_child("train", command, parent)
+    printed = capfd.readouterr().err
+    assert status == 0 and "--store postgresql://logger:***@db/log" in printed
+    assert "postgresql+psycopg://u:***@db:5432/log --data /tmp/x" in printed
+    assert "S3cretPW" not in printed and "word" not in printed

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from devkit.mlflow_store import tracking_uri
 from distrinews.config import MonitorConfig
 from distrinews.errors import UserError
-from distrinews.monitor import parse_window, run_monitor
+from distrinews.monitor import run_monitor
+from distrinews.time_window import parse_window
 from pipelines.monitor import main
 from serving.app import create_app
 from serving.settings import Settings
@@ -33,10 +34,9 @@ def serve_and_log(store: str, model, texts: list[str], feedback_labels: list[str
     """`texts` through a real app with the log on; feedback with the given labels."""
     settings = Settings(model=str(model), threads=1, prediction_log=store, feedback_token="t")
     with TestClient(create_app(settings)) as client:
-        for i, text in enumerate(texts):
-            client.post("/predict", json={"text": text}, headers={"X-Request-ID": f"r{i}"})
-        for i, label in enumerate(feedback_labels):
-            body = {"request_id": f"r{i}", "label": label}
+        answers = [client.post("/predict", json={"text": text}) for text in texts]
+        for answer, label in zip(answers, feedback_labels, strict=False):
+            body = {"prediction_id": answer.json()["prediction_id"], "label": label}
             assert client.post("/feedback", json=body, headers=TOKEN).status_code == 200
 
 
@@ -95,3 +95,66 @@ def test_an_empty_window_or_a_bad_store_is_one_line(tmp_path, tiny_onnx_profiled
     assert main(["--store", "postgresql+psycopg://x@127.0.0.1:1/none"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: prediction log") and "-P store=" in line
+
+
+def test_two_models_sharing_one_log_are_each_compared_with_their_own_profile(
+    tmp_path, tiny_onnx_profiled, small_data, mlflow_store, monkeypatch
+):
+    """A champion and a student registered under another name, both version 1, write to
+    one log: each is its own report, against its own profile, and the verdict is about the
+    registered model asked for. The versions' downloads are deleted when it ends."""
+    import json
+    import shutil
+    import tempfile
+
+    from distrinews.runtime.pyfunc import log_onnx_model
+    from distrinews.runtime.reference_profile import PROFILE_FILE
+
+    student = shutil.copytree(tiny_onnx_profiled, tmp_path / "student")
+    profile = json.loads((student / PROFILE_FILE).read_text())
+    # The student's reference saw only long texts: the same window drifts far from it.
+    profile["token_length"] = [0.0] * (len(profile["token_length"]) - 1) + [1.0]
+    (student / PROFILE_FILE).write_text(json.dumps(profile))
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()
+    store = f"sqlite:///{tmp_path}/log.db"
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("export")
+        for folder, name in ((tiny_onnx_profiled, "news"), (student, "news-student")):
+            with mlflow.start_run():
+                log_onnx_model(folder, ["Stocks rallied."], name)
+        serve_and_log(store, "models:/news/1", texts[:60], ["World"] * 10)
+        serve_and_log(store, "models:/news-student/1", texts[60:150], [])
+        mlflow.set_experiment("monitor")
+        (tmp_path / "tmp").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        message = run_monitor(MonitorConfig(store=store, since="1h", registered_model="news"))
+    assert list((tmp_path / "tmp").iterdir()) == []
+    (run,) = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert message.startswith("150 predictions, 10 feedback items; news version 1")
+    assert metrics["monitor/predictions"] == 60 and metrics["monitor/feedback_items"] == 10
+    assert metrics["monitor/news_student/version_1/predictions"] == 90
+    assert metrics["monitor/news_student/version_1/feedback_items"] == 0
+    assert metrics["monitor/drift_token_length"] < 0.3
+    assert metrics["monitor/news_student/version_1/drift_token_length"] > 0.5
+    assert tags["registered_model"] == "news" and tags["retrain_recommended"] == "false"
+
+
+def test_a_store_url_with_a_password_is_refused_and_env_is_the_way_in(
+    tmp_path, tiny_onnx_profiled, mlflow_store, monkeypatch, capsys
+):
+    """MLflow records every -P value as a run param: a password there would be stored and
+    shown. Refused in one line that does not repeat it; `-P store=env` reads the server's
+    DISTRINEWS_PREDICTION_LOG instead, and the run's params say `env`."""
+    assert main(["--store", "postgresql://logger:S3cretPW@127.0.0.1:1/log"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "carries a password" in line and "-P store=env" in line and "S3cretPW" not in line
+    store = f"sqlite:///{tmp_path}/log.db"
+    serve_and_log(store, tiny_onnx_profiled, ["Stocks rose today"] * 3, [])
+    monkeypatch.setenv("DISTRINEWS_PREDICTION_LOG", store)
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("monitor")
+        arguments = ["--store", "env", "--since", "1h", "--reference", str(tiny_onnx_profiled)]
+        assert main(arguments) == 0
+    (run,) = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
+    assert run.data.params["store"] == "env" and run.data.metrics["monitor/predictions"] == 3

@@ -1,6 +1,7 @@
 """The retrain workflow in process against a real SQLite store: what it does when there is
 nothing to do, when it cannot start, and when another retrain holds the lock. (The whole
-loop with real steps: integration/test_retrain.py.)"""
+loop with real steps: integration/test_retrain.py; its steps failing and a second stop
+signal: integration/test_retrain_faults.py.)"""
 
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,7 +15,7 @@ from distrinews.cli import parse_retrain_job
 from distrinews.config import RetrainConfig, RetrainJob
 from distrinews.errors import UserError
 from distrinews.retrain import run_retrain, window
-from distrinews.runtime.prediction_store import open_store
+from distrinews.runtime.prediction_store import FEEDBACK, open_store
 
 NAME = "distrinews"
 
@@ -41,6 +42,16 @@ def store(tmp_path):
 def parents(store: MlflowStore) -> list:
     experiment = store.client.get_experiment_by_name("retrain").experiment_id
     return store.client.search_runs([experiment], "tags.step = 'retrain'")
+
+
+def log_feedback(log: str, times: list[datetime]) -> None:
+    """A feedback item with its own text (none in the data) given at each of `times`."""
+    engine = open_store(log)
+    with engine.begin() as connection:
+        for i, time_given in enumerate(times):
+            row = {"time": time_given, "request_id": f"r{i}", "position": 0, "label": "Sports"}
+            connection.execute(FEEDBACK.insert(), row | {"text": f"Local team wins match {i}"})
+    engine.dispose()
 
 
 def test_an_empty_window_registers_nothing(store, tmp_path, small_data):
@@ -98,6 +109,44 @@ def test_the_window_starts_where_the_last_promoted_retrain_ended(store, tmp_path
     store.client.set_terminated(run.info.run_id)
     start, end = window(job(f"sqlite:///{tmp_path}/log.db", small_data))
     assert start == ended and end - start < timedelta(minutes=11)
+
+
+def test_feedback_given_at_or_after_the_windows_end_is_left_to_the_next_window(
+    store, tmp_path, small_data
+):
+    """A backfill with `until` stays within it: what came later is not counted (nor trained
+    on: the train step gets the same end as -P feedback_until=)."""
+    log = f"sqlite:///{tmp_path}/log.db"
+    end = datetime.now(timezone.utc) - timedelta(hours=1)
+    log_feedback(log, [end, end + timedelta(seconds=1), end + timedelta(minutes=30)])
+    arguments = ["--store", log, "--data", str(small_data), "--since", "2h"]
+    message = run_retrain(parse_retrain_job([*arguments, "--until", end.isoformat()]))
+    assert "skipped: no labelled feedback with text" in message
+    (parent,) = parents(store)
+    assert parent.data.params["window_end"] == end.isoformat()
+
+
+def test_a_champion_whose_train_run_cannot_be_read_fails_the_retrain_in_one_line(
+    store, tmp_path, small_data
+):
+    """Its seed and val_fraction decide which rows are validation: not guessed."""
+    log = f"sqlite:///{tmp_path}/log.db"
+    log_feedback(log, [datetime.now(timezone.utc) - timedelta(minutes=5)])
+    # The champion was registered from a folder: no train run behind it.
+    with pytest.raises(UserError, match="no source_run_id tag") as raised:
+        run_retrain(job(log, small_data))
+    assert "cannot read the seed and val_fraction of distrinews version 1" in str(raised.value)
+    # A train run behind it, without the params a train run logs.
+    experiment = store.client.get_experiment_by_name("retrain").experiment_id
+    run_id = store.client.create_run(experiment, tags={"step": "train"}).info.run_id
+    store.client.log_param(run_id, "val_fraction", "0.1")
+    store.client.set_model_version_tag(NAME, "1", "source_run_id", run_id)
+    with pytest.raises(UserError, match=f"train run {run_id}: it has no seed param") as raised:
+        run_retrain(job(log, small_data))
+    assert "\n" not in str(raised.value)
+    for parent in parents(store):
+        assert parent.info.status == "FAILED" and parent.data.tags["decision"] == "failed"
+        assert "monitor_run_id" not in parent.data.tags  # no step was started
 
 
 def test_retrain_settings_are_checked():

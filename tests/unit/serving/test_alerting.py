@@ -35,8 +35,8 @@ def test_rules_and_dashboard_name_only_exported_metrics(tmp_path, tiny_onnx_prof
         feedback_token="t",
     )
     with TestClient(create_app(settings)) as client:
-        client.post("/predict", json={"text": texts[0]}, headers={"X-Request-ID": "a"})
-        body = {"request_id": "a", "label": "World"}
+        answer = client.post("/predict", json={"text": texts[0]})
+        body = {"prediction_id": answer.json()["prediction_id"], "label": "World"}
         assert client.post("/feedback", json=body, headers={"Authorization": "Bearer t"}).is_success
         exported = {
             sample.name

@@ -2,7 +2,8 @@
 
 import asyncio
 
-from serving.inference import MicroBatcher
+from distrinews.runtime.model_source import ModelSource
+from serving.inference import LoadedModel, MicroBatcher
 
 
 def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
@@ -11,7 +12,7 @@ def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
 
     async def send() -> None:
         batcher = MicroBatcher(
-            local,
+            LoadedModel(local, ModelSource("tiny"), "now", {}),
             max_texts=4,
             window_ms=200,
             observe=lambda _, classifier, features, rows: batch_sizes.append(len(rows)),

@@ -5,6 +5,7 @@ serving goes on, a store that cannot be opened stops the start with one line."""
 import json
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from distrinews.runtime.prediction_store import PREDICTIONS, LogUnavailable, open_store
+from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, LogUnavailable, open_store
 from distrinews.runtime.reference_profile import TextFeatures
 from serving.__main__ import main
 from serving.app import create_app
@@ -38,7 +39,7 @@ def logged(client: TestClient) -> dict[str, float]:
     }
 
 
-def test_each_prediction_is_written_with_its_request_id_and_no_text(tmp_path, tiny_onnx, texts):
+def test_each_prediction_is_written_with_its_ids_and_no_text(tmp_path, tiny_onnx, texts):
     url = f"sqlite:///{tmp_path}/log.db"
     settings = Settings(model=str(tiny_onnx), threads=1, prediction_log=url)
     with TestClient(create_app(settings)) as client:
@@ -48,6 +49,8 @@ def test_each_prediction_is_written_with_its_request_id_and_no_text(tmp_path, ti
     assert len(rows) == 4, "written by the shutdown at the latest"
     first = rows[0]
     assert (first["request_id"], first["position"], first["text"]) == ("r-1", 0, None)
+    assert first["prediction_id"] == one.json()["prediction_id"] == one.headers["x-prediction-id"]
+    assert {r["prediction_id"] for r in rows[1:]} == {batch.json()["prediction_id"]}
     assert first["label"] == one.json()["label"]
     assert first["confidence"] == pytest.approx(one.json()["confidence"])
     assert json.loads(first["probabilities"]) == pytest.approx(one.json()["probabilities"])
@@ -76,7 +79,7 @@ def wait_for(condition, seconds: float = 10) -> None:
 def answered(n: int) -> Answered:
     rows = np.full((n, 2), 0.5)
     features = [TextFeatures(5, False, 0.0)] * n
-    return Answered(now(), "r", None, None, ("a", "b"), rows, features, None)
+    return Answered(now(), "r", "p", None, None, ("a", "b"), rows, features, None)
 
 
 def test_a_full_queue_drops_and_counts_instead_of_waiting(tmp_path):
@@ -167,3 +170,67 @@ def test_the_log_is_off_with_an_empty_setting(tmp_path, tiny_onnx, texts, monkey
         assert client.post("/predict", json={"text": texts[0]}).status_code == 200
         assert logged(client) == {"written": 0, "dropped": 0, "failed": 0}
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def write_rows(url: str, days_old: int, predictions: int, feedback: int) -> None:
+    """Predictions and feedback given `days_old` days ago, as a server wrote them."""
+    engine = open_store(url)
+    time = now() - timedelta(days=days_old)
+    with engine.begin() as connection:
+        rows = [r | {"time": time} for r in answered(predictions).records()]
+        connection.execute(PREDICTIONS.insert(), rows)
+        labels = [
+            {"time": time, "request_id": "r", "prediction_id": f"{days_old}-{i}", "position": 0}
+            | {"label": "a"}
+            for i in range(feedback)
+        ]
+        connection.execute(FEEDBACK.insert(), labels)
+    engine.dispose()
+
+
+def row_ages(url: str) -> dict[str, list[int]]:
+    """Per table, the age in whole days of each row."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        ages = {
+            table.name: sorted(
+                (now() - time.replace(tzinfo=now().tzinfo)).days
+                for time in connection.execute(sa.select(table.c.time)).scalars()
+            )
+            for table in (PREDICTIONS, FEEDBACK)
+        }
+    engine.dispose()
+    return ages
+
+
+@pytest.mark.parametrize(("retention_days", "kept"), [(30, [0, 0, 10]), (0, [0, 0, 10, 40, 40])])
+def test_the_server_deletes_predictions_and_feedback_older_than_the_retention_at_start(
+    tmp_path, tiny_onnx, retention_days, kept
+):
+    """Issue 32, defect 14c: 0 keeps everything."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    for days_old, count in ((40, 2), (10, 1), (0, 2)):
+        write_rows(url, days_old, count, count)
+    settings = Settings(
+        model=str(tiny_onnx), threads=1, prediction_log=url, log_retention_days=retention_days
+    )
+    with TestClient(create_app(settings)):
+        wait_for(lambda: row_ages(url)["predictions"] == kept)
+    assert row_ages(url) == {"predictions": kept, "feedback": kept}
+
+
+def test_the_retention_deletes_in_bounded_batches(tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    write_rows(url, 40, 25, 12)
+    engine = open_store(url)
+    deletes: list[int] = []
+
+    def count_deletes(_connection, cursor, statement, *_) -> None:
+        if statement.startswith("DELETE"):
+            deletes.append(cursor.rowcount)
+
+    sa.event.listen(engine, "after_cursor_execute", count_deletes)
+    log = PredictionLog(engine, capacity=10, flush_seconds=0.05, retention_days=30, prune_batch=10)
+    wait_for(lambda: row_ages(url) == {"predictions": [], "feedback": []})
+    log.close()
+    assert deletes[:6] == [10, 10, 10, 2, 5, 0], "predictions and feedback, 10 at a time"

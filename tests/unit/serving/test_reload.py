@@ -18,18 +18,24 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 import serving.inference
 import serving.reload
 from devkit.mlflow_store import MlflowStore, model_registry, register_folder
 from devkit.servers import free_port
 from distrinews.errors import ModelFolderError
+from distrinews.runtime.model_source import ModelSource
+from distrinews.runtime.prediction_store import PREDICTIONS
 from serving.app import configure_logging, create_app
-from serving.inference import load_model
+from serving.inference import LoadedModel, load_model
+from serving.reload import serve
 from serving.settings import Settings
 
 NAME = "lifecycle"
@@ -298,3 +304,41 @@ def test_a_load_under_way_at_shutdown_ends_and_its_download_is_deleted(
     asyncio.run(scenario())
     assert not loaded[0].exists(), "the abandoned load's download is deleted"
     assert download_folders(downloads) == []
+
+
+def as_version(tiny_onnx: Path, version: str) -> LoadedModel:
+    """The tiny model, loaded as if it were `version` of NAME."""
+    loaded = load_model(str(tiny_onnx), threads=1, spinning=False)
+    return replace(loaded, source=ModelSource(f"models:/{NAME}/{version}", NAME, version))
+
+
+def test_an_answer_is_logged_under_the_version_that_computed_it_when_a_reload_swaps_mid_request(
+    tmp_path, tiny_onnx, texts
+):
+    """Issue 32, defect 10: version 2 is swapped in (as the alias follower does) while the
+    request's inference on version 1 runs; the log and the live accuracy say version 1."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    settings = Settings(model=str(tiny_onnx), threads=1, prediction_log=url, feedback_token="t")
+    app = create_app(settings, as_version(tiny_onnx, "1"))
+    newer = as_version(tiny_onnx, "2")
+    with TestClient(app) as client:
+        batcher = app.state.batcher
+        observe = batcher.observe
+
+        def swap_during_inference(*args: object) -> None:
+            observe(*args)
+            # On the event loop, and done before the scores go back to the request.
+            client.portal.call(serve, app, newer)
+
+        batcher.observe = swap_during_inference
+        client.post("/predict", json={"text": texts[0]}, headers={"X-Request-ID": "mid-swap"})
+        batcher.observe = observe
+        assert served(app) == "2"
+        body = {"request_id": "mid-swap", "label": "World"}
+        answer = client.post("/feedback", json=body, headers={"Authorization": "Bearer t"})
+        assert answer.json()["model_version"] == "1"
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        logged = connection.execute(sa.select(PREDICTIONS.c.model_version)).scalars().all()
+    engine.dispose()
+    assert logged == ["1"]
