@@ -73,15 +73,19 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         kill_tree(process)
+        process.wait()
 
 
 def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the step and every process under it, and wait for the step.
+    """SIGKILL the step and every process under it. It does not wait (the caller does), so
+    a signal handler may call it while `stop` waits.
 
     Killing the step alone is not enough: torchrun starts each worker in a session of its
     own, so neither its death nor a signal to its process group reaches them. Each process
     is frozen (SIGSTOP) before its children are read, so none starts another unseen.
     """
+    if process.returncode is not None:  # waited for: its pid may be another process's now
+        return
     try:
         family = frozen_family(psutil.Process(process.pid))
     except psutil.NoSuchProcess:
@@ -89,8 +93,6 @@ def kill_tree(process: subprocess.Popen) -> None:
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.send_signal(signal.SIGKILL)
-    process.kill()  # a no-op if it has ended and been waited for
-    process.wait()
 
 
 def frozen_family(root: psutil.Process) -> list[psutil.Process]:

@@ -327,8 +327,10 @@ class PromoteConfig:
         "Registered model whose `champion` alias moves.", REGISTERED_MODEL
     )
     max_accuracy_drop: float = _help(
-        "Refuse if the candidate's test accuracy is more than this many points below the "
-        "champion's.",
+        "The most test points the candidate may be worse than the champion by: the 95% "
+        "interval of the paired difference (both on the same rows) must clear it. 0: the "
+        "candidate must be shown at least as good; too few rows to show it is a refusal that "
+        "says how many it would take.",
         0.0,
     )
     max_p95_ms: float = _help(
@@ -344,8 +346,8 @@ class PromoteConfig:
         1.0,
     )
     max_production_drop: float = _help(
-        "Refuse if the candidate's accuracy on its train run's `production` slice (held-out "
-        "feedback) is more than this many points below the champion's there.",
+        "The same bound on the candidate's train run's `production` slice (held-out feedback, "
+        "never trained on): the interval of the paired difference there must clear it.",
         0.0,
     )
     force: bool = _help(

@@ -180,19 +180,25 @@ async def predict_texts(
     scores = await batcher.probabilities(texts)
     prediction_id = uuid.uuid4().hex
     predictions = to_predictions(scores.rows, scores.labels)
+    labels = tuple(p["label"] for p in predictions)
     request.state.text_chars = sum(map(len, texts))
-    request.state.label = ",".join(p["label"] for p in predictions)
+    request.state.label = ",".join(labels)
     if request.app.state.prediction_log is not None:
-        log_predictions(request, prediction_id, scores, texts)
+        log_predictions(request, prediction_id, scores, texts, labels)
     return prediction_id, predictions
 
 
-def log_predictions(request: Request, prediction_id: str, scores: Scores, texts: list[str]) -> None:
+def log_predictions(
+    request: Request,
+    prediction_id: str,
+    scores: Scores,
+    texts: list[str],
+    labels: tuple[str, ...],
+) -> None:
     """Hand the answer to the prediction log and to /feedback's recent answers, under the
     version of the model that computed it (not the one serving now: a reload may have
     swapped it in while the request waited)."""
     state, source = request.app.state, scores.model.source
-    labels = tuple(scores.labels[int(row.argmax())] for row in scores.rows)
     state.recent.remember(prediction_id, request.state.request_id, source.version, labels)
     state.prediction_log.add(
         Answered(

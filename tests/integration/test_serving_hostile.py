@@ -55,10 +55,12 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
         cwd=tmp_path,  # its example cache (.schemathesis/) stays out of the clone
     )
     assert result.returncode == 0, result.stdout[-4000:]
-    generated = re.search(r"(\d+) generated, (\d+) passed\n", result.stdout)
+    # A case whose random keys hold lone surrogates cannot be sent as JSON: schemathesis
+    # skips it ("N skipped"), which says nothing about the server.
+    generated = re.search(r"(\d+) generated, (\d+) passed(, \d+ skipped)?\n", result.stdout)
     assert generated and generated[1] == generated[2], result.stdout[-2000:]
-    # Six operations, /feedback among them; its random prediction and request ids are all
-    # unknown (404: schemathesis warns that it found no data, which is right).
+    # Six operations, /feedback among them: schemathesis sends it prediction ids from
+    # /predict answers (recorded) and random ones (404).
     assert "Selected: 6/6" in result.stdout and "Tested: 6" in result.stdout
     assert httpx.get(f"{server.url}/health").json() == {"status": "healthy"}
 
