@@ -118,13 +118,20 @@ def train_run(store: MlflowStore, experiment_id: str):
 
 @contextlib.contextmanager
 def tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's module-level API (pyfunc.load_model, downloads) pointed at `uri` for a while."""
-    previous = mlflow.get_tracking_uri()
+    """MLflow's module-level API (pyfunc.load_model, downloads) pointed at `uri` for a while,
+    with no active experiment set: `mlflow.set_experiment` inside the block (an experiment
+    id of this store) does not outlive it, where it would win over the next test's
+    MLFLOW_EXPERIMENT_NAME in another store ("No Experiment with id=3 exists")."""
+    from mlflow.tracking import fluent
+
+    previous, experiment = mlflow.get_tracking_uri(), fluent._active_experiment_id
     mlflow.set_tracking_uri(uri)
+    fluent._active_experiment_id = None
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        fluent._active_experiment_id = experiment
 
 
 @contextlib.contextmanager

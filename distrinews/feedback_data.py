@@ -129,9 +129,13 @@ def in_production_slice(texts: pd.Series, share: float) -> pd.Series:
     return normalized(texts).map(point) < share
 
 
-def split_production(rows: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_production(
+    rows: pd.DataFrame, share: float, seed: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows to train on, the production slice): about `share` of the texts, each placed by
-    its own hash (`in_production_slice`)."""
+    its own hash (`in_production_slice`). `seed` is ignored: it chose the earlier seeded
+    permutation, whose slice moved as rows were added; it stays so older callers run."""
+    del seed
     held_out = in_production_slice(rows["text"], share).astype(bool)
     return rows[~held_out].reset_index(drop=True), rows[held_out].reset_index(drop=True)
 

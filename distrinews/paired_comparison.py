@@ -93,14 +93,27 @@ class PairedComparison:
         return float(binomtest(self.gains, self.disagreements, 0.5).pvalue)
 
     def rows_needed(self, margin: float, confidence: float = CONFIDENCE) -> int | None:
-        """About how many rows like these would make the interval clear -`margin`, at the
-        observed difference and disagreement rate; None if no number would (the candidate
-        looks no better than the margin allows)."""
-        gap = self.difference + margin
-        if gap <= 0 or not self.rows:
+        """About how many rows like these (the same shares of each cell) would make the
+        interval clear -`margin`; None if no number up to 10,000 times these would (at
+        this difference the candidate is not within the limit)."""
+        if not self.rows:
             return None
-        spread = self.disagreements / self.rows - self.difference**2
-        return max(self.rows + 1, math.ceil(_z(confidence) ** 2 * spread / gap**2))
+
+        def clears(scale: float) -> bool:
+            return self.scaled(scale).interval(confidence)[0] >= -margin
+
+        low, high = 1.0, 10_000.0
+        if not clears(high):
+            return None
+        while high / low > 1.01:  # the smallest scale that clears, to about 1%
+            middle = (low * high) ** 0.5
+            low, high = (low, middle) if clears(middle) else (middle, high)
+        return math.ceil(high * self.rows)
+
+    def scaled(self, factor: float) -> "PairedComparison":
+        """The same table with `factor` times the rows (each cell rounded)."""
+        cells = (self.both, self.gains, self.losses, self.neither)
+        return PairedComparison(*(round(factor * cell) for cell in cells))
 
     def verdict(self, margin: float, confidence: float = CONFIDENCE) -> "Verdict":
         """Whether the candidate is shown to be at most `margin` (a share) worse."""
@@ -140,7 +153,10 @@ class Verdict:
             below = f"-{margin_points:g}"
             return f"worse with confidence: the whole interval is below {below} ({limit})"
         if self.kind == "no better":
-            return f"not shown to be within the limit ({limit}): its difference is past it"
+            return (
+                f"not shown to be within the limit ({limit}), and at this difference no "
+                "number of rows like these would show it"
+            )
         return (
             f"not enough evidence that it is at most {margin_points:g} points worse "
             f"({limit}): about {self.rows_needed} rows like these would show it"

@@ -59,7 +59,7 @@ def test_exactly_one_finished_run_with_params_and_tags(trained_run, tiny_bert):
     groups = (ModelConfig(), FeedbackConfig(), DistillConfig())
     unused = {f.name for group in groups for f in dataclasses.fields(group)}
     empty = {k for k, v in params.items() if v.strip("'\" ") == ""}
-    optional = {"init_from", "feedback", "feedback_since", "teacher"}
+    optional = {"init_from", "feedback", "feedback_since", "feedback_until", "teacher"}
     assert empty == optional <= unused, "no other empty params"
     assert not {"experiment", "run_name"} & set(params)
     tags = run.data.tags
