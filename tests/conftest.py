@@ -167,3 +167,17 @@ def registered_tiny(tmp_path_factory, tiny_onnx_profiled) -> MlflowStore:
         with mlflow.start_run():
             log_onnx_model(tiny_onnx_profiled, ["Stocks rallied as oil fell."], TINY_REGISTERED)
     return store
+
+
+@pytest.fixture()
+def promote_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty MLflow store and registry in `tmp_path` with an experiment `promote`, as
+    MLflow's fluent API (and so `run_promote` in this process) sees it."""
+    import mlflow
+
+    store = MlflowStore(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with tracking_uri(store.uri):
+        mlflow.set_experiment(experiment_id=store.experiment("promote"))
+        yield store.client

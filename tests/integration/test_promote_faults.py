@@ -1,4 +1,4 @@
-"""Fault injection: every registry and artifact call `promote` makes fails once, in turn,
+"""Fault injection: every promote_registry and artifact call `promote` makes fails once, in turn,
 against a real SQLite registry; the alias and the tags must still agree with the gate."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
+from devkit.mlflow_store import register_folder
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.promotion import run_promote
 from tests.unit.distrinews.test_promotion import NAME, OPEN, with_production_slice
@@ -14,22 +14,11 @@ from tests.unit.distrinews.test_promotion import NAME, OPEN, with_production_sli
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture()
-def registry(tmp_path, monkeypatch):
-    """An empty MLflow store and registry in `tmp_path`, as MLflow's fluent API sees it."""
-    store = MlflowStore(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    with tracking_uri(store.uri):
-        mlflow.set_experiment(experiment_id=store.experiment("promote"))
-        yield store.client
-
-
 def register(client: mlflow.MlflowClient, folder: Path) -> str:
     return register_folder(client, NAME, folder, "promote")
 
 
-#: The calls promote makes to the registry and the artifact store (directly or through
+#: The calls promote makes to the promote_registry and the artifact store (directly or through
 #: MLflow's own helpers): alias read, version reads, downloads, tag writes, alias moves.
 REGISTRY_CALLS = (
     "get_model_version",
@@ -43,8 +32,8 @@ REGISTRY_CALLS = (
 
 
 class Faults:
-    """Counts the registry calls; the `fail_at`-th one (1-based) fails once, as a store
-    that does not answer would (a 503 for the registry, a full disk for a download)."""
+    """Counts the promote_registry calls; the `fail_at`-th one (1-based) fails once, as a store
+    that does not answer would (a 503 for the promote_registry, a full disk for a download)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[str] = []
@@ -95,26 +84,29 @@ def reset(client: mlflow.MlflowClient, champion: str, candidate: str) -> None:
 
 @pytest.mark.parametrize("gate", ["refuses", "passes"])
 def test_no_registry_failure_moves_the_alias_past_the_gate_or_splits_tags_and_alias(
-    gate, registry, tiny_onnx, small_data, tmp_path, monkeypatch, capsys
+    gate, promote_registry, tiny_onnx, small_data, tmp_path, monkeypatch, capsys
 ):
     """Each call fails once, in turn. Whatever fails, the alias stays on the champion or
     moves to a candidate that passed the whole gate; the candidate's `promotion` tag says
     promoted exactly when the alias holds it; a failure is one `error:` line, exit 2."""
-    champion, candidate = register(registry, tiny_onnx), register(registry, tiny_onnx)
-    with_production_slice(registry, candidate, tmp_path)
+    champion, candidate = (
+        register(promote_registry, tiny_onnx),
+        register(promote_registry, tiny_onnx),
+    )
+    with_production_slice(promote_registry, candidate, tmp_path)
     # Two copies of one model: a limit of 0 refuses (nothing shows the candidate better),
     # wide-open limits let it through.
     limits = {} if gate == "refuses" else OPEN
     cfg = PromoteConfig(version=candidate, latency_texts=3, max_p95_ms=1000, **limits)
     faults = Faults(monkeypatch)
-    reset(registry, champion, candidate)
+    reset(promote_registry, champion, candidate)
     faults.calls = []
     clean_code, _ = promote_exit(cfg, small_data, capsys)
     assert clean_code == (0 if gate == "passes" else 2)
     calls = list(faults.calls)
     assert {"get_model_version_by_alias", "download", "set_model_version_tag"} <= set(calls)
     for fail_at in range(1, len(calls) + 1):
-        reset(registry, champion, candidate)
+        reset(promote_registry, champion, candidate)
         faults.calls, faults.fail_at = [], fail_at
         code, err = promote_exit(cfg, small_data, capsys)
         faults.fail_at = 0
@@ -122,7 +114,7 @@ def test_no_registry_failure_moves_the_alias_past_the_gate_or_splits_tags_and_al
         assert code in (0, 2) and "Traceback" not in err, f"{failed}: {err[-2000:]}"
         if code == 2:
             assert err.count("error:") == 1, f"{failed}: {err[-2000:]}"
-        holder = alias_holder(registry)
+        holder = alias_holder(promote_registry)
         assert holder in (champion, candidate if gate == "passes" else champion), failed
-        tag = registry.get_model_version(NAME, candidate).tags.get("promotion")
+        tag = promote_registry.get_model_version(NAME, candidate).tags.get("promotion")
         assert (tag == "promoted") is (holder == candidate), f"{failed}: tag {tag}"

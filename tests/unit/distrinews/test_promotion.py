@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from devkit.mlflow_store import MlflowStore, register_folder, tracking_uri
+from devkit.mlflow_store import register_folder
 from devkit.processes import REPO
 from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, PromoteConfig
@@ -164,17 +164,6 @@ def test_with_both_within_the_budget_the_usual_accuracy_gate_holds():
 NAME = "distrinews"
 
 
-@pytest.fixture()
-def registry(tmp_path, monkeypatch):
-    """An empty MLflow store and registry in `tmp_path`, as MLflow's fluent API sees it."""
-    store = MlflowStore(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    with tracking_uri(store.uri):
-        mlflow.set_experiment(experiment_id=store.experiment("promote"))
-        yield store.client
-
-
 def register(client: mlflow.MlflowClient, folder: Path) -> str:
     """`folder` registered as a new version of NAME; its number."""
     return register_folder(client, NAME, folder, "promote")
@@ -190,43 +179,43 @@ def promote_in_process(small_data: Path, version: str) -> str:
 
 
 def test_a_champion_that_no_longer_loads_is_replaced_and_the_tags_say_so(
-    registry, tiny_onnx, small_data, tmp_path
+    promote_registry, tiny_onnx, small_data, tmp_path
 ):
-    broken = register(registry, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
-    registry.set_registered_model_alias(NAME, "champion", broken)
-    candidate = register(registry, tiny_onnx)
+    broken = register(promote_registry, broken_copy(tiny_onnx, tmp_path, "corrupt onnx"))
+    promote_registry.set_registered_model_alias(NAME, "champion", broken)
+    candidate = register(promote_registry, tiny_onnx)
 
     message = promote_in_process(small_data, candidate)
 
-    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == candidate
+    assert str(promote_registry.get_model_version_by_alias(NAME, "champion").version) == candidate
     assert f"version {broken}) does not load: replaced" in message
-    tags = registry.get_model_version(NAME, candidate).tags
+    tags = promote_registry.get_model_version(NAME, candidate).tags
     assert tags["promotion"] == "promoted" and tags["promotion_champion_version"] == broken
-    run = registry.get_run(tags["promotion_run_id"])
+    run = promote_registry.get_run(tags["promotion_run_id"])
     assert run.data.tags["decision"] == "promoted" and run.info.status == "FINISHED"
 
 
 def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
-    registry, tiny_onnx, small_data, monkeypatch
+    promote_registry, tiny_onnx, small_data, monkeypatch
 ):
     """Another promotion moves the alias while this one scores: the alias stays where
     the other put it, and this candidate is tagged refused, with why."""
-    first, candidate, other = (register(registry, tiny_onnx) for _ in range(3))
-    registry.set_registered_model_alias(NAME, "champion", first)
+    first, candidate, other = (register(promote_registry, tiny_onnx) for _ in range(3))
+    promote_registry.set_registered_model_alias(NAME, "champion", first)
 
     def a_concurrent_promotion(*args, **kwargs):
         decision = judge(*args, **kwargs)
-        registry.set_registered_model_alias(NAME, "champion", other)
+        promote_registry.set_registered_model_alias(NAME, "champion", other)
         return decision
 
     monkeypatch.setattr("distrinews.promotion.judge", a_concurrent_promotion)
     with pytest.raises(UserError, match=f"moved to version {other} during this promotion"):
         promote_in_process(small_data, candidate)
 
-    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == other
-    tags = registry.get_model_version(NAME, candidate).tags
+    assert str(promote_registry.get_model_version_by_alias(NAME, "champion").version) == other
+    tags = promote_registry.get_model_version(NAME, candidate).tags
     assert tags["promotion"] == "refused" and "run it again" in tags["promotion_reason"]
-    run = registry.get_run(tags["promotion_run_id"])
+    run = promote_registry.get_run(tags["promotion_run_id"])
     assert run.data.tags["decision"] == "refused" and run.info.status == "FAILED"
 
 
@@ -257,12 +246,12 @@ def with_production_slice(client: mlflow.MlflowClient, version: str, tmp_path: P
 
 
 def test_promote_runs_without_importing_torch_or_transformers(
-    registry, tiny_onnx, small_data, tmp_path
+    promote_registry, tiny_onnx, small_data, tmp_path
 ):
     """The gate scores through the server's runtime, on test and on the candidate's production
     slice: a machine without torch can promote."""
-    version = register(registry, tiny_onnx)
-    with_production_slice(registry, version, tmp_path)
+    version = register(promote_registry, tiny_onnx)
+    with_production_slice(promote_registry, version, tmp_path)
     arguments = ["--data", str(small_data), "--version", version, "--max-eval-rows", "50"]
     arguments += ["--latency-texts", "5", "--max-p95-ms", "1000"]
     result = subprocess.run(
@@ -276,9 +265,9 @@ def test_promote_runs_without_importing_torch_or_transformers(
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report == {"code": 0, "heavy": []}, result.stderr[-3000:]
-    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == version
-    tags = registry.get_model_version(NAME, version).tags
+    assert str(promote_registry.get_model_version_by_alias(NAME, "champion").version) == version
+    tags = promote_registry.get_model_version(NAME, version).tags
     assert float(tags["promotion_candidate_production_accuracy"]) in (0.0, 0.5, 1.0)
-    promote_run = registry.get_run(tags["promotion_run_id"])
+    promote_run = promote_registry.get_run(tags["promotion_run_id"])
     contexts = {t.value for d in promote_run.inputs.dataset_inputs for t in d.tags}
     assert {"test", "production"} <= contexts
