@@ -15,9 +15,9 @@ from pathlib import Path
 
 from benchmarks.common import DATA, REPO, record, train_with_pipeline, unique_name
 from distrinews.config import DEFAULT_MODEL, DataConfig, TrainConfig
-from distrinews.evaluation import evaluate_frame
-from distrinews.model import load_model_and_tokenizer
-from distrinews.splits import load_splits
+from distrinews.data.splits import load_splits
+from distrinews.train.evaluation import evaluate_frame
+from distrinews.train.model import load_model_and_tokenizer
 
 
 def test_metrics(checkpoint: Path, data: str) -> dict[str, float]:

@@ -24,14 +24,14 @@ import numpy as np
 
 from benchmarks.common import DATA, REPO, percentiles, record
 from distrinews.config import DataConfig, ExportConfig
-from distrinews.export import resolve_checkpoint
-from distrinews.export_checks import pytorch_logits
-from distrinews.onnx_conversion import quantize_to_int8
+from distrinews.data.splits import load_splits
+from distrinews.export.checks import pytorch_logits
+from distrinews.export.conversion import quantize_to_int8
+from distrinews.export.step import resolve_checkpoint
 from distrinews.runtime.cpu import available_cpus, cpu_flags
 from distrinews.runtime.labels import class_names
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions
-from distrinews.splits import load_splits
 
 
 def presets() -> dict[str, tuple[str, object]]:
@@ -52,7 +52,7 @@ def pytorch_accuracy(checkpoint: Path, texts: list[str], labels: np.ndarray, max
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from distrinews.model import match_inputs_to_model
+    from distrinews.train.model import match_inputs_to_model
 
     torch.set_num_threads(available_cpus())
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()

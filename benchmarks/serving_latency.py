@@ -28,7 +28,7 @@ from benchmarks.common import (
     record,
 )
 from devkit.servers import Server
-from distrinews.export_checks import pytorch_logits
+from distrinews.export.checks import pytorch_logits
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms
@@ -77,8 +77,8 @@ def export_random_distilbert(folder: Path, data: str) -> Path:
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
 
     from distrinews.config import DEFAULT_MODEL
-    from distrinews.model import resolve_model_path
     from distrinews.runtime.labels import LABELS
+    from distrinews.train.model import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
     config = DistilBertConfig(

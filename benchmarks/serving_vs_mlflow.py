@@ -24,7 +24,7 @@ from benchmarks.common import (
     record,
 )
 from devkit.servers import LocalServer, Server
-from distrinews.logged_models import logged_model_id
+from distrinews.train.logged_models import logged_model_id
 
 
 def mlflow_server(run_id: str) -> LocalServer:

@@ -32,9 +32,9 @@ from benchmarks.common import DATA, REPO, ag_news_test_texts, one_client, record
 from distrinews.config import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # torch loads only in the workers
-    from distrinews.training import TrainState
+    from distrinews.train.loop import TrainState
 
-#: The step exactly as training runs it: `distrinews.training.train_step`.
+#: The step exactly as training runs it: `distrinews.train.loop.train_step`.
 WHOLE_STEP = "whole step as the pipeline runs it (train_step; DDP overlaps the all-reduce)"
 
 
@@ -59,11 +59,11 @@ def train_worker(args: argparse.Namespace) -> None:
     import torch
 
     from distrinews.config import DataConfig, TrainConfig
-    from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed
-    from distrinews.loaders import TokenizedDataset, make_loader
-    from distrinews.model import load_model_and_tokenizer
-    from distrinews.splits import load_splits
-    from distrinews.training import make_train_state, train_step
+    from distrinews.data.splits import load_splits
+    from distrinews.train.distributed import DistInfo, cleanup_distributed, setup_distributed
+    from distrinews.train.loaders import TokenizedDataset, make_loader
+    from distrinews.train.loop import make_train_state, train_step
+    from distrinews.train.model import load_model_and_tokenizer
 
     info = DistInfo.from_env()
     setup_distributed(info, threads=0)
@@ -105,7 +105,7 @@ def step_in_parts(state: "TrainState", batch: dict, watch: Stopwatch) -> None:
     import torch
     import torch.distributed as dist
 
-    from distrinews.model import autocast
+    from distrinews.train.model import autocast
 
     info, cfg, rows = state.info, state.cfg, state.embedding_rows
     params = [p for p in state.model.parameters() if p.requires_grad]

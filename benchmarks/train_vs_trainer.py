@@ -40,9 +40,9 @@ def trainer_side(args: argparse.Namespace) -> dict[str, float]:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from distrinews.evaluation import evaluate_frame
-    from distrinews.model import load_model_and_tokenizer
-    from distrinews.splits import load_splits
+    from distrinews.data.splits import load_splits
+    from distrinews.train.evaluation import evaluate_frame
+    from distrinews.train.model import load_model_and_tokenizer
 
     start = time.perf_counter()
     splits = load_splits(

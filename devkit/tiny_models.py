@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
 
 from distrinews.config import DEFAULT_MODEL
-from distrinews.model import load_model_and_tokenizer, resolve_model_path
+from distrinews.train.model import load_model_and_tokenizer, resolve_model_path
 
 #: The registered model of the tiny int8 model (the `registered_tiny` test fixture).
 TINY_REGISTERED = "tiny-news"
@@ -45,7 +45,7 @@ def export_tiny_onnx(encoder: Path, work: Path) -> Path:
     Seconds instead of a training run: enough for every test of the routes,
     validation and loading, which need a real model but not a good one.
     """
-    from distrinews.onnx_conversion import quantize_to_int8
+    from distrinews.export.conversion import quantize_to_int8
 
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(str(encoder))

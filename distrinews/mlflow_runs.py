@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from distrinews.config import TrackingConfig
 from distrinews.errors import UserError
 from distrinews.run_names import data_name, name_unnamed_run
+from distrinews.runtime.prediction_store import shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -177,8 +178,6 @@ def prediction_log_source(store: str, since: str) -> Any:
     """
     from mlflow.data.dataset_source import DatasetSource
 
-    from distrinews.runtime.prediction_store import shown
-
     class PredictionLogSource(DatasetSource):
         def __init__(self, url: str, feedback_since: str):
             self.url, self.feedback_since = url, feedback_since
@@ -188,7 +187,7 @@ def prediction_log_source(store: str, since: str) -> Any:
             return "distrinews_prediction_log"
 
         def load(self) -> None:
-            raise NotImplementedError("read it with distrinews.feedback_data.read_feedback")
+            raise NotImplementedError("read it with distrinews.data.feedback.read_feedback")
 
         @staticmethod
         def _can_resolve(raw_source: Any) -> bool:

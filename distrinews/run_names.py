@@ -2,10 +2,9 @@
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from distrinews.config import TrainingJob
+from distrinews.config import DataConfig, TrainingJob
 
 
 def is_generated_run_name(name: str) -> bool:
@@ -40,10 +39,9 @@ def data_name(data: str) -> str:
     return Path(data.rstrip("/")).name or data
 
 
-def default_run_name(job: "TrainingJob", world_size: int) -> str:
+def default_run_name(job: TrainingJob, world_size: int) -> str:
     """A name that says the run's key settings, e.g. 'minilm-l6 lr1e-4 b32x2 e2', or
     'minilm-l6 3-layer len64 lr1e-4 b32x2 e2 +distill' for a distilled student."""
-    from distrinews.config import DataConfig
 
     t = job.train
     mantissa, exponent = f"{t.lr:e}".split("e")

@@ -11,7 +11,7 @@ import sys
 
 from distrinews.cli import parse_scoring_job
 from distrinews.errors import run_reporting
-from distrinews.evaluation import evaluate_logged_run
+from distrinews.train.evaluation import evaluate_logged_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import sys
 
 from distrinews.cli import parse_scoring_job
 from distrinews.errors import run_reporting
-from distrinews.export import run_export
+from distrinews.export.step import run_export
 
 
 def main(argv: list[str] | None = None) -> int:

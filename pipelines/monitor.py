@@ -11,7 +11,7 @@ import sys
 from distrinews.cli import parse_step
 from distrinews.config import MonitorConfig
 from distrinews.errors import run_reporting
-from distrinews.monitor import run_monitor
+from distrinews.monitor.step import run_monitor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,10 @@ or directly:
 
 import sys
 
-from distrinews.batch_predict import run_predict
 from distrinews.cli import parse_step
 from distrinews.config import PredictConfig
 from distrinews.errors import run_reporting
+from distrinews.predict.step import run_predict
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import sys
 
 from distrinews.cli import parse_scoring_job
 from distrinews.errors import run_reporting
-from distrinews.promotion import run_promote
+from distrinews.promote.gate import run_promote
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 
 from distrinews.cli import parse_retrain_job
 from distrinews.errors import run_reporting
-from distrinews.retrain import run_retrain
+from distrinews.retrain.workflow import run_retrain
 from distrinews.signals import raise_on_sigterm
 
 

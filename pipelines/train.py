@@ -9,9 +9,9 @@ or through MLflow, which records the run it creates:
 import sys
 
 from distrinews.cli import parse_training_job
-from distrinews.distributed import DistInfo
 from distrinews.errors import UserError
-from distrinews.training import run_training
+from distrinews.train.distributed import DistInfo
+from distrinews.train.loop import run_training
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,10 @@ import torch
 from devkit.mlflow_store import E2E_TRAINING, MlflowStore, tracking_uri, train_run
 from devkit.processes import SHARED_DATA
 from devkit.tiny_models import TINY_REGISTERED, export_tiny_onnx, make_tiny_model
-from distrinews import checkpoint
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import build_profile
+from distrinews.train import checkpoint
 
 #: Session fixtures that cost a real training run: the tests using them share one
 #: pytest-xdist worker, so the run happens once (each worker has its own session).

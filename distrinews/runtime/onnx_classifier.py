@@ -159,7 +159,7 @@ def _session(model_file: Path, threads: int, spinning: bool) -> ort.InferenceSes
             options,
             providers=["CPUExecutionProvider"],
             # Its CPU kernel is slower than the Add + LayerNormalization it
-            # replaces (distrinews.export says by how much).
+            # replaces (distrinews.export.step says by how much).
             disabled_optimizers=["SkipLayerNormFusion"],
         )
     except Exception as err:  # onnxruntime raises its own exception types

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from devkit.mlflow_store import TINY_LR, MlflowStore, train_run
-from distrinews import checkpoint
 from distrinews.cli import torchrun_command
+from distrinews.train import checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 

@@ -7,7 +7,7 @@ import pytest
 from devkit.mlflow_store import TINY_LR, MlflowStore, step_in_process, train_run
 from devkit.servers import Server
 from distrinews.config import DataConfig, ExportConfig
-from distrinews.export import run_export
+from distrinews.export.step import run_export
 
 #: Three of AG News's topics, written as names in the label column (no ids, no names file).
 CATEGORIES = {0: "World", 1: "Sports", 2: "Business"}

@@ -18,8 +18,8 @@ import pytest
 from devkit.mlflow_store import MlflowStore, step_in_process
 from devkit.processes import PROCESS_TIMEOUT, REPO, SHARED_DATA
 from devkit.tiny_models import TINY_REGISTERED as NAME
-from distrinews.batch_predict import run_predict
 from distrinews.config import PredictConfig
+from distrinews.predict.step import run_predict
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.table_scoring import answer_columns
 

@@ -15,8 +15,8 @@ from devkit.mlflow_store import tracking_uri
 from devkit.postgres import Postgres
 from devkit.servers import Server
 from distrinews.config import MonitorConfig
-from distrinews.feedback_data import read_feedback
-from distrinews.monitor import run_monitor
+from distrinews.data.feedback import read_feedback
+from distrinews.monitor.step import run_monitor
 from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS
 from tests.unit.distrinews.runtime.test_prediction_store import write_older_log
 

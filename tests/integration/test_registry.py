@@ -28,10 +28,10 @@ from devkit.servers import (
 from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, ExportConfig, PromoteConfig
 from distrinews.errors import UserError
-from distrinews.export import run_export
-from distrinews.model import load_model_and_tokenizer
-from distrinews.promotion import run_promote
+from distrinews.export.step import run_export
+from distrinews.promote.gate import run_promote
 from distrinews.runtime.model_source import ModelSource, local_model_folder
+from distrinews.train.model import load_model_and_tokenizer
 
 pytestmark = pytest.mark.timeout(900)
 

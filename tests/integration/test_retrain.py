@@ -20,7 +20,7 @@ from devkit.benchmark_runs import run_benchmark, table_rows
 from devkit.mlflow_store import TINY_LR, MlflowStore, step_in_process
 from devkit.processes import PROCESS_TIMEOUT, SHARED_DATA, processes_mentioning
 from distrinews.cli import flags, parse_retrain_job
-from distrinews.retrain import run_retrain
+from distrinews.retrain.workflow import run_retrain
 from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, open_store
 
 pytestmark = pytest.mark.timeout(900)

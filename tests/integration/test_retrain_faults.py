@@ -26,7 +26,7 @@ from devkit.mlflow_store import TINY_LR, MlflowStore, register_folder, step_in_p
 from devkit.processes import REPO, processes_mentioning
 from distrinews.cli import flags, parse_retrain_job
 from distrinews.errors import UserError
-from distrinews.retrain import run_retrain
+from distrinews.retrain.workflow import run_retrain
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, open_store
 
@@ -124,8 +124,8 @@ def make_champion(store: MlflowStore, tiny_bert: Path, onnx_folder: Path) -> Non
     `source_run_id` a train run that logged a warm-startable model and its split."""
     import mlflow
 
-    from distrinews.model import load_model_and_tokenizer
     from distrinews.runtime.pyfunc import log_onnx_model
+    from distrinews.train.model import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(tiny_bert))
     with mlflow.start_run(tags={"step": "train"}) as train:

@@ -11,13 +11,13 @@ from transformers import AutoConfig
 from devkit.mlflow_store import TINY_LR, register_folder, step_in_process
 from devkit.tiny_models import export_tiny_onnx
 from distrinews.config import DEFAULT_MODEL, DataConfig, ExportConfig, PromoteConfig
-from distrinews.distillation import CACHE_ARTIFACT
-from distrinews.export import run_export
-from distrinews.model import resolve_model_path
-from distrinews.promotion import run_promote
+from distrinews.export.step import run_export
+from distrinews.promote.gate import run_promote
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, percentile
+from distrinews.train.distillation import CACHE_ARTIFACT
+from distrinews.train.model import resolve_model_path
 
 pytestmark = pytest.mark.timeout(600)
 

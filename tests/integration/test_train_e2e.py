@@ -13,7 +13,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from devkit.mlflow_store import E2E_TRAINING, train_run
 from devkit.processes import processes_mentioning
-from distrinews import checkpoint
 from distrinews.cli import parse_bool
 from distrinews.config import (
     DataConfig,
@@ -22,9 +21,10 @@ from distrinews.config import (
     ModelConfig,
     TrainConfig,
 )
-from distrinews.logged_models import logged_model_id
 from distrinews.mlflow_runs import git_commit
 from distrinews.runtime.cpu import available_cpus
+from distrinews.train import checkpoint
+from distrinews.train.logged_models import logged_model_id
 
 
 def test_exactly_one_finished_run_with_params_and_tags(trained_run, tiny_bert):

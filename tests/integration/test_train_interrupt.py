@@ -12,8 +12,8 @@ from transformers import AutoModelForSequenceClassification
 
 from devkit.mlflow_store import MlflowStore
 from devkit.processes import REPO, processes_mentioning, rank_pid
-from distrinews import checkpoint
 from distrinews.cli import torchrun_command
+from distrinews.train import checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from devkit.mlflow_store import MlflowStore
 from devkit.processes import REPO, processes_mentioning, rank_pid
 from devkit.servers import free_port
-from distrinews import checkpoint
 from distrinews.cli import torchrun_command
+from distrinews.train import checkpoint
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -12,8 +12,8 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distrinews.distributed import DistInfo, cleanup_distributed, setup_distributed, wrap_ddp
-from distrinews.model import load_model_and_tokenizer
+from distrinews.train.distributed import DistInfo, cleanup_distributed, setup_distributed, wrap_ddp
+from distrinews.train.model import load_model_and_tokenizer
 
 
 def gradients(model_folder: str, rank: int, pipeline: bool) -> tuple[dict, int]:

@@ -18,16 +18,16 @@ from distrinews.config import (
     TrainConfig,
     TrainingJob,
 )
-from distrinews.distributed import (
+from distrinews.runtime.labels import LABELS
+from distrinews.runtime.prediction_store import FEEDBACK, open_store
+from distrinews.train.distributed import (
     DistInfo,
     barrier,
     broadcast_from_main,
     cleanup_distributed,
     setup_distributed,
 )
-from distrinews.runtime.labels import LABELS
-from distrinews.runtime.prediction_store import FEEDBACK, open_store
-from distrinews.training import main_reads_feedback
+from distrinews.train.loop import main_reads_feedback
 
 
 def arrive(url: str) -> None:

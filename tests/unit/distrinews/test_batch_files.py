@@ -5,7 +5,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from distrinews.batch_files import (
+from distrinews.errors import UserError
+from distrinews.predict.files import (
     BatchFile,
     file_sha256,
     find_inputs,
@@ -14,7 +15,6 @@ from distrinews.batch_files import (
     scored_by,
     write_atomically,
 )
-from distrinews.errors import UserError
 
 
 def test_a_folder_s_input_files_in_name_order_each_with_its_output(tmp_path):

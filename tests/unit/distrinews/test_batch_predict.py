@@ -5,10 +5,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from distrinews.batch_files import BatchFile, write_atomically
-from distrinews.batch_predict import input_fingerprint, keep_clashing_columns, plan, score_files
 from distrinews.config import PredictConfig
 from distrinews.errors import UserError
+from distrinews.predict.files import BatchFile, write_atomically
+from distrinews.predict.step import input_fingerprint, keep_clashing_columns, plan, score_files
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.table_scoring import answer_columns
 

@@ -5,9 +5,9 @@ import os
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from distrinews import checkpoint
-from distrinews.distributed import DistInfo
-from distrinews.model import load_model_and_tokenizer
+from distrinews.train import checkpoint
+from distrinews.train.distributed import DistInfo
+from distrinews.train.model import load_model_and_tokenizer
 
 SINGLE = DistInfo(0, 0, 1, 1, torch.device("cpu"), "gloo")
 

@@ -6,7 +6,7 @@ import sys
 import mlflow
 
 from devkit.mlflow_store import MlflowStore, step_in_process
-from distrinews.child_runs import run_child
+from distrinews.retrain.child_runs import run_child
 
 
 def test_a_step_that_dies_without_ending_its_run_is_marked_failed(tmp_path):

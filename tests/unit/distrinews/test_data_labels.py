@@ -5,8 +5,8 @@ import pytest
 
 from devkit.data_folders import write_split
 from distrinews.config import DataConfig
+from distrinews.data.splits import load_splits
 from distrinews.errors import UserError
-from distrinews.splits import load_splits
 
 
 def test_a_mix_of_names_and_ids_is_refused(tmp_path):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from devkit.mlflow_store import MlflowStore, tracking_uri
 from distrinews.config import DistillConfig
-from distrinews.distillation import cached_logits, distillation_loss, update_cache
 from distrinews.errors import UserError
+from distrinews.train.distillation import cached_logits, distillation_loss, update_cache
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from distrinews.distributed import DistInfo, check_world_fits_machine
 from distrinews.errors import UserError
 from distrinews.runtime.cpu import available_cpus
+from distrinews.train.distributed import DistInfo, check_world_fits_machine
 
 
 def test_more_processes_than_cores_is_a_user_error():

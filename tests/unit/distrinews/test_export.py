@@ -4,7 +4,7 @@ never over a folder of something else. The export itself: tests/integration/test
 import pytest
 
 from distrinews.errors import UserError
-from distrinews.export import REPORT, check_replaceable, publish
+from distrinews.export.step import REPORT, check_replaceable, publish
 
 
 def exported_folder(folder, marker: str):

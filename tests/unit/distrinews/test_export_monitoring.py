@@ -9,11 +9,11 @@ import numpy as np
 
 from devkit.mlflow_store import tracking_uri
 from distrinews.config import DataConfig
-from distrinews.export_monitoring import calibrate_and_profile
+from distrinews.data.splits import load_splits
+from distrinews.export.calibration import calibrate_and_profile
 from distrinews.runtime.calibration import log_softmax
 from distrinews.runtime.labels import LABELS
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.splits import load_splits
 
 
 def test_calibrate_and_profile_writes_both_and_logs_the_diagram(

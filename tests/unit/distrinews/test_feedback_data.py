@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from distrinews.config import DataConfig, FeedbackConfig
-from distrinews.errors import UserError
-from distrinews.feedback_data import (
+from distrinews.data.feedback import (
     feedback_window,
     in_production_slice,
     load_feedback,
@@ -18,8 +17,9 @@ from distrinews.feedback_data import (
     usable_feedback,
     with_feedback,
 )
+from distrinews.data.splits import Splits
+from distrinews.errors import UserError
 from distrinews.runtime.prediction_store import FEEDBACK, PREDICTIONS, open_store
-from distrinews.splits import Splits
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
 

@@ -11,7 +11,7 @@ from transformers import (
 )
 
 from distrinews.errors import UserError
-from distrinews.layer_selection import evenly_spaced, keep_layers, layer_list
+from distrinews.train.layer_selection import evenly_spaced, keep_layers, layer_list
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distrinews.loaders import (
+from distrinews.train.loaders import (
     LengthGroupedSampler,
     ShardedEvalSampler,
     TokenizedDataset,
     make_loader,
 )
-from distrinews.model import load_model_and_tokenizer
+from distrinews.train.model import load_model_and_tokenizer
 
 
 def lengths_for_test(n: int = 203, seed: int = 0) -> np.ndarray:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from distrinews.metrics import classification_metrics, confusion_matrix
 from distrinews.runtime.labels import LABELS
+from distrinews.train.metrics import classification_metrics, confusion_matrix
 
 
 def test_metrics_match_scikit_learn():

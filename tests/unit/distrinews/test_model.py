@@ -2,7 +2,7 @@ import pytest
 
 from distrinews.config import DEFAULT_MODEL
 from distrinews.errors import UserError
-from distrinews.model import load_model_and_tokenizer, resolve_model_path
+from distrinews.train.model import load_model_and_tokenizer, resolve_model_path
 
 
 def test_default_model_is_the_packaged_minilm():

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 
 from devkit.mlflow_store import tracking_uri
 from distrinews.config import MonitorConfig
+from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
-from distrinews.monitor import run_monitor
-from distrinews.time_window import parse_window
+from distrinews.monitor.step import run_monitor
 from pipelines.monitor import main
 from serving.app import create_app
 from serving.settings import Settings

@@ -15,8 +15,8 @@ from devkit.processes import REPO
 from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import UserError
-from distrinews.paired_comparison import PairedComparison
-from distrinews.promotion import Score, decide, judge, run_promote
+from distrinews.promote.comparison import PairedComparison
+from distrinews.promote.gate import Score, decide, judge, run_promote
 
 VERSIONS = {"candidate": "3", "champion": "2"}
 
@@ -208,7 +208,7 @@ def test_a_promotion_that_loses_a_race_is_recorded_as_refused(
         promote_registry.set_registered_model_alias(NAME, "champion", other)
         return decision
 
-    monkeypatch.setattr("distrinews.promotion.judge", a_concurrent_promotion)
+    monkeypatch.setattr("distrinews.promote.gate.judge", a_concurrent_promotion)
     with pytest.raises(UserError, match=f"moved to version {other} during this promotion"):
         promote_in_process(small_data, candidate)
 

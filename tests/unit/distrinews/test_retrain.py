@@ -14,7 +14,7 @@ from devkit.mlflow_store import MlflowStore, register_folder, step_in_process
 from distrinews.cli import parse_retrain_job
 from distrinews.config import RetrainConfig, RetrainJob
 from distrinews.errors import UserError
-from distrinews.retrain import run_retrain, window
+from distrinews.retrain.workflow import run_retrain, window
 from distrinews.runtime.prediction_store import FEEDBACK, open_store
 
 NAME = "distrinews"

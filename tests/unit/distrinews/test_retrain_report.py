@@ -1,7 +1,7 @@
 """What a retrain's parent run shows: its description and its comparison plot."""
 
-from distrinews.retrain import Story
-from distrinews.retrain_report import comparison_figure, story_text
+from distrinews.retrain.report import comparison_figure, story_text
+from distrinews.retrain.story import Story
 
 
 def test_the_parent_page_tells_the_story():

@@ -7,8 +7,8 @@ import pytest
 
 from devkit.data_folders import write_split
 from distrinews.config import DataConfig
+from distrinews.data.splits import load_splits
 from distrinews.errors import UserError
-from distrinews.splits import load_splits
 
 
 def test_real_data_splits_are_disjoint_deterministic_and_capped(ag_news_dir):

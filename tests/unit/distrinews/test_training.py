@@ -4,12 +4,12 @@ decay groups, frozen words), and a start or restart finds the run and checkpoint
 import pytest
 import torch
 
-from distrinews import checkpoint
 from distrinews.config import TrainConfig
-from distrinews.distributed import DistInfo
 from distrinews.errors import UserError
-from distrinews.model import load_model_and_tokenizer
-from distrinews.training import make_optimizer, own_run
+from distrinews.train import checkpoint
+from distrinews.train.distributed import DistInfo
+from distrinews.train.loop import make_optimizer, own_run
+from distrinews.train.model import load_model_and_tokenizer
 
 SINGLE = DistInfo(0, 0, 1, 1, torch.device("cpu"), "gloo")
 

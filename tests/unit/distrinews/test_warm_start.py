@@ -6,7 +6,7 @@ import pytest
 
 from devkit.mlflow_store import model_registry, register_folder
 from distrinews.errors import UserError
-from distrinews.warm_start import check_same_classes, find_lineage
+from distrinews.train.warm_start import check_same_classes, find_lineage
 
 NAME = "distrinews"
 

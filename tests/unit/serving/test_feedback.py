@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from distrinews.feedback_data import read_feedback
-from distrinews.monitor import read_window
+from distrinews.data.feedback import read_feedback
+from distrinews.monitor.drift import read_window
 from distrinews.runtime.prediction_store import FEEDBACK
 from serving.app import create_app
 from serving.settings import Settings

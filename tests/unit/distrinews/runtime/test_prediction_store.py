@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from distrinews.feedback_data import read_feedback
+from distrinews.data.feedback import read_feedback
 from distrinews.runtime.prediction_store import FEEDBACK, open_store, upsert_feedback
 from serving.app import create_app
 from serving.settings import Settings

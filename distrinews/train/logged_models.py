@@ -3,6 +3,7 @@
 from typing import Any
 
 from distrinews.errors import UserError
+from distrinews.train.model import match_inputs_to_model
 
 
 def logged_model_id(run_id: str) -> str:
@@ -20,8 +21,6 @@ def load_logged_model(run_id: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, run) of a train run's logged transformers model."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from distrinews.model import match_inputs_to_model
 
     try:
         run = mlflow.MlflowClient().get_run(run_id)

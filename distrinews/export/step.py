@@ -18,18 +18,18 @@ from typing import Any
 import torch
 
 from distrinews.config import DataConfig, ExportConfig, TrainConfig
+from distrinews.data.splits import Splits, load_splits
 from distrinews.errors import UserError
-from distrinews.export_checks import compare_with_pytorch, int8_drop_points
-from distrinews.export_monitoring import calibrate_and_profile
-from distrinews.logged_models import load_logged_model
+from distrinews.export.calibration import calibrate_and_profile
+from distrinews.export.checks import compare_with_pytorch, int8_drop_points
+from distrinews.export.conversion import quantize_to_int8
 from distrinews.mlflow_runs import log_new_params, log_split, step_run
-from distrinews.model import load_model_and_tokenizer, resolve_model_path
-from distrinews.onnx_conversion import quantize_to_int8
+from distrinews.promote.evidence import UNTRAINED, describe_version
 from distrinews.runtime.cpu import available_cpus, cpu_name, detect_target
 from distrinews.runtime.labels import LABELS, class_names
 from distrinews.runtime.pyfunc import log_onnx_model
-from distrinews.splits import Splits, load_splits
-from distrinews.version_evidence import UNTRAINED, describe_version
+from distrinews.train.logged_models import load_logged_model
+from distrinews.train.model import load_model_and_tokenizer, resolve_model_path
 
 #: Float slack when comparing accuracy points with a limit: 100 * (182/200 - 181/200)
 #: is 0.5000000000000004, and a drop of exactly the limit is allowed.

@@ -14,6 +14,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from distrinews.config import DataConfig, FeedbackConfig
+from distrinews.data.splits import Splits, load_splits
+from distrinews.data.time_window import instant, parse_window
 from distrinews.errors import UserError
 from distrinews.runtime.prediction_store import (
     FEEDBACK,
@@ -22,8 +24,6 @@ from distrinews.runtime.prediction_store import (
     feedback_on_prediction,
     open_store,
 )
-from distrinews.splits import Splits, load_splits
-from distrinews.time_window import instant, parse_window
 
 #: Where a train run keeps its production slice (class names in `label`), for promote.
 PRODUCTION_ARTIFACT = "datasets/production.parquet"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from distrinews.config import DataConfig
-from distrinews.data_labels import default_names, encode_labels, read_names_file
+from distrinews.data.labels import default_names, encode_labels, read_names_file
 from distrinews.errors import UserError
 
 SPLITS = ("train", "test")

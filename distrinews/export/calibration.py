@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distrinews.data.splits import Splits
 from distrinews.plots import reliability_figure
 from distrinews.runtime.calibration import (
     expected_calibration_error,
@@ -18,7 +19,6 @@ from distrinews.runtime.calibration import (
 )
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import build_profile
-from distrinews.splits import Splits
 
 
 def calibrate_and_profile(

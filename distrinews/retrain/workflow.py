@@ -11,31 +11,24 @@ profile on rows the warm-start weights never trained on.
 """
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from distrinews.child_runs import run_child
 from distrinews.cli import step_command
 from distrinews.config import RetrainJob
+from distrinews.data.feedback import known_texts, read_feedback, usable_feedback
+from distrinews.data.splits import load_splits
+from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
-from distrinews.promotion import champion_version
+from distrinews.promote.gate import champion_version
+from distrinews.retrain.child_runs import run_child
+from distrinews.retrain.report import comparison_figure, story_metrics, story_text
+from distrinews.retrain.story import Story
+from distrinews.runtime.model_source import first_line
 from distrinews.runtime.prediction_store import shown
 from distrinews.signals import further_signals
-from distrinews.time_window import parse_window
-
-
-@dataclass
-class Story:
-    """What the parent run's page tells: why it ran, what it trained on, what was decided."""
-
-    decision: str = "running"
-    reason: str = ""
-    champion: str = ""  # the version it started from
-    candidate: str = ""  # the version it registered
-    window: tuple[str, str] = ("", "")
-    children: dict[str, Any] = field(default_factory=dict)  # step -> its run
 
 
 @dataclass(frozen=True)
@@ -140,8 +133,6 @@ def retrain_runs(name: str, condition: str, **options: Any) -> list:
 def count_usable_feedback(job: RetrainJob, start: datetime, end: datetime) -> int:
     """How many feedback rows of [start, end) the train step would learn from or hold out
     (its own rules)."""
-    from distrinews.feedback_data import known_texts, read_feedback, usable_feedback
-    from distrinews.splits import load_splits
 
     raw = read_feedback(job.monitor.store, start, end)
     if raw.empty:
@@ -157,8 +148,6 @@ def champion_split(name: str, version: str) -> ChampionSplit:
     and profile on rows the warm-start weights trained on."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from distrinews.runtime.model_source import first_line
 
     client = mlflow.MlflowClient()
     run_id = ""
@@ -321,8 +310,6 @@ def promote(job: RetrainJob, parent: Any, story: Story, version: str) -> None:
 def record(story: Story) -> None:
     """The decision and the children's key figures on the parent run, and its page's text."""
     import mlflow
-
-    from distrinews.retrain_report import comparison_figure, story_metrics, story_text
 
     tags = {"decision": story.decision, "reason": story.reason[:5000]}
     tags |= {f"{step}_run_id": run.info.run_id for step, run in story.children.items()}

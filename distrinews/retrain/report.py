@@ -4,10 +4,11 @@ gate decided."""
 
 from typing import TYPE_CHECKING, Any
 
+from distrinews.retrain.story import Story
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from distrinews.retrain import Story
 
 #: Figures copied from a child run onto the parent: (step, metric or param) -> parent key.
 COPIED = {
@@ -28,7 +29,7 @@ def step_seconds(run: Any) -> float | None:
     return (info.end_time - info.start_time) / 1000 if info.end_time else None
 
 
-def story_metrics(story: "Story") -> dict[str, float]:
+def story_metrics(story: Story) -> dict[str, float]:
     """`retrain/` metrics: each step's wall time and the copied figures."""
     metrics = {}
     for step, run in story.children.items():
@@ -43,7 +44,7 @@ def story_metrics(story: "Story") -> dict[str, float]:
     return metrics
 
 
-def story_text(story: "Story") -> str:
+def story_text(story: Story) -> str:
     """The parent run's description, in Markdown."""
     metrics = story_metrics(story)
     lines = [

@@ -19,7 +19,11 @@ import torch.nn.functional as F
 
 from distrinews.config import DistillConfig
 from distrinews.errors import UserError
+from distrinews.mlflow_runs import download_if_logged
 from distrinews.runtime.cpu import available_cpus
+from distrinews.runtime.labels import class_names
+from distrinews.train.evaluation import predict_logits
+from distrinews.train.logged_models import load_logged_model
 
 #: Where a teacher run keeps its logits: one row per text key, one column per class.
 CACHE_ARTIFACT = "distillation/teacher_logits.parquet"
@@ -59,7 +63,6 @@ def text_key(text: str) -> str:
 def read_cache(run_id: str, labels: tuple[str, ...], work: Path) -> pd.DataFrame:
     """The teacher run's cached logits (index: text key, columns: class names); empty if
     it has none yet. Refuses a teacher of other classes than the data's."""
-    from distrinews.mlflow_runs import download_if_logged
 
     if (path := download_if_logged(run_id, CACHE_ARTIFACT, work)) is None:
         return pd.DataFrame(columns=list(labels), dtype=np.float32)
@@ -121,9 +124,6 @@ def cached_logits(run_id: str, texts: list[str], labels: tuple[str, ...]) -> np.
 def teacher_forward(run_id: str, labels: tuple[str, ...]) -> Callable[[list[str]], np.ndarray]:
     """The teacher's logits on texts: its logged model, with its own tokenizer and
     max_length, in length-sorted batches on every CPU of this machine."""
-    from distrinews.evaluation import predict_logits
-    from distrinews.logged_models import load_logged_model
-    from distrinews.runtime.labels import class_names
 
     def compute(texts: list[str]) -> np.ndarray:
         model, tokenizer, run = load_logged_model(run_id)

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from datetime import datetime
 
 from distrinews.config import MonitorConfig
-from distrinews.data_labels import metric_safe
+from distrinews.data.labels import metric_safe
 from distrinews.mlflow_runs import log_new_params, step_run
-from distrinews.monitor import VersionReport
+from distrinews.monitor.drift import VersionReport
 from distrinews.runtime.prediction_store import shown
 
 

@@ -4,7 +4,7 @@ candidate shown to be good enough.
 
 "Shown" is paired evidence: on the test split, and on the production slice the
 candidate's train run held out of its feedback, the difference of the two accuracies
-gets a confidence interval (distrinews.paired_comparison), and the interval must clear
+gets a confidence interval (distrinews.promote.comparison), and the interval must clear
 the limit (max_accuracy_drop, max_production_drop: the most points the candidate may be
 worse by). A point estimate 2 points lower on 200 rows is noise; an interval says so,
 and says how many rows it would take. The latency budget is a hard limit on this CPU.
@@ -18,10 +18,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distrinews.config import DataConfig, PromoteConfig
+from distrinews.data.feedback import PRODUCTION_ARTIFACT
+from distrinews.data.splits import load_splits
 from distrinews.errors import UserError
-from distrinews.mlflow_runs import check_tracking_server, log_new_params, log_split, step_run
-from distrinews.paired_comparison import PairedComparison
-from distrinews.promotion_registry import (
+from distrinews.mlflow_runs import (
+    check_tracking_server,
+    download_if_logged,
+    log_feedback_split,
+    log_new_params,
+    log_split,
+    step_run,
+)
+from distrinews.promote.comparison import PairedComparison
+from distrinews.promote.evidence import UNTRAINED
+from distrinews.promote.registry import (
     CHAMPION,
     champion_version,
     move_alias,
@@ -34,8 +44,6 @@ from distrinews.promotion_registry import (
 from distrinews.runtime.cpu import available_cpus, cpu_name
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import batch1_latency_ms, batched_predictions, percentile
-from distrinews.splits import load_splits
-from distrinews.version_evidence import UNTRAINED
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -206,9 +214,6 @@ def production_slice(
     could not be fetched stops the gate: judging without it would skip its limit."""
     import mlflow
     import pandas as pd
-
-    from distrinews.feedback_data import PRODUCTION_ARTIFACT
-    from distrinews.mlflow_runs import download_if_logged, log_feedback_split
 
     run_id = candidate_tags.get("source_run_id")
     if not run_id:

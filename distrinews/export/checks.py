@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distrinews.model import match_inputs_to_model
 from distrinews.runtime.cpu import available_cpus
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.scoring import (
@@ -17,6 +16,7 @@ from distrinews.runtime.scoring import (
     batched_predictions,
     percentile,
 )
+from distrinews.train.model import match_inputs_to_model
 
 
 def pytorch_logits(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distrinews.distributed import DistInfo, all_gather, barrier
+from distrinews.train.distributed import DistInfo, all_gather, barrier
 
 LATEST = "latest"
 TRAINING_STATE = "training_state.pt"

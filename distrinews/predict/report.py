@@ -7,19 +7,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from distrinews.batch_files import BatchFile, read_input
 from distrinews.config import PredictConfig
 from distrinews.mlflow_runs import log_new_params, quiet_dataset_warnings, step_run
-from distrinews.monitor import VersionReport
-from distrinews.monitor_report import png_image, signal_png
+from distrinews.monitor.drift import VersionReport
+from distrinews.monitor.report import png_image, signal_png
+from distrinews.predict.files import BatchFile, read_input
+from distrinews.predict.totals import BatchTotals
 from distrinews.runtime.model_source import ModelSource, is_remote
 from distrinews.runtime.onnx_classifier import read_labels
 from distrinews.runtime.reference_profile import js_distance, read_profile
-
-if TYPE_CHECKING:
-    from distrinews.batch_predict import BatchTotals
 
 
 def model_name(source: ModelSource) -> str:
@@ -32,7 +29,7 @@ def model_name(source: ModelSource) -> str:
 @contextmanager
 def log_batch_run(
     cfg: PredictConfig, source: ModelSource, batch: list[BatchFile], folder: Path
-) -> Iterator[Callable[["BatchTotals", int], None]]:
+) -> Iterator[Callable[[BatchTotals, int], None]]:
     """A run for the step; yields the function that logs its results. A stopped run (Ctrl-C,
     SIGTERM) ends KILLED, a failed one FAILED with its error."""
     import mlflow
@@ -79,7 +76,7 @@ def log_input_dataset(cfg: PredictConfig, batch: list[BatchFile]) -> None:
         mlflow.log_input(dataset, context="predict")
 
 
-def log_results(totals: "BatchTotals", removed: int, folder: Path, source: ModelSource) -> None:
+def log_results(totals: BatchTotals, removed: int, folder: Path, source: ModelSource) -> None:
     """Metrics, the label distribution's plot and drift, and a record of each file."""
     import mlflow
 

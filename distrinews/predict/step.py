@@ -12,13 +12,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from distrinews.batch_files import (
+from distrinews.config import PredictConfig
+from distrinews.errors import ModelFolderError, UserError
+from distrinews.mlflow_runs import check_tracking_server
+from distrinews.predict.files import (
     BatchFile,
     count_rows,
     file_sha256,
@@ -28,58 +29,13 @@ from distrinews.batch_files import (
     scored_by,
     write_atomically,
 )
-from distrinews.batch_scorer import Scorer
-from distrinews.config import PredictConfig
-from distrinews.errors import ModelFolderError, UserError
+from distrinews.predict.report import log_batch_run
+from distrinews.predict.scorer import Scorer
+from distrinews.predict.totals import BatchTotals, FileResult
 from distrinews.progress import progress_bar
 from distrinews.runtime.model_source import ModelSource, local_model_folder, resolve_source
 from distrinews.runtime.table_scoring import ERROR, LABEL, answer_columns
 from distrinews.signals import raise_on_sigterm
-
-
-@dataclass
-class FileResult:
-    """What became of one input file."""
-
-    input: str
-    output: str
-    status: str  # "scored", or "kept" (scored by this model version before)
-    rows: int = 0
-    bad_rows: int = 0
-    seconds: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)  # bad rows by reason
-    renamed: dict[str, str] = field(default_factory=dict)  # input columns kept under new names
-    reason: str = ""  # why it was scored, or kept
-
-
-@dataclass
-class BatchTotals:
-    """What the run scored, across its files."""
-
-    files: list[FileResult] = field(default_factory=list)
-    labels: Counter = field(default_factory=Counter)  # predicted label -> rows
-    confidence_sum: float = 0.0
-
-    @property
-    def scored(self) -> list[FileResult]:
-        return [f for f in self.files if f.status == "scored"]
-
-    @property
-    def rows(self) -> int:
-        return sum(f.rows for f in self.scored)
-
-    @property
-    def bad_rows(self) -> int:
-        return sum(f.bad_rows for f in self.scored)
-
-    @property
-    def seconds(self) -> float:
-        return sum(f.seconds for f in self.scored)
-
-    def label_shares(self, labels: tuple[str, ...]) -> np.ndarray:
-        """The share of each label among the scored texts, in `labels`' order."""
-        counts = np.array([self.labels.get(label, 0) for label in labels], dtype=np.float64)
-        return counts / max(1.0, counts.sum())
 
 
 def model_record(source: ModelSource) -> dict[str, str | None]:
@@ -247,9 +203,6 @@ def say_why_scored_again(todo: dict[BatchFile, str]) -> None:
 def run_predict(cfg: PredictConfig) -> str:
     """Score every input file this model has not scored from the same input and settings;
     log the run to MLflow."""
-    from distrinews.batch_report import log_batch_run
-    from distrinews.mlflow_runs import check_tracking_server
-
     raise_on_sigterm()  # a stopped run ends KILLED, its partial output deleted
     check_tracking_server()
     batch = find_inputs(cfg.input, cfg.output)

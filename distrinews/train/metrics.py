@@ -6,7 +6,7 @@ summed across ranks, so the metrics cover the whole split exactly.
 
 import torch
 
-from distrinews.data_labels import metric_safe
+from distrinews.data.labels import metric_safe
 
 
 def confusion_matrix(

@@ -19,11 +19,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from distrinews import checkpoint
 from distrinews.config import DEFAULT_MODEL, DistillConfig, TrainConfig, TrainingJob
-from distrinews.data_labels import metric_safe
-from distrinews.distillation import cached_logits, distillation_loss, teacher_forward, update_cache
-from distrinews.distributed import (
+from distrinews.data.feedback import FeedbackRows, frozen_feedback, with_feedback
+from distrinews.data.labels import metric_safe
+from distrinews.data.splits import Splits, load_splits
+from distrinews.errors import UserError
+from distrinews.mlflow_runs import check_tracking_server, git_commit
+from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
+from distrinews.progress import progress_bar
+from distrinews.run_names import data_name, default_run_name, short_model_name
+from distrinews.runtime.labels import class_names
+from distrinews.runtime.prediction_store import shown
+from distrinews.signals import raise_on_sigterm
+from distrinews.train import checkpoint
+from distrinews.train.distillation import (
+    cached_logits,
+    distillation_loss,
+    teacher_forward,
+    update_cache,
+)
+from distrinews.train.distributed import (
     DistInfo,
     EmbeddingRowAllReduce,
     all_reduce_sum,
@@ -36,22 +51,12 @@ from distrinews.distributed import (
     setup_distributed,
     wrap_ddp,
 )
-from distrinews.errors import UserError
-from distrinews.evaluation import evaluate
-from distrinews.feedback_data import FeedbackRows, frozen_feedback, with_feedback
-from distrinews.layer_selection import keep_layers
-from distrinews.loaders import TokenizedDataset, make_loader, steps_per_epoch
-from distrinews.mlflow_runs import check_tracking_server, git_commit
-from distrinews.model import autocast, autocast_dtype, load_model_and_tokenizer
-from distrinews.plots import CURVES, confusion_matrix_figure, training_curves_figure
-from distrinews.progress import progress_bar
-from distrinews.run_names import data_name, default_run_name, short_model_name
-from distrinews.runtime.labels import class_names
-from distrinews.runtime.prediction_store import shown
-from distrinews.signals import raise_on_sigterm
-from distrinews.splits import Splits, load_splits
-from distrinews.tracking import ModelCard, Tracker, start_tracker
-from distrinews.warm_start import Lineage, find_lineage, warm_start_folder
+from distrinews.train.evaluation import evaluate
+from distrinews.train.layer_selection import keep_layers
+from distrinews.train.loaders import TokenizedDataset, make_loader, steps_per_epoch
+from distrinews.train.model import autocast, autocast_dtype, load_model_and_tokenizer
+from distrinews.train.tracking import ModelCard, Tracker, start_tracker
+from distrinews.train.warm_start import Lineage, find_lineage, warm_start_folder
 
 
 @dataclass

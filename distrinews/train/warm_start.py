@@ -9,6 +9,7 @@ from pathlib import Path
 from distrinews.errors import ModelFolderError, UserError
 from distrinews.runtime.labels import class_names
 from distrinews.runtime.model_source import VERSION_URI, first_line, resolve_source
+from distrinews.train.logged_models import load_logged_model
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,6 @@ def find_lineage(init_from: str, setting: str = "init_from") -> Lineage:
 def warm_start_folder(init_from: str, labels: tuple[str, ...], into: Path) -> tuple[Path, Lineage]:
     """The weights behind `init_from` as a save_pretrained folder in `into`, checked to
     predict exactly `labels`, the data's classes."""
-    from distrinews.logged_models import load_logged_model
 
     lineage = find_lineage(init_from)
     model, tokenizer, _ = load_logged_model(lineage.run_id)

@@ -1,11 +1,9 @@
-"""The monitor step: a window of the server's prediction log and feedback, reported to an
-MLflow run. Per model version: drift of each signal from that version's reference profile
-(the Jensen-Shannon distance the server's gauges use, and scipy's chi-square test of the
-binned counts against the reference shares), live accuracy on the feedback, and whether
-to retrain. No torch.
+"""What a window of the prediction log says about one model version: drift of each signal
+from that version's reference profile (the Jensen-Shannon distance the server's gauges use,
+and scipy's chi-square test of the binned counts against the reference shares), live
+accuracy on its feedback, and the reasons to retrain. No torch.
 """
 
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,10 +22,8 @@ from distrinews.runtime.prediction_store import (
     LogUnavailable,
     feedback_on_prediction,
     open_store,
-    shown,
 )
 from distrinews.runtime.reference_profile import compared_histograms, js_distance, read_profile
-from distrinews.time_window import parse_window
 
 #: The column of the prediction log that holds each numeric drift signal.
 COLUMNS = {"confidence": "confidence", "token_length": "tokens", "unknown_share": "unknown_share"}
@@ -158,54 +154,3 @@ def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:
             f"{report.feedback} feedback items"
         )
     return reasons
-
-
-def run_monitor(cfg: MonitorConfig) -> str:
-    """Read the window, compare each model version with its own reference, log it all to a
-    run. The verdict is about `cfg.registered_model` (or a model served from a folder)."""
-    from distrinews.monitor_report import log_monitor_run
-
-    start, end = parse_window(cfg.since, cfg.until)
-    predictions, feedback = read_window(cfg.store, start, end)
-    if predictions.empty:
-        raise UserError(
-            f"no predictions in {shown(cfg.store)} between {start.isoformat(timespec='seconds')} "
-            f"and {end.isoformat(timespec='seconds')}; widen -P since= or -P until="
-        )
-    # Downloads of the versions' profiles, deleted when the step ends.
-    with tempfile.TemporaryDirectory(prefix="distrinews-monitor-") as work:
-        reports = version_reports(predictions, feedback, cfg, Path(work))
-    served = served_report(reports, cfg.registered_model)
-    reasons = retrain_reasons(served, cfg)
-    log_monitor_run(cfg, (start, end), reports, served, reasons)
-    verdict = f"retrain recommended: {'; '.join(reasons)}" if reasons else "no retraining needed"
-    return (
-        f"{len(predictions)} predictions, {len(feedback)} feedback items; {served.label}: {verdict}"
-    )
-
-
-def version_reports(
-    predictions: pd.DataFrame, feedback: pd.DataFrame, cfg: MonitorConfig, work: Path
-) -> list[VersionReport]:
-    """One report per (registered model, version) in the window, each against its own
-    profile: two models sharing one log each have a version 1."""
-    reports = []
-    for (name, version), rows in predictions.groupby(["model_name", "model_version"], sort=True):
-        profile = reference_profile(str(name), str(version), cfg, work)
-        report = compare(rows, profile, list(profile["predicted_labels"]))
-        live_accuracy(report, feedback)
-        reports.append(report)
-    return reports
-
-
-def served_report(reports: list[VersionReport], name: str) -> VersionReport:
-    """The version of `name` (or of a model served from a folder) that answered most in
-    the window: the one the verdict is about."""
-    mine = [r for r in reports if r.model_name in (name, "")]
-    if not mine:
-        present = ", ".join(f"{r.label} ({r.predictions})" for r in reports)
-        raise UserError(
-            f"no predictions of registered model {name!r} in the window (the log holds "
-            f"{present}); pass -P registered_model=<one of them>"
-        )
-    return max(mine, key=lambda r: r.predictions)

@@ -24,6 +24,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from distrinews.config import FeedbackConfig, TrackingConfig
+from distrinews.data.feedback import PRODUCTION_ARTIFACT, FeedbackRows, as_named
 from distrinews.mlflow_runs import (
     error_tag,
     log_feedback_split,
@@ -36,8 +37,6 @@ from distrinews.run_names import name_unnamed_run
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-
-    from distrinews.feedback_data import FeedbackRows
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class Tracker:
         """Record each split (name: its MLflow context) as a dataset input of the run."""
 
     def log_feedback(
-        self, rows: "FeedbackRows", cfg: FeedbackConfig, labels: tuple[str, ...]
+        self, rows: FeedbackRows, cfg: FeedbackConfig, labels: tuple[str, ...]
     ) -> None:
         """Record the feedback rows trained on and the production slice as dataset inputs
         (contexts feedback, production), and keep the slice as an artifact for promote."""
@@ -167,12 +166,10 @@ class MlflowTracker(Tracker):
             self._datasets[split] = log_split(frame, data, split)
 
     def log_feedback(
-        self, rows: "FeedbackRows", cfg: FeedbackConfig, labels: tuple[str, ...]
+        self, rows: FeedbackRows, cfg: FeedbackConfig, labels: tuple[str, ...]
     ) -> None:
         import tempfile
         from pathlib import Path
-
-        from distrinews.feedback_data import PRODUCTION_ARTIFACT, as_named
 
         for split in ("feedback", "production"):
             frame = getattr(rows, split)

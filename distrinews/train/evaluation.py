@@ -10,16 +10,16 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distrinews.config import DataConfig, EvaluateConfig, TrainConfig
-from distrinews.distributed import DistInfo, all_reduce_sum
-from distrinews.loaders import TokenizedDataset, make_loader
-from distrinews.logged_models import load_logged_model, logged_model_id
-from distrinews.metrics import classification_metrics, confusion_matrix
+from distrinews.data.splits import load_splits
 from distrinews.mlflow_runs import log_split, step_run
-from distrinews.model import autocast
 from distrinews.plots import confusion_matrix_figure
 from distrinews.progress import progress_bar
 from distrinews.runtime.labels import class_names
-from distrinews.splits import load_splits
+from distrinews.train.distributed import DistInfo, all_reduce_sum
+from distrinews.train.loaders import TokenizedDataset, make_loader
+from distrinews.train.logged_models import load_logged_model, logged_model_id
+from distrinews.train.metrics import classification_metrics, confusion_matrix
+from distrinews.train.model import autocast
 
 
 @torch.no_grad()

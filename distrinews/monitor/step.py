@@ -1,0 +1,72 @@
+"""The monitor step: read a window of the prediction log, compare each (registered model,
+version) in it with its own reference profile, decide whether to retrain, and log it all to
+an MLflow run. No torch.
+"""
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from distrinews.config import MonitorConfig
+from distrinews.data.time_window import parse_window
+from distrinews.errors import UserError
+from distrinews.monitor.drift import (
+    VersionReport,
+    compare,
+    live_accuracy,
+    read_window,
+    reference_profile,
+    retrain_reasons,
+)
+from distrinews.monitor.report import log_monitor_run
+from distrinews.runtime.prediction_store import shown
+
+
+def run_monitor(cfg: MonitorConfig) -> str:
+    """Read the window, compare each model version with its own reference, log it all to a
+    run. The verdict is about `cfg.registered_model` (or a model served from a folder)."""
+    start, end = parse_window(cfg.since, cfg.until)
+    predictions, feedback = read_window(cfg.store, start, end)
+    if predictions.empty:
+        raise UserError(
+            f"no predictions in {shown(cfg.store)} between {start.isoformat(timespec='seconds')} "
+            f"and {end.isoformat(timespec='seconds')}; widen -P since= or -P until="
+        )
+    # Downloads of the versions' profiles, deleted when the step ends.
+    with tempfile.TemporaryDirectory(prefix="distrinews-monitor-") as work:
+        reports = version_reports(predictions, feedback, cfg, Path(work))
+    served = served_report(reports, cfg.registered_model)
+    reasons = retrain_reasons(served, cfg)
+    log_monitor_run(cfg, (start, end), reports, served, reasons)
+    verdict = f"retrain recommended: {'; '.join(reasons)}" if reasons else "no retraining needed"
+    return (
+        f"{len(predictions)} predictions, {len(feedback)} feedback items; {served.label}: {verdict}"
+    )
+
+
+def version_reports(
+    predictions: pd.DataFrame, feedback: pd.DataFrame, cfg: MonitorConfig, work: Path
+) -> list[VersionReport]:
+    """One report per (registered model, version) in the window, each against its own
+    profile: two models sharing one log each have a version 1."""
+    reports = []
+    for (name, version), rows in predictions.groupby(["model_name", "model_version"], sort=True):
+        profile = reference_profile(str(name), str(version), cfg, work)
+        report = compare(rows, profile, list(profile["predicted_labels"]))
+        live_accuracy(report, feedback)
+        reports.append(report)
+    return reports
+
+
+def served_report(reports: list[VersionReport], name: str) -> VersionReport:
+    """The version of `name` (or of a model served from a folder) that answered most in
+    the window: the one the verdict is about."""
+    mine = [r for r in reports if r.model_name in (name, "")]
+    if not mine:
+        present = ", ".join(f"{r.label} ({r.predictions})" for r in reports)
+        raise UserError(
+            f"no predictions of registered model {name!r} in the window (the log holds "
+            f"{present}); pass -P registered_model=<one of them>"
+        )
+    return max(mine, key=lambda r: r.predictions)
