@@ -1,7 +1,7 @@
 """End to end: `mlflow run . -e export` of a trained tiny model (and of an encoder without
 its head): the run logged and linked, the version registered, int8 checked against PyTorch.
 
-Where the step writes its folder: tests/unit/distrinews/test_export.py.
+Where the step writes its folder: tests/unit/distrinews/export/test_step.py.
 """
 
 import json

@@ -9,7 +9,7 @@ import pytest
 from devkit.mlflow_store import register_folder
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.promote.gate import run_promote
-from tests.unit.distrinews.test_promotion import NAME, OPEN, with_production_slice
+from tests.unit.distrinews.promote.test_gate import NAME, OPEN, with_production_slice
 
 pytestmark = pytest.mark.timeout(300)
 
