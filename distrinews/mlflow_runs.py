@@ -78,10 +78,25 @@ def check_tracking_server(timeout: float = 10) -> None:
         ) from err
 
 
-def note_default_experiment(run: Any) -> None:
-    """Say so when `mlflow run` without --experiment-name put the run in Default."""
+# MLflow imports PySpark to check whether an input example is a Spark DataFrame, and PySpark
+# warns at that import that it does not fully support pandas 3: nothing a user of these steps
+# can act on (the Spark path this project has is tested with pandas 3), so it is not shown.
+warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+
+#: The tag by which MLflow's UI chooses what an experiment opens on. Without it, MLflow 3
+#: may open the GenAI "Overview" page (Traces: 0) instead of the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def prepare_experiment(run: Any) -> None:
+    """The run's experiment opens on its runs table in the UI (a kind a user set is kept);
+    and say so when `mlflow run` without --experiment-name put the run in Default."""
+    import mlflow
     from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
+    client, key = mlflow.MlflowClient(), EXPERIMENT_KIND[0]
+    if key not in client.get_experiment(run.info.experiment_id).tags:
+        client.set_experiment_tag(run.info.experiment_id, *EXPERIMENT_KIND)
     if run.info.experiment_id == DEFAULT_EXPERIMENT_ID:
         print(
             "note: this run is in MLflow's Default experiment; pass --experiment-name "
@@ -108,7 +123,7 @@ def step_run(step: str, name: str, source_run: Any = None) -> Iterator[Any]:
     run_name = None if under_mlflow_run else name
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run, tag_errors():
         name_unnamed_run(run, name)
-        note_default_experiment(run)
+        prepare_experiment(run)
         tags = {"step": step}
         if source_run is not None:
             tags |= {

@@ -5,7 +5,7 @@ An output is written to a hidden `.partial` file beside it and renamed when comp
 (a rename within a folder is atomic), only after the whole file is scored in memory: a
 killed run leaves at most a `.partial` file from the last instant, which the next run
 deletes. Each output records the model that scored it and a fingerprint of its input (see
-`batch_predict.plan`), so a rerun keeps only what the same model scored from the same input.
+`predict.step.plan`), so a rerun keeps only what the same model scored from the same input.
 An output keeps its input's index, which a Parquet round trip gives back.
 """
 

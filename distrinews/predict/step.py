@@ -2,7 +2,7 @@
 Parquet output per input file, and an MLflow run of what was scored. Torch-free: it runs the
 server's ONNX Runtime classifier.
 
-Resumable: an output is written whole or not at all (`batch_files`), and a rerun keeps the
+Resumable: an output is written whole or not at all (`files`), and a rerun keeps the
 outputs that the same model version wrote from the same input bytes and settings; an input
 that changed is scored again (`plan`). A row that is not a text is answered with an
 empty label and its error, and counted; it never stops the run.

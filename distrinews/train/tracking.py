@@ -30,7 +30,7 @@ from distrinews.mlflow_runs import (
     log_feedback_split,
     log_new_params,
     log_split,
-    note_default_experiment,
+    prepare_experiment,
 )
 from distrinews.run_names import name_unnamed_run
 
@@ -242,7 +242,7 @@ def start_tracker(
     else:
         run = mlflow.start_run(run_id=run_id)
         name_unnamed_run(run, default_name)
-    note_default_experiment(run)
+    prepare_experiment(run)
     return MlflowTracker(run.info.run_id, cfg.system_metrics)
 
 

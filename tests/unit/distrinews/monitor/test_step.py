@@ -53,6 +53,8 @@ def test_a_shifted_window_with_wrong_feedback_recommends_retraining(
         message = run_monitor(cfg)
     (run,) = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
     assert run.info.status == "FINISHED" and run.data.tags["step"] == "monitor"
+    experiment = mlflow_store.client.get_experiment_by_name("monitor")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     tags, metrics = run.data.tags, run.data.metrics
     assert tags["retrain_recommended"] == "true" and "token_length drift" in tags["retrain_reason"]
     assert tags["model_version"] == "unregistered" and message.startswith("120 predictions")
