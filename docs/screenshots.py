@@ -127,8 +127,9 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
     return [
-        # Tall enough for every run's row with its name, datasets and model.
-        Page("mlflow-runs.png", runs_url, names[-1], height=760),
+        # The experiment as it opens (tagged classic ML, it opens on the runs table, not on
+        # MLflow 3's GenAI overview); tall enough for every run's row.
+        Page("mlflow-runs.png", f"{base}/#/experiments/{exp_id}", names[-1], height=760),
         # Searching "loss" shows one chart per section: train, validation and test loss.
         Page(
             "mlflow-charts.png",

@@ -196,7 +196,9 @@ def no_process_left(marker: str, seconds: float = 15) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("step", ["monitor", "train", "export", "promote"])
+# Export is left out for CI's time: a kill before the promote step (train, monitor) and in it
+# (promote, after a whole train and export) bracket it, and it is killed the same way.
+@pytest.mark.parametrize("step", ["monitor", "train", "promote"])
 def test_a_step_killed_half_way_fails_the_retrain_and_moves_nothing(workflow, step_env, step):
     store = workflow.store
     before = champion_state(store)
