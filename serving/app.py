@@ -67,6 +67,8 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
         settings.micro_batch_window_ms,
         observe=metrics.observe_inference,
     )
+    batcher.bound = settings.max_queue
+    metrics.queue_limit.set(batcher.bound)
     batcher.start()
     app.state.batcher = batcher
     serve(app, model)

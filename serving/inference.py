@@ -85,14 +85,21 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
         folder = local_model_folder(source, into=download)
         classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
         report = export_report(folder)
-        for text in WARM_UP_TEXTS:
-            classifier.probabilities([text])
+        warm_up(classifier)
     except BaseException:
         if download is not None:
             shutil.rmtree(download, ignore_errors=True)
         raise
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return LoadedModel(classifier, source, loaded_at, report, download)
+
+
+def warm_up(classifier: OnnxClassifier) -> None:
+    """Run the warm-up texts twice: the second pass finds every buffer ready, so the server
+    reports ready (and a reload swaps the model in) only once the model is warm."""
+    for _ in range(2):
+        for text in WARM_UP_TEXTS:
+            classifier.probabilities([text])
 
 
 def export_report(folder: Path) -> dict:
@@ -125,6 +132,10 @@ class Scores:
     def part(self, start: int, end: int) -> "Scores":
         """The scores of texts [start, end): one request's share of a micro-batch."""
         return Scores(self.rows[start:end], self.labels, self.features[start:end], self.model)
+
+
+class Overloaded(Exception):
+    """The model has as many requests in hand as its bound: this one is answered 429."""
 
 
 #: A request's texts, and the future its scores are set on.
@@ -161,6 +172,8 @@ class MicroBatcher:
         # One inference at a time: ONNX Runtime already uses every core it was given.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         self.worker: asyncio.Task | None = None
+        self.bound = 0  # most requests in hand at once (0: no bound): DISTRINEWS_MAX_QUEUE
+        self.in_hand = 0  # requests admitted and not yet answered
 
     def start(self) -> None:
         self.worker = asyncio.create_task(self._run())
@@ -171,6 +184,17 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def probabilities(self, texts: list[str]) -> Scores:
+        """The texts' scores; Overloaded at once if the model already has `bound` requests
+        in hand (one event loop: the count needs no lock)."""
+        if self.bound and self.in_hand >= self.bound:
+            raise Overloaded
+        self.in_hand += 1
+        try:
+            return await self._probabilities(texts)
+        finally:
+            self.in_hand -= 1
+
+    async def _probabilities(self, texts: list[str]) -> Scores:
         loop = asyncio.get_running_loop()
         if len(texts) >= self.max_texts:
             # Nothing could join this request (always so with batching off):

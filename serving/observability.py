@@ -87,6 +87,17 @@ class ServerMetrics:
         self.in_flight = Gauge(
             "distrinews_requests_in_flight", "Requests being handled now", registry=r
         )
+        self.queue_limit = Gauge(
+            "distrinews_queue_limit",
+            "Most prediction requests the server holds at once; more are answered 429 "
+            "(0: no limit)",
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "distrinews_overloaded",
+            "Prediction requests answered 429 because the server held as many as its limit",
+            registry=r,
+        )
         self.model = Info("distrinews_model", "The model being served", registry=r)
         self.logged = Counter(
             "distrinews_prediction_log",

@@ -23,7 +23,12 @@ from fastapi import FastAPI
 
 from distrinews.errors import ModelFolderError, RegistryUnreachable
 from distrinews.runtime.model_source import alias_version, no_such_alias
-from serving.inference import LoadedModel, load_model, retire, to_thread_to_the_end
+from serving.inference import (
+    LoadedModel,
+    load_model,
+    retire,
+    to_thread_to_the_end,
+)
 from serving.settings import Settings
 
 log = logging.getLogger("serving")

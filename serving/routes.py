@@ -30,7 +30,7 @@ from pydantic import (
 
 from distrinews.runtime.text_rules import TEXT_PATTERN
 from serving.feedback import Given, check_token, record_feedback
-from serving.inference import LoadedModel, MicroBatcher, Scores
+from serving.inference import LoadedModel, MicroBatcher, Overloaded, Scores
 from serving.observability import REQUEST_ID
 from serving.prediction_log import Answered, now
 from serving.settings import Settings
@@ -46,6 +46,11 @@ class ErrorDetail(BaseModel):
 #: Answers besides 200 and FastAPI's own 422, documented for clients.
 NOT_LOADED = {503: {"model": ErrorDetail, "description": "The model is not loaded yet"}}
 PREDICT_ERRORS = NOT_LOADED | {
+    429: {
+        "model": ErrorDetail,
+        "description": "Overloaded: the server holds as many requests as its limit "
+        "(DISTRINEWS_MAX_QUEUE); retry after the Retry-After seconds",
+    },
     400: {"model": ErrorDetail, "description": "The body cannot be read (not UTF-8 text)"},
     413: {"model": ErrorDetail, "description": "Request body over the configured size"},
 }
@@ -177,7 +182,15 @@ async def predict_texts(
     """A new prediction id, and predictions for `texts`; their length and labels go to the
     access log (not the texts), and they go to the prediction log (the texts only if the
     operator said so)."""
-    scores = await batcher.probabilities(texts)
+    try:
+        scores = await batcher.probabilities(texts)
+    except Overloaded as err:
+        request.app.state.metrics.overloaded.inc()
+        raise HTTPException(
+            429,
+            "the server holds as many requests as it can answer in time; retry after a second",
+            headers={"Retry-After": "1"},
+        ) from err
     prediction_id = uuid.uuid4().hex
     predictions = to_predictions(scores.rows, scores.labels)
     labels = tuple(p["label"] for p in predictions)

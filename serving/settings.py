@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a request waits for others to share its inference (0: none)",
     )
+    # Under overload a queue only grows: every admitted request waits for all before it.
+    # Off by default until benchmarks/ has measured the limit to size it from (issue 34).
+    max_queue: int = Field(
+        0,
+        ge=0,
+        description="Most prediction requests in the server's hands at once (running or "
+        "waiting for the model); more get 429 with Retry-After (0: no limit)",
+    )
 
     @model_validator(mode="after")
     def feedback_needs_the_log(self) -> "Settings":
