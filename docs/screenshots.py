@@ -127,9 +127,15 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
     (model, *_) = client.search_logged_models([exp_id], order_by=[{"field_name": "creation_time"}])
     runs_url = f"{base}/#/experiments/{exp_id}/runs"
     return [
-        # The experiment as it opens (tagged classic ML, it opens on the runs table, not on
-        # MLflow 3's GenAI overview); tall enough for every run's row.
-        Page("mlflow-runs.png", f"{base}/#/experiments/{exp_id}", names[-1], height=760),
+        # The experiment as it opens with the UI's workflow switch on "Machine learning"
+        # (MLflow 3.17 starts on "GenAI", and its overview, whatever the experiment's kind
+        # tag says); tall enough for every run's row.
+        Page(
+            "mlflow-runs.png",
+            f"{base}/#/experiments/{exp_id}?workflowType=machine_learning",
+            names[-1],
+            height=760,
+        ),
         # Searching "loss" shows one chart per section: train, validation and test loss.
         Page(
             "mlflow-charts.png",
