@@ -139,7 +139,7 @@ def pages(client: mlflow.MlflowClient, base: str) -> list[Page]:
         # Searching "loss" shows one chart per section: train, validation and test loss.
         Page(
             "mlflow-charts.png",
-            f"{runs_url}?compareRunsMode=CHART",
+            f"{runs_url}?compareRunsMode=CHART&workflowType=machine_learning",
             "val",
             search=("Search metric charts", "loss"),
             height=1900,
