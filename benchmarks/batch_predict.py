@@ -140,7 +140,8 @@ def spark_rate(spark, store: MlflowStore, model: str, frame: pd.DataFrame) -> di
 
 def agreement(spark_answers: pd.DataFrame, step_output: Path) -> tuple[float, float]:
     """Share of Spark's labels equal to the predict step's, and the largest probability gap."""
-    step = pd.read_parquet(step_output)
+    # Row by row: the step's output keeps the input's index, Spark's answers are renumbered.
+    step = pd.read_parquet(step_output).reset_index(drop=True)
     probabilities = [c for c in step.columns if c.startswith("prob_")]
     same = float((spark_answers["label"] == step["label"]).mean())
     gap = np.abs(spark_answers[probabilities].to_numpy() - step[probabilities].to_numpy())

@@ -79,7 +79,8 @@ def log_cost_us(texts: list[str], predictions: int = 2000) -> float:
     """Writer-thread microseconds per logged prediction (SQLite, batched as the server does)."""
     rows = np.full((1, 4), 0.25)
     features = [TextFeatures(40, False, 0.0)]
-    answered = Answered(now(), "id", "distrinews", "1", ("a", "b", "c", "d"), rows, features, None)
+    labels = ("a", "b", "c", "d")
+    answered = Answered(now(), "id", "p-1", "distrinews", "1", labels, rows, features, None)
     with tempfile.TemporaryDirectory() as folder:
         log = PredictionLog(
             open_store(f"sqlite:///{folder}/log.db"), predictions, flush_seconds=0.05
