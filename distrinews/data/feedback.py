@@ -81,13 +81,16 @@ def normalized(texts: pd.Series) -> pd.Series:
     return texts.str.casefold().str.split().str.join(" ")
 
 
-def known_texts(data: DataConfig) -> set[str]:
-    """The normalized texts of the data's whole train and test files, whatever rows a step
-    samples from them (max_eval_rows, max_train_rows, the validation seed): feedback that
-    repeats any of them must not reach training, or a gate could score a model on the very
-    texts it was fed."""
-    full = load_splits(replace(data, max_train_rows=0, max_eval_rows=0), seed=0)
-    return set(pd.concat([normalized(frame["text"]) for frame in full.frames().values()]))
+def whole_data(data: DataConfig) -> Splits:
+    """The data's whole train and test files, whatever rows a step samples from them
+    (max_eval_rows, max_train_rows; the validation seed only splits them)."""
+    return load_splits(replace(data, max_train_rows=0, max_eval_rows=0), seed=0)
+
+
+def known_texts(whole: Splits) -> set[str]:
+    """The normalized texts of `whole` (see `whole_data`): feedback that repeats any of them
+    must not reach training, or a gate could score a model on the very texts it was fed."""
+    return set(pd.concat([normalized(frame["text"]) for frame in whole.frames().values()]))
 
 
 def usable_feedback(
@@ -144,7 +147,7 @@ def load_feedback(cfg: FeedbackConfig, data: DataConfig, labels: tuple[str, ...]
     """The feedback of `cfg.feedback` in [feedback_since, feedback_until), ready to train and
     score on. UserError if none of it can be trained on."""
     raw = read_feedback(cfg.feedback, *feedback_window(cfg.feedback_since, cfg.feedback_until))
-    rows, left_out = usable_feedback(raw, labels, known_texts(data))
+    rows, left_out = usable_feedback(raw, labels, known_texts(whole_data(data)))
     if rows.empty:
         counts = ", ".join(f"{n} {why}" for why, n in left_out.items() if n) or "none given"
         raise UserError(

@@ -140,9 +140,8 @@ def record_and_move(
     if promoted and (lost := try_move_alias(client, name, versions)):
         promoted, reason = False, lost
         after = "the alias did not move, but the version's tags still say promoted: fix them"
-        with registry_call(f"record on version {versions['candidate']} that it lost", after):
-            client.set_model_version_tag(name, versions["candidate"], "promotion_reason", lost)
-            client.set_model_version_tag(name, versions["candidate"], "promotion", "refused")
+        lost_tags = {"promotion_reason": lost, "promotion": "refused"}
+        write_tags(client, name, versions["candidate"], lost_tags, after)
         mlflow.set_tags({"decision": decision_word(promoted), "reason": reason})
     return promoted, reason
 

@@ -64,15 +64,13 @@ def resolve_version(client: Any, name: str, version: str) -> str:
             # As text: a SQLite registry answers numbers, a tracking server strings.
             return str(client.get_model_version(name, version).version)
         versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException as err:
-        if not is_answer(err):
+    except Exception as err:  # MLflow's "no", or no answer (connection refused, a timeout)
+        if not (isinstance(err, MlflowException) and is_answer(err)):
             raise UserError(f"cannot read {name!r}: {first_line(err)}; {NOTHING_MOVED}") from err
         raise UserError(
             f"no version {version or ''} of registered model {name!r}: "
             f"{first_line(err)}; export a model first"
         ) from err
-    except Exception as err:  # no answer at all (connection refused, a timeout)
-        raise UserError(f"cannot read {name!r}: {first_line(err)}; {NOTHING_MOVED}") from err
     if not versions:
         raise UserError(f"registered model {name!r} has no versions; export a model first")
     return str(max(int(v.version) for v in versions))
@@ -115,10 +113,13 @@ def open_versions(name: str, versions: dict[str, str], work: Path) -> dict[str, 
     return models
 
 
-def write_tags(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
-    """Tags on a version, in order (the caller puts the one that decides last)."""
+def write_tags(
+    client: Any, name: str, version: str, tags: dict[str, str], after: str = NOTHING_MOVED
+) -> None:
+    """Tags on a version, in order (the caller puts the one that decides last); a failure
+    is one line saying what state it leaves (`after`)."""
     for key, value in tags.items():
-        with registry_call(f"tag version {version} of {name!r} with {key}"):
+        with registry_call(f"tag version {version} of {name!r} with {key}", after):
             client.set_model_version_tag(name, version, key, value)
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 from distrinews.cli import step_command
 from distrinews.config import RetrainJob
-from distrinews.data.feedback import known_texts, read_feedback, usable_feedback
-from distrinews.data.splits import load_splits
+from distrinews.data.feedback import known_texts, read_feedback, usable_feedback, whole_data
 from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
@@ -137,8 +136,8 @@ def count_usable_feedback(job: RetrainJob, start: datetime, end: datetime) -> in
     raw = read_feedback(job.monitor.store, start, end)
     if raw.empty:
         return 0
-    labels = load_splits(job.data, seed=0).labels  # the data's classes, whatever the seed
-    rows, _ = usable_feedback(raw, labels, known_texts(job.data))
+    whole = whole_data(job.data)  # its classes, and every text it holds: read once
+    rows, _ = usable_feedback(raw, whole.labels, known_texts(whole))
     return len(rows)
 
 
