@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -28,6 +29,12 @@ DATA = REPO.parent / "shared" / "data" / "ag_news"
 
 def machine_line() -> str:
     return f"Measured {date.today()} on {cpu_name()}, {available_cpus()} vCPUs."
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ag_news_test_texts(data: str | Path) -> list[str]:
@@ -77,7 +84,7 @@ def one_client(url: str, texts: list[str], route: str = "/predict", body=None) -
             timings.append(1000 * (time.perf_counter() - start))
     finally:
         connection.close()
-    return percentiles(timings)
+    return percentiles(timings) | {"mean": statistics.fmean(timings)}
 
 
 async def drive(

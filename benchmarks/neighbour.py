@@ -1,12 +1,13 @@
-"""What the server costs a neighbour process on the same vCPUs, with ONNX Runtime's
-threads spinning (waiting for work busily) or not.
+"""What the server costs a neighbour process on the same vCPUs, by how ONNX Runtime's
+threads wait for work: sleeping (off), spinning only while an inference runs
+(inference), or also for a while after each (on).
 
 A Space shares its host: CPU the server burns while waiting is CPU a
 neighbour does not get. A neighbour process does fixed units of pure-Python
 work for `--seconds` and reports units/s, in turn beside: no server; an idle
 server; a server answering one client at a steady `--rate` requests/s (paced,
 like real traffic); and one client sending back to back. Each server runs
-with spinning on and off; the server's own CPU time and its p50/p95 latency
+with each spinning setting; the server's own CPU time and its p50/p95 latency
 are recorded too. Rounds alternate the settings; the table gives medians.
 
     python -m benchmarks.neighbour --model <int8 folder> [--seconds 10] [--rounds 3]
@@ -22,8 +23,16 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import DATA, REPO, ag_news_test_texts, percentiles, record
+from benchmarks.common import (
+    DATA,
+    REPO,
+    ag_news_test_texts,
+    cpu_seconds,
+    percentiles,
+    record,
+)
 from devkit.servers import Server
+from distrinews.runtime.onnx_classifier import SPINNING
 
 #: The neighbour: counts units of pure-Python work done in the given seconds.
 NEIGHBOUR = """
@@ -37,12 +46,6 @@ print(units / float(sys.argv[1]))
 """
 
 LOADS = ("idle", "paced", "back to back")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def client(url: str, texts: list[str], load: str, seconds: float, rate: float) -> list[float]:
@@ -80,15 +83,13 @@ def measure(server: Server | None, texts: list[str], load: str, args) -> dict[st
 
 def one_round(texts: list[str], args) -> dict[str, dict[str, float]]:
     result = {"no server": measure(None, texts, "idle", args)}
-    for spinning in (True, False):
+    for spinning in SPINNING:
         server = Server(args.model, dict(os.environ), access_log=False, spinning=spinning)
         try:
             server.wait_ready(timeout=120)
             client(server.url, texts, "back to back", 2, args.rate)  # warm-up
             for load in LOADS:
-                result[f"{load}, spinning {'on' if spinning else 'off'}"] = measure(
-                    server, texts, load, args
-                )
+                result[f"{load}, spinning {spinning}"] = measure(server, texts, load, args)
         finally:
             server.stop()
     return result

@@ -246,5 +246,10 @@ def create_app(
     app.openapi = schema_with_labels(app)
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
     # Outermost (added last): it times, counts and logs every answer, 413s included.
-    app.add_middleware(Observe, metrics=app.state.metrics, log_requests=settings.access_log)
+    app.add_middleware(
+        Observe,
+        metrics=app.state.metrics,
+        log_requests=settings.access_log,
+        stage_timing=settings.stage_timing,
+    )
     return app

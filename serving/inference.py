@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +24,7 @@ from distrinews.runtime.model_source import (
 )
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import TextFeatures, text_features
+from serving.stages import INFERENCE_MARKS
 
 log = logging.getLogger("serving")
 
@@ -38,6 +39,7 @@ class LoadedModel:
     source: ModelSource
     loaded_at: str
     report: dict  # the export's export_report.json, read at load
+    warm_up: dict  # what ran before it served (serving.inference.warm_up)
     download: Path | None = None  # the folder it was downloaded into (ours to delete)
 
     def retire(self) -> None:
@@ -49,12 +51,16 @@ class LoadedModel:
 
 
 async def to_thread_to_the_end(
-    func: Callable[..., T], *args: object, if_cancelled: Callable[[T], object] | None = None
+    func: Callable[..., T],
+    *args: object,
+    if_cancelled: Callable[[T], object] | None = None,
+    executor: Executor | None = None,
 ) -> T:
-    """`func(*args)` in a thread. If the caller is cancelled meanwhile, it still waits for
-    the thread to end (a thread cannot be stopped), hands the result to `if_cancelled`,
-    then lets the cancellation go on: a stopping server leaves nothing half done."""
-    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    """`func(*args)` in a thread (of `executor` if given). If the caller is cancelled
+    meanwhile, it still waits for the thread to end (a thread cannot be stopped), hands the
+    result to `if_cancelled`, then lets the cancellation go on: a stopping server leaves
+    nothing half done."""
+    work = asyncio.get_running_loop().run_in_executor(executor, func, *args)
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -69,12 +75,38 @@ async def retire(model: LoadedModel) -> None:
     await to_thread_to_the_end(model.retire)
 
 
-#: Texts of a few lengths run once after loading: the first requests then
-#: find ONNX Runtime's buffers and kernels ready.
-WARM_UP_TEXTS = ["Warm-up", "Markets rose on Monday after the central bank held rates. " * 4]
+#: Words of one WordPiece token each, for texts of a chosen token count.
+WORDS = (
+    *("the", "market", "said", "on", "tuesday", "that", "its", "shares", "rose", "after"),
+    *("the", "company", "reported", "higher", "profit", "in", "the", "third", "quarter"),
+    *("as", "oil", "prices", "fell", "and", "the", "team", "won"),
+)
 
 
-def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
+def texts_like(profile: dict | None, count: int, seed: int = 0) -> list[str]:
+    """`count` texts whose token counts follow the profile's histogram (48 tokens each
+    without one), each count drawn uniformly within its bin."""
+    rng = np.random.default_rng(seed)
+    if profile is None:
+        lengths = np.full(count, 48)
+    else:
+        edges, shares = profile["token_length_edges"], np.asarray(profile["token_length"])
+        bins = rng.choice(len(shares), size=count, p=shares / shares.sum())
+        lengths = [rng.integers(max(3, edges[b]), max(4, edges[b + 1])) for b in bins]
+    # Two of the tokens are [CLS] and [SEP].
+    return [
+        " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n - 2)) for i, n in enumerate(lengths)
+    ]
+
+
+#: Warm-up texts: this many at lengths drawn from the model's reference profile (its
+#: validation split), plus one at the model's longest, each run twice before the model
+#: serves: the first real requests then find ONNX Runtime's buffers and kernels ready
+#: for the lengths they bring.
+WARM_UP_TEXTS = 8
+
+
+def load_model(model: str, threads: int, spinning: str) -> LoadedModel:
     """Resolve (an alias to its current version), download, open and warm a model.
 
     The model's own labels are served (they travel in its config.json).
@@ -85,21 +117,36 @@ def load_model(model: str, threads: int, spinning: bool) -> LoadedModel:
         folder = local_model_folder(source, into=download)
         classifier = OnnxClassifier(folder, threads=threads, spinning=spinning)
         report = export_report(folder)
-        warm_up(classifier)
+        warmed = warm_up(classifier)
     except BaseException:
         if download is not None:
             shutil.rmtree(download, ignore_errors=True)
         raise
     loaded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return LoadedModel(classifier, source, loaded_at, report, download)
+    return LoadedModel(classifier, source, loaded_at, report, warmed, download)
 
 
-def warm_up(classifier: OnnxClassifier) -> None:
-    """Run the warm-up texts twice: the second pass finds every buffer ready, so the server
-    reports ready (and a reload swaps the model in) only once the model is warm."""
+def warm_up(classifier: OnnxClassifier) -> dict:
+    """Run texts of the model's typical lengths, and its longest, twice: the second pass
+    finds every buffer ready, so the server reports ready (and a reload swaps the model in)
+    only once the model is warm. What ran, for /model."""
+    texts = [*texts_like(classifier.profile, WARM_UP_TEXTS), " ".join(WORDS * 20)]
+    start = time.perf_counter()
     for _ in range(2):
-        for text in WARM_UP_TEXTS:
-            classifier.probabilities([text])
+        for text in texts:
+            try:
+                classifier.probabilities([text])
+            except Exception as err:  # onnxruntime raises its own types
+                # Say it now, in one line, rather than answer 500 to such requests later.
+                tokens = len(classifier.encode([text])[0].ids)
+                first_line = str(err).strip().splitlines()[0][:300]
+                raise ModelFolderError(
+                    f"{classifier.folder} fails on a warm-up text of {tokens} tokens "
+                    f"({first_line}); re-export the model"
+                ) from err
+    seconds = round(time.perf_counter() - start, 3)
+    lengths = sorted({len(e.ids) for e in classifier.encode(texts)})
+    return {"inferences": 2 * len(texts), "token_lengths": lengths, "seconds": seconds}
 
 
 def export_report(folder: Path) -> dict:
@@ -128,10 +175,12 @@ class Scores:
     labels: tuple[str, ...]
     features: list[TextFeatures]
     model: LoadedModel
+    marks: dict[str, float]  # when the inference reached each of serving.stages' marks
 
     def part(self, start: int, end: int) -> "Scores":
         """The scores of texts [start, end): one request's share of a micro-batch."""
-        return Scores(self.rows[start:end], self.labels, self.features[start:end], self.model)
+        rows, features = self.rows[start:end], self.features[start:end]
+        return Scores(rows, self.labels, features, self.model, self.marks)
 
 
 class Overloaded(Exception):
@@ -163,7 +212,7 @@ class MicroBatcher:
         observe: Observer = lambda seconds, classifier, features, rows: None,
     ):
         self.model = model  # replaced by serving.reload.serve
-        # Called in the inference thread with what one inference saw and answered.
+        # Called on the event loop with what one inference saw and answered.
         self.observe = observe
         self.max_texts = max_texts
         self.window = window_ms / 1000
@@ -197,9 +246,22 @@ class MicroBatcher:
     async def _probabilities(self, texts: list[str]) -> Scores:
         loop = asyncio.get_running_loop()
         if len(texts) >= self.max_texts:
-            # Nothing could join this request (always so with batching off):
-            # skip the queue and the worker's hop.
-            return await loop.run_in_executor(self.executor, self.infer, self.model, texts)
+            # Nothing could join this request (always so with batching off): skip the queue.
+            if self.in_hand == 1:
+                # Nothing else in hand, so nothing else runs: inferring right here saves two
+                # hops between threads (a wake-up each, about 0.1 ms) and blocks nobody
+                # who would not wait for the model anyway.
+                scores = self.infer(self.model, texts)
+            else:
+                # Others are in hand: infer in the model's thread while the loop takes
+                # their requests. Shielded, so a cancelled request still counts as in hand
+                # until its inference ends (an inference cannot be stopped), and none runs
+                # beside it.
+                scores = await to_thread_to_the_end(
+                    self.infer, self.model, texts, executor=self.executor
+                )
+            self.observe_later(scores)
+            return scores
         future = loop.create_future()
         await self.queue.put((texts, future))
         return await future
@@ -208,12 +270,26 @@ class MicroBatcher:
         """Class probabilities from `model`, with its labels: one model answers a request
         whole, even if another is swapped in meanwhile (serving.reload)."""
         classifier = model.classifier
-        start = time.perf_counter()
+        clock = [time.perf_counter()]  # serving.stages.INFERENCE_MARKS, in order
         encodings = classifier.encode(texts)
-        rows = classifier.calibrated(classifier.logits_of(encodings))
+        clock.append(time.perf_counter())
+        logits = classifier.logits_of(encodings)
+        clock.append(time.perf_counter())
+        rows = classifier.calibrated(logits)
         features = [text_features(e, classifier.unknown_id) for e in encodings]
-        self.observe(time.perf_counter() - start, classifier, features, rows)
-        return Scores(rows, classifier.labels, features, model)
+        clock.append(time.perf_counter())
+        marks = dict(zip(INFERENCE_MARKS, clock, strict=True))
+        return Scores(rows, classifier.labels, features, model, marks)
+
+    def observe_later(self, scores: Scores) -> None:
+        """Hand one inference to `observe` (metrics, the drift window) on the event loop
+        once the current request has sent its answer: it is off the answer's path, and
+        only the loop's thread ever touches the drift window."""
+        seconds = scores.marks["scored"] - scores.marks["inference"]
+        classifier = scores.model.classifier
+        asyncio.get_running_loop().call_soon(
+            self.observe, seconds, classifier, scores.features, scores.rows
+        )
 
     async def _collect(self) -> list[Waiting]:
         """The next batch: at most `max_texts` texts, unless its one request holds more."""
@@ -257,6 +333,7 @@ class MicroBatcher:
                     if not future.done():
                         future.set_exception(err)
                 continue
+            self.observe_later(scores)
             start = 0
             for request_texts, future in batch:
                 if not future.done():  # the client may have gone away

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
 from distrinews.errors import ModelFolderError
@@ -24,30 +23,8 @@ from distrinews.runtime.cpu import available_cpus, cpu_name
 from distrinews.runtime.reference_profile import read_profile
 from distrinews.runtime.scoring import batch1_latency_ms, percentile
 from serving.app import load_served_model
+from serving.inference import texts_like
 from serving.settings import Settings, settings_error
-
-#: Words of one WordPiece token each, for texts of a chosen token count.
-WORDS = (
-    *("the", "market", "said", "on", "tuesday", "that", "its", "shares", "rose", "after"),
-    *("the", "company", "reported", "higher", "profit", "in", "the", "third", "quarter"),
-    *("as", "oil", "prices", "fell", "and", "the", "team", "won"),
-)
-
-
-def texts_like(profile: dict | None, count: int, seed: int = 0) -> list[str]:
-    """`count` texts whose token counts follow the profile's histogram (48 tokens each
-    without one), each count drawn uniformly within its bin."""
-    rng = np.random.default_rng(seed)
-    if profile is None:
-        lengths = np.full(count, 48)
-    else:
-        edges, shares = profile["token_length_edges"], np.asarray(profile["token_length"])
-        bins = rng.choice(len(shares), size=count, p=shares / shares.sum())
-        lengths = [rng.integers(max(3, edges[b]), max(4, edges[b + 1])) for b in bins]
-    # Two of the tokens are [CLS] and [SEP].
-    return [
-        " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n - 2)) for i, n in enumerate(lengths)
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

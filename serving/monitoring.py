@@ -50,7 +50,7 @@ class DriftMonitor:
     def record(
         self, classifier: OnnxClassifier, features: list[TextFeatures], rows: np.ndarray
     ) -> None:
-        """One inference's predictions (in the inference thread: cheap work only)."""
+        """One inference's predictions (on the event loop, after the answer: cheap work only)."""
         labels = rows.argmax(axis=1).tolist()
         confidences = rows.max(axis=1).tolist()
         with self.lock:

@@ -21,6 +21,7 @@ from distrinews.runtime.model_source import ModelSource
 from distrinews.runtime.onnx_classifier import OnnxClassifier
 from distrinews.runtime.reference_profile import TextFeatures
 from serving.monitoring import DriftMonitor
+from serving.stages import mark, stage_seconds
 
 access_log = logging.getLogger("serving.access")
 
@@ -48,6 +49,8 @@ LATENCY_BUCKETS = (
     1.0,
     2.5,
 )
+#: Stages last from microseconds (a hop between threads) to milliseconds (the model).
+STAGE_BUCKETS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 RELOAD_OUTCOMES = ("loaded", "refused", "download_failed", "check_failed")
 TOKEN_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -98,6 +101,14 @@ class ServerMetrics:
             "Prediction requests answered 429 because the server held as many as its limit",
             registry=r,
         )
+        self.stages = Histogram(
+            "distrinews_stage_duration_seconds",
+            "Time a prediction request spends in each stage (DISTRINEWS_STAGE_TIMING; "
+            "serving.stages)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.model = Info("distrinews_model", "The model being served", registry=r)
         self.logged = Counter(
             "distrinews_prediction_log",
@@ -125,7 +136,8 @@ class ServerMetrics:
         features: list[TextFeatures],
         rows: np.ndarray,
     ) -> None:
-        """One inference (in its thread): its time, its texts' tokens, its predictions."""
+        """One inference (on the event loop, after its answer): its time, its texts' tokens,
+        its predictions."""
         self.inference.observe(seconds)
         for text in features:
             self.tokens.observe(text.tokens)
@@ -154,8 +166,11 @@ class ServerMetrics:
 class Observe:
     """Count, time and log each HTTP request; give each an X-Request-ID."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics, log_requests: bool):
+    def __init__(
+        self, app: ASGIApp, metrics: ServerMetrics, log_requests: bool, stage_timing: bool = False
+    ):
         self.app, self.metrics, self.log_requests = app, metrics, log_requests
+        self.stage_timing = stage_timing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,6 +179,7 @@ class Observe:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
+        mark(state, "received")
         state["request_id"] = request_id  # the prediction log keys its rows by it
         status: int | None = None  # until the app answers (500 if it never does)
 
@@ -174,6 +190,8 @@ class Observe:
                 headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                mark(state, "sent")
 
         start = time.perf_counter()
         self.metrics.in_flight.inc()
@@ -209,3 +227,7 @@ class Observe:
                         }
                     )
                 )
+            if self.stage_timing and "handler" in state["marks"]:  # a prediction route ran
+                mark(state, "done")
+                for stage, spent in stage_seconds(state["marks"]).items():
+                    self.metrics.stages.labels(stage).observe(spent)

@@ -77,6 +77,10 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: Most requests written in one transaction.
+MAX_BATCH = 1000
+
+
 class PredictionLog:
     """A bounded queue of entries and the thread that writes them to `engine` (and deletes
     what is older than `retention_days`, unless 0)."""
@@ -100,6 +104,7 @@ class PredictionLog:
         self.on_error = lambda n: counts("failed", n)
         self.on_written = lambda n: counts("written", n)
         self.failing = False  # logged once per outage
+        self.closing = threading.Event()  # ends the writer's wait for an interval to fill
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self.thread.start()
 
@@ -115,6 +120,7 @@ class PredictionLog:
     def close(self, timeout: float = 30) -> None:
         """Write everything queued, then stop the writer."""
         self.queue.put(None)  # after the entries already queued
+        self.closing.set()
         self.thread.join(timeout)
         self.engine.dispose()
 
@@ -128,18 +134,23 @@ class PredictionLog:
             self._prune_if_due()
 
     def _next_batch(self) -> tuple[list[Answered], bool]:
-        """What arrived within one flush interval of the first request (at most 1000); none
-        if the retention is due first."""
+        """What arrived within one flush interval of the first request (at most MAX_BATCH);
+        none if the retention is due first."""
         try:
             first = self.queue.get(timeout=self._until_prune())
         except queue.Empty:
             return [], False
         if first is None:
             return [], True
-        batch, deadline = [first], time.monotonic() + self.flush_seconds
-        while len(batch) < 1000:
+        if self.queue.qsize() < MAX_BATCH - 1:
+            # The interval's requests gather while this thread sleeps: waiting on the queue
+            # instead would wake it at every request, and it would take the GIL from the
+            # event loop just as the loop sends an answer.
+            self.closing.wait(self.flush_seconds)
+        batch = [first]
+        while len(batch) < MAX_BATCH:
             try:
-                entry = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                entry = self.queue.get_nowait()
             except queue.Empty:
                 break
             if entry is None:

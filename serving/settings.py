@@ -4,10 +4,24 @@ A secret (the feedback token) is a SecretStr: its repr and str are masked, and a
 error never echoes what was given (`hide_input_in_errors`, and `settings_error`'s lines).
 """
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distrinews.runtime.text_rules import MAX_TEXT_CHARS
+
+
+def spinning_word(value: object) -> object:
+    """true and false (the setting was a boolean before "inference" existed) as on and off."""
+    words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return words.get(str(value).strip().lower(), value) if isinstance(value, str) else value
+
+
+#: The keys of distrinews.runtime.onnx_classifier.SPINNING.
+Spinning = Annotated[Literal["off", "inference", "on"], BeforeValidator(spinning_word)]
 
 
 class Settings(BaseSettings):
@@ -31,12 +45,13 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
-    # Off: on 2 vCPUs shared with a busy neighbour process, spinning threads
-    # took several times the CPU of sleeping ones and slowed the server itself;
-    # alone, the two were within noise (benchmarks/neighbour.md,
-    # benchmarks/serving.md). A Space shares its host.
-    spinning: bool = Field(
-        False, description="Let idle ONNX Runtime threads spin, waiting for the next request"
+    # Measured in benchmarks/neighbour.md and benchmarks/serving.md (issue 34): "on" burns a
+    # core for a while after every request (a neighbour on the same vCPUs loses it);
+    # "off" pays a thread wake-up at each of a run's parallel sections.
+    spinning: Spinning = Field(
+        "inference",
+        description="How ONNX Runtime's idle threads wait: off (sleep), inference (spin "
+        "only while an inference runs), on (also for a while after each; true/false: on/off)",
     )
     max_batch_texts: int = Field(
         64, ge=1, description="Most texts one /predict/batch request may send"
@@ -106,6 +121,12 @@ class Settings(BaseSettings):
         True,
         description="Log one JSON line per request (time, id, route, status, latency, text "
         "length, label; never the text)",
+    )
+    stage_timing: bool = Field(
+        False,
+        description="Time each stage of a prediction request (parse, thread hops, "
+        "tokenization, model, answer, sending, access log) into "
+        "distrinews_stage_duration_seconds on /metrics",
     )
     micro_batch_window_ms: float = Field(
         1.0,

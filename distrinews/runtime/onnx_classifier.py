@@ -28,7 +28,7 @@ class OnnxClassifier:
         threads: int = 0,
         max_length: int = 0,
         max_padding_share: float = 0.2,
-        spinning: bool = True,
+        spinning: str = "on",
     ):
         self.folder = Path(folder)
         self.max_padding_share = max_padding_share
@@ -143,15 +143,27 @@ def _check_labels(labels: tuple[str, ...], session: ort.InferenceSession, folder
         )
 
 
-def _session(model_file: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+#: How ONNX Runtime's idle threads wait for work (the server's DISTRINEWS_SPINNING), as
+#: (session.intra_op.allow_spinning, session.force_spinning_stop). Sleeping threads cost
+#: a wake-up at every parallel section of a run (dozens per forward pass); spinning ones
+#: burn CPU that a neighbour process could use, and ONNX Runtime's own default keeps them
+#: spinning for a while after each run.
+SPINNING = {
+    "off": ("0", "0"),  # sleep at once, also between the sections of one run
+    "inference": ("1", "1"),  # spin between the sections of a run, sleep once it ends
+    "on": ("1", "0"),  # ONNX Runtime's default: also spin for a while after each run
+}
+
+
+def _session(model_file: Path, threads: int, spinning: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # Threads from this process's CPU share, not the host's core count:
     # a container with 2 vCPUs on a 64-core host must not start 64 threads.
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1
-    # Threads that spin while idle answer the next call sooner, at the
-    # cost of CPU time other processes on the host could use.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    allow_spinning, stop_after_run = SPINNING[spinning]
+    options.add_session_config_entry("session.intra_op.allow_spinning", allow_spinning)
+    options.add_session_config_entry("session.force_spinning_stop", stop_after_run)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(

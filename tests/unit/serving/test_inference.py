@@ -12,7 +12,7 @@ def test_a_micro_batch_holds_at_most_its_size_in_texts(local):
 
     async def send() -> None:
         batcher = MicroBatcher(
-            LoadedModel(local, ModelSource("tiny"), "now", {}),
+            LoadedModel(local, ModelSource("tiny"), "now", {}, {}),
             max_texts=4,
             window_ms=200,
             observe=lambda _, classifier, features, rows: batch_sizes.append(len(rows)),

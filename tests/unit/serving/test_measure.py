@@ -5,7 +5,8 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from serving.measure import main, texts_like
+from serving.inference import texts_like
+from serving.measure import main
 
 
 def test_the_texts_have_the_token_counts_of_the_reference_profile(tiny_onnx_profiled):

@@ -1,5 +1,5 @@
 """What an operator sees of the in-process app: 500s with their request id, requests counted
-under their route and method, request ids checked."""
+under their route and method, request ids checked, the stages of a request timed."""
 
 import re
 
@@ -8,15 +8,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.settings import Settings
+from serving.stages import STAGES, stage_seconds
 
 
 def test_an_unexpected_failure_is_a_500_with_the_request_id(tiny_onnx):
-    # A real failure: the inference executor is shut down (as at server stop),
-    # so the request cannot be scheduled and the route raises.
+    # A real failure: the model's thread is shut down (as at server stop) while another
+    # request is in hand (as under load), so this one's inference cannot be scheduled.
     settings = Settings(model=str(tiny_onnx), threads=1)
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         app.state.batcher.executor.shutdown()
+        app.state.batcher.in_hand = 1
         response = client.post("/predict", json={"text": "x"}, headers={"X-Request-ID": "t-500"})
         assert response.status_code == 500
         assert response.headers["x-request-id"] == "t-500"
@@ -65,3 +67,35 @@ def test_an_unknown_method_is_counted_as_other(client):
 def test_a_request_id_with_a_trailing_newline_is_replaced(client):
     response = client.get("/health", headers={"X-Request-ID": "t-1\n"})
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+
+
+def stage_counts(metrics_text: str) -> dict[str, float]:
+    return {
+        sample.labels["stage"]: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "distrinews_stage_duration_seconds_count"
+    }
+
+
+def test_with_stage_timing_each_stage_of_a_prediction_is_timed_once(tiny_onnx):
+    settings = Settings(model=str(tiny_onnx), threads=1, stage_timing=True)
+    with TestClient(create_app(settings)) as client:
+        for text in ("one", "two", "three"):
+            assert client.post("/predict", json={"text": text}).status_code == 200
+        assert client.post("/predict", json={"text": ""}).status_code == 422
+        counts = stage_counts(client.get("/metrics").text)
+    assert counts == {stage: 3.0 for stage, *_ in STAGES}, "the 422 reached no prediction route"
+
+
+def test_without_stage_timing_no_stage_is_recorded(client):
+    assert client.post("/predict", json={"text": "one"}).status_code == 200
+    assert stage_counts(client.get("/metrics").text) == {}
+
+
+def test_a_stage_is_the_time_between_its_two_marks():
+    marks = {"received": 1.0, "handler": 1.5, "inference": 1.75, "sent": 3.0}
+    assert stage_seconds(marks) == {
+        "request read, parse and validation": 0.5,
+        "hop to the inference thread": 0.25,
+    }

@@ -34,7 +34,7 @@ from distrinews.errors import ModelFolderError
 from distrinews.runtime.model_source import ModelSource
 from distrinews.runtime.prediction_store import PREDICTIONS
 from serving.app import configure_logging, create_app
-from serving.inference import LoadedModel, load_model
+from serving.inference import LoadedModel, Scores, load_model
 from serving.reload import serve
 from serving.settings import Settings
 
@@ -217,7 +217,7 @@ def test_a_malformed_export_report_is_one_error_line_and_leaves_no_download(
     )
     version = register(registry, folder)
     with pytest.raises(ModelFolderError, match="export_report.json") as error:
-        load_model(f"models:/{NAME}/{version}", threads=1, spinning=False)
+        load_model(f"models:/{NAME}/{version}", threads=1, spinning="off")
     assert "\n" not in str(error.value)
     assert download_folders(downloads) == []
 
@@ -308,7 +308,7 @@ def test_a_load_under_way_at_shutdown_ends_and_its_download_is_deleted(
 
 def as_version(tiny_onnx: Path, version: str) -> LoadedModel:
     """The tiny model, loaded as if it were `version` of NAME."""
-    loaded = load_model(str(tiny_onnx), threads=1, spinning=False)
+    loaded = load_model(str(tiny_onnx), threads=1, spinning="off")
     return replace(loaded, source=ModelSource(f"models:/{NAME}/{version}", NAME, version))
 
 
@@ -323,16 +323,22 @@ def test_an_answer_is_logged_under_the_version_that_computed_it_when_a_reload_sw
     newer = as_version(tiny_onnx, "2")
     with TestClient(app) as client:
         batcher = app.state.batcher
-        observe = batcher.observe
+        infer = batcher.infer
 
-        def swap_during_inference(*args: object) -> None:
-            observe(*args)
-            # On the event loop, and done before the scores go back to the request.
-            client.portal.call(serve, app, newer)
+        def swap_during_inference(model: LoadedModel, request_texts: list[str]) -> Scores:
+            scores = infer(model, request_texts)
+            # As the alias follower does, on the event loop, before the scores go back to
+            # the request: here if the inference ran on the loop (the model was idle).
+            try:
+                asyncio.get_running_loop()
+                serve(app, newer)
+            except RuntimeError:  # in the model's thread
+                client.portal.call(serve, app, newer)
+            return scores
 
-        batcher.observe = swap_during_inference
+        batcher.infer = swap_during_inference
         client.post("/predict", json={"text": texts[0]}, headers={"X-Request-ID": "mid-swap"})
-        batcher.observe = observe
+        batcher.infer = infer
         assert served(app) == "2"
         body = {"request_id": "mid-swap", "label": "World"}
         answer = client.post("/feedback", json=body, headers={"Authorization": "Bearer t"})

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from distrinews.runtime.labels import LABELS
 from serving.app import create_app
+from serving.inference import WARM_UP_TEXTS
 from serving.settings import Settings
 
 
@@ -42,6 +43,18 @@ def test_health_ready_model_and_docs(client, tiny_onnx):
     assert info["onnx_file"] == "model_optimized_quantized.onnx" and info["max_tokens"] == 64
     assert client.get("/docs").status_code == 200
     assert {"/predict", "/predict/batch"} <= set(client.get("/openapi.json").json()["paths"])
+
+
+def test_ready_means_warm_at_the_models_typical_lengths_and_its_longest(tiny_onnx_profiled):
+    settings = Settings(model=str(tiny_onnx_profiled), threads=1)
+    with TestClient(create_app(settings)) as client:  # returns once the lifespan is done
+        assert client.get("/ready").status_code == 200
+        warm_up = client.get("/model").json()["warm_up"]
+    assert warm_up["inferences"] == 2 * (WARM_UP_TEXTS + 1), "each text twice"
+    lengths = warm_up["token_lengths"]
+    assert lengths[-1] == 64, "the longest the model takes"
+    # Drawn from the reference profile of real news texts (their lengths vary).
+    assert len(lengths) >= 4 and lengths[0] < 48
 
 
 def test_not_ready_answers_503_until_the_model_is_loaded(tiny_onnx):
