@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 env,
                 access_log=False,
                 reload_seconds=args.reload_seconds,
+                max_queue=0,  # every request admitted: each must be answered 200
             )
             try:
                 server.wait_ready(timeout=120)

@@ -108,7 +108,7 @@ def one_round(model: str, tiny: str, texts: list[str], args) -> dict[str, dict]:
 
 def policy_table(rounds: list[dict]) -> tuple[list[str], dict[str, float]]:
     lines = [
-        "| ONNX Runtime threads (DISTRINEWS_SPINNING) | in process p50 / p95 ms "
+        "| spinning (DISTRINEWS_SPINNING) | in process p50 / p95 ms "
         "| HTTP p50 / p95 ms | HTTP - in process, p50 / p95 ms | server CPU ms per request |",
         "| --- | --- | --- | --- | --- |",
     ]

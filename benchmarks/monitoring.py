@@ -55,8 +55,11 @@ def server_rounds(model: str, texts: list[str], args) -> tuple[dict[str, list[fl
     env = dict(os.environ)
     servers = {
         # On: the defaults (drift window, counters, the prediction log in SQLite).
-        "on": Server(model, env, access_log=False, monitoring=True),
-        "off": Server(model, env, access_log=False, monitoring=False, prediction_log=""),
+        # max_queue 0: the concurrent clients' requests are all admitted (queued).
+        "on": Server(model, env, access_log=False, monitoring=True, max_queue=0),
+        "off": Server(
+            model, env, access_log=False, monitoring=False, prediction_log="", max_queue=0
+        ),
     }
     p50: dict[str, list[float]] = {"on": [], "off": []}
     try:

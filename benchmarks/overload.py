@@ -105,7 +105,8 @@ async def back_to_back(url: str, texts: list[str], clients: int, seconds: float)
         connection = await Connection.open(host, int(port))
         i = offset
         while time.perf_counter() < end:
-            done += await connection.post(texts[i % len(texts)]) == 200
+            status = await connection.post(texts[i % len(texts)])
+            done += status == 200  # after the await: `done += await ...` reads done before it
             i += clients
         connection.close()
 

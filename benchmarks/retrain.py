@@ -156,7 +156,8 @@ def measure(args, work: Path) -> dict:
     stream = shifted_stream(args)
     labelled, rest = stream.iloc[: args.labelled], stream.iloc[args.labelled :]
     log = f"sqlite:///{work}/predictions.db"
-    settings = {"reload_seconds": 1, "log_texts": "true", "feedback_token": TOKEN}
+    # max_queue 0: every request of the load admitted, each must be answered 200.
+    settings = {"reload_seconds": 1, "log_texts": "true", "feedback_token": TOKEN, "max_queue": 0}
     model = f"models:/{args.registered_model}@champion"
     server = Server(model, dict(os.environ), prediction_log=log, access_log=False, **settings)
     try:

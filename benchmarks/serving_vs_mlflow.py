@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = ag_news_test_texts(args.data)
     servers = {
         "mlflow models serve (PyTorch fp32)": lambda: mlflow_server(args.run_id),
-        "ours (ONNX int8, FastAPI)": lambda: Server(args.model, dict(os.environ), access_log=False),
+        # max_queue 0: every request admitted (queued), as MLflow's server does.
+        "ours (ONNX int8, FastAPI)": lambda: Server(
+            args.model, dict(os.environ), access_log=False, max_queue=0
+        ),
     }
     per_server: dict[str, list[dict]] = {name: [] for name in servers}
     for _ in range(args.rounds):

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     texts = ag_news_test_texts(args.data)
-    server = Server(args.model, dict(os.environ), access_log=False)
+    # max_queue 0: every request of the clients admitted; a soak counts every non-200.
+    server = Server(args.model, dict(os.environ), access_log=False, max_queue=0)
     try:
         server.wait_ready(timeout=120)
         asyncio.run(drive(server.url, texts, 4, 100))  # warm-up

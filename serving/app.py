@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import fail_fast_on_unreachable_server
 from distrinews.runtime.prediction_store import open_store
+from serving.admission import ShedLoad
 from serving.feedback import LiveAccuracy, RecentPredictions
 from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
@@ -67,7 +68,7 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
         settings.micro_batch_window_ms,
         observe=metrics.observe_inference,
     )
-    batcher.bound = settings.max_queue
+    batcher.bound = settings.queue_bound()
     metrics.queue_limit.set(batcher.bound)
     batcher.start()
     app.state.batcher = batcher
@@ -245,6 +246,8 @@ def create_app(
     app.include_router(build_router(settings))
     app.openapi = schema_with_labels(app)
     app.add_middleware(LimitBodySize, max_bytes=settings.max_body_bytes)
+    # Before the body is read: a refusal must cost far less than an answer.
+    app.add_middleware(ShedLoad, fastapi_app=app)
     # Outermost (added last): it times, counts and logs every answer, 413s included.
     app.add_middleware(
         Observe,

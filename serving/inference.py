@@ -235,7 +235,7 @@ class MicroBatcher:
     async def probabilities(self, texts: list[str]) -> Scores:
         """The texts' scores; Overloaded at once if the model already has `bound` requests
         in hand (one event loop: the count needs no lock)."""
-        if self.bound and self.in_hand >= self.bound:
+        if self.full():
             raise Overloaded
         self.in_hand += 1
         try:
@@ -243,10 +243,18 @@ class MicroBatcher:
         finally:
             self.in_hand -= 1
 
+    def full(self) -> bool:
+        """Whether the model holds as many requests as its bound (never, without one)."""
+        return bool(self.bound) and self.in_hand >= self.bound
+
     async def _probabilities(self, texts: list[str]) -> Scores:
         loop = asyncio.get_running_loop()
         if len(texts) >= self.max_texts:
             # Nothing could join this request (always so with batching off): skip the queue.
+            if self.in_hand == 1:
+                # Requests that arrived while the loop was busy start first, and are counted
+                # (or refused past the bound): an inference on the loop would hide them.
+                await asyncio.sleep(0)
             if self.in_hand == 1:
                 # Nothing else in hand, so nothing else runs: inferring right here saves two
                 # hops between threads (a wake-up each, about 0.1 ms) and blocks nobody

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from distrinews.runtime.text_rules import TEXT_PATTERN
+from serving.admission import OVERLOADED, RETRY_AFTER
 from serving.feedback import Given, check_token, record_feedback
 from serving.inference import LoadedModel, MicroBatcher, Overloaded, Scores
 from serving.observability import REQUEST_ID
@@ -194,11 +195,7 @@ async def predict_texts(
         scores = await batcher.probabilities(texts)
     except Overloaded as err:
         request.app.state.metrics.overloaded.inc()
-        raise HTTPException(
-            429,
-            "the server holds as many requests as it can answer in time; retry after a second",
-            headers={"Retry-After": "1"},
-        ) from err
+        raise HTTPException(429, OVERLOADED, headers=RETRY_AFTER) from err
     mark(state, "resumed")
     state["marks"].update(scores.marks)
     prediction_id = uuid.uuid4().hex

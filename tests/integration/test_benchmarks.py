@@ -82,7 +82,7 @@ def test_serving_latency(exported):
     target = json.loads((folder / "export_report.json").read_text())["target"]
     assert f"ONNX int8 server ({target} build), HTTP, 1 client" in text
     assert "ONNX int8 server (avx2 build), HTTP, 1 client" in text
-    (default,) = table_rows(text, "default (threads not spinning, no micro-batching)")
+    (default,) = table_rows(text, "default (spinning inference, no micro-batching)")
     assert float(default[1]) > 0 and default[4] == "0", "requests/s, and no failed request"
 
 
@@ -170,6 +170,27 @@ def test_neighbour(exported):
     assert {"no server", "idle, spinning on", "back to back, spinning off"} <= set(rows)
     assert float(rows["no server"][2]) == 1.0 and float(rows["back to back, spinning on"][3]) > 0
     assert run.data.metrics["bench_neighbour_share_idle_spinning_on"] > 0
+
+
+def test_http_overhead(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--texts", 20, "--rounds", 1)
+    text, run = run_benchmark(store, "http_overhead", *args)
+    policies = table_rows(text, "off") + table_rows(text, "inference") + table_rows(text, "on")
+    assert len(policies) == 3 and all(float(row[4]) > 0 for row in policies), "CPU per request"
+    (onnx,) = table_rows(text, "ONNX Runtime")
+    assert float(onnx[1]) > 0, "the server timed its model"
+    assert "bench_tiny_gap_p50_ms" in run.data.metrics
+
+
+def test_overload(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--rounds", 1, "--seconds", 1)
+    text, run = run_benchmark(store, "overload", *args, "--bounds", 0, 1, "--connections", 20)
+    unbounded, bounded = table_rows(text, "0 (no bound)") + table_rows(text, "1 ")
+    assert unbounded[4] == "0.00" and float(bounded[4]) > 0, "429s only with a bound"
+    assert unbounded[5] == bounded[5] == "0", "no error other than 429"
+    assert run.data.metrics["bench_errors_bound_1"] == 0
 
 
 def test_quantization(exported, small_data):

@@ -99,7 +99,8 @@ def test_export_registers_promote_gates_and_the_server_follows(
     assert result.returncode == 0, result.stderr[-3000:]
     assert champion(client) == "1" and "first champion" in result.stdout
 
-    server = Server(f"models:/{NAME}@champion", store.env, reload_seconds=0.5)
+    # No bound: every request of the 16 clients is admitted, and must be answered 200.
+    server = Server(f"models:/{NAME}@champion", store.env, reload_seconds=0.5, max_queue=0)
     try:
         server.wait_ready()
         info = httpx.get(f"{server.url}/model").json()

@@ -47,3 +47,6 @@ def test_past_its_limit_the_server_answers_429_with_retry_after_and_counts_it(
     assert "retry after" in refused[0].json()["detail"]
     assert f"distrinews_overloaded_total {float(len(refused))}" in metrics
     assert "distrinews_queue_limit 1.0" in metrics
+    # Refused before the body is read, yet counted under its route.
+    counted = 'distrinews_requests_total{method="POST",route="/predict",status="429"}'
+    assert f"{counted} {float(len(refused))}" in metrics

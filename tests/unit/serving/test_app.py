@@ -24,3 +24,14 @@ def test_a_bad_model_stops_the_app_at_start_up(problem, tiny_onnx, tmp_path):
         load_model(str(broken), threads=1, spinning="off")
     with pytest.raises(ModelFolderError), TestClient(create_app(Settings(model=str(broken)))):
         pass  # the lifespan raised: the server never answers
+
+
+@pytest.mark.parametrize(
+    ("settings", "bound"),
+    [({}, 2), ({"micro_batch_size": 8}, 16), ({"max_queue": 0}, 0), ({"max_queue": 5}, 5)],
+)
+def test_the_default_bound_is_one_batch_running_and_one_waiting(tiny_onnx, settings, bound):
+    app = create_app(Settings(model=str(tiny_onnx), threads=1, **settings))
+    with TestClient(app) as client:
+        metrics = client.get("/metrics").text
+    assert f"distrinews_queue_limit {float(bound)}" in metrics

@@ -1,0 +1,44 @@
+"""Overload answered, not queued: past DISTRINEWS_MAX_QUEUE a prediction request gets 429.
+
+The batcher refuses a request when it already holds as many as its bound
+(serving.inference). This middleware refuses it sooner, before its body is read and
+validated: under ten times the load the server can answer, a refusal must cost far
+less than an answer, or the event loop spends itself on refusals and the admitted
+requests wait behind them (benchmarks/overload.md).
+"""
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OVERLOADED = "the server holds as many requests as it can answer in time; retry after a second"
+#: Seconds a refused client should wait: several times the queue's worth of inferences.
+RETRY_AFTER = {"Retry-After": "1"}
+PREDICTION_ROUTES = ("/predict", "/predict/batch")
+
+
+class ShedLoad:
+    """429 with Retry-After for a prediction request while the model holds its bound."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI):
+        self.app, self.state = app, fastapi_app.state
+        # The route objects, so that the refusal is counted and logged under its route.
+        self.routes = {
+            route.path: route
+            for route in fastapi_app.routes
+            if getattr(route, "path", None) in PREDICTION_ROUTES
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        batcher = self.state.batcher
+        if (
+            scope["type"] == "http"
+            and scope["path"] in self.routes
+            and batcher is not None
+            and batcher.full()
+        ):
+            scope["route"] = self.routes[scope["path"]]
+            self.state.metrics.overloaded.inc()
+            await JSONResponse({"detail": OVERLOADED}, 429, RETRY_AFTER)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
