@@ -8,15 +8,18 @@ one request at a time from one client. Each server spinning setting
 request (what a neighbour process loses). A server with DISTRINEWS_STAGE_TIMING on gives
 the stage table: the means of its `distrinews_stage_duration_seconds`. A tiny model
 (almost no arithmetic) shows the fixed cost alone. Rounds alternate every configuration;
-the tables give medians over rounds.
+the tables give medians over rounds. `--before` times an earlier commit's server in the
+same rounds (a `git worktree add` checkout), for a before and after on one host.
 
-    python -m benchmarks.http_overhead --model <int8 folder> [--texts 600] [--rounds 3]
+    python -m benchmarks.http_overhead --model <int8 folder> [--texts 600] [--rounds 3] \
+        [--before <checkout of an earlier commit>]
 """
 
 import argparse
 import gc
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,10 +65,14 @@ def server_work_ms(classifier: OnnxClassifier, text: str) -> float:
     return 1000 * (time.perf_counter() - start)
 
 
-def over_http(model: str, texts: list[str], **settings: object) -> dict[str, float]:
-    """One client's latency against a server with `settings`, and the server's CPU
-    milliseconds per request; with stage timing on, the mean ms of each stage too."""
-    server = Server(model, dict(os.environ), **settings)
+def over_http(
+    model: str, texts: list[str], checkout: Path = REPO, **settings: object
+) -> dict[str, float]:
+    """One client's latency against a server with `settings` (its code from `checkout`),
+    and the server's CPU milliseconds per request; with stage timing on, the mean ms of
+    each stage too."""
+    env = dict(os.environ) | {"PYTHONPATH": str(checkout)}
+    server = Server(model, env, cwd=checkout, **settings)
     try:
         server.wait_ready(timeout=120)
         one_client(server.url, texts[:50])  # warm-up
@@ -96,6 +103,9 @@ def stage_means(metrics_text: str) -> dict[str, float]:
 
 def one_round(model: str, tiny: str, texts: list[str], args) -> dict[str, dict]:
     result = {}
+    if args.before:  # the server as it was, its own defaults (spinning off then)
+        result["local before"] = in_process(model, texts, "off")
+        result["http before"] = over_http(model, texts, args.before, access_log=False)
     for spinning in SPINNING:
         result[f"local {spinning}"] = in_process(model, texts, spinning)
         result[f"http {spinning}"] = over_http(model, texts, spinning=spinning, access_log=False)
@@ -106,14 +116,14 @@ def one_round(model: str, tiny: str, texts: list[str], args) -> dict[str, dict]:
     return result
 
 
-def policy_table(rounds: list[dict]) -> tuple[list[str], dict[str, float]]:
+def policy_table(rounds: list[dict], before_name: str = "") -> tuple[list[str], dict[str, float]]:
     lines = [
         "| spinning (DISTRINEWS_SPINNING) | in process p50 / p95 ms "
         "| HTTP p50 / p95 ms | HTTP - in process, p50 / p95 ms | server CPU ms per request |",
         "| --- | --- | --- | --- | --- |",
     ]
     metrics = {}
-    for spinning in SPINNING:
+    for spinning in [*(["before"] if "http before" in rounds[0] else []), *SPINNING]:
         local = median_of([r[f"local {spinning}"] for r in rounds])
         http = median_of([r[f"http {spinning}"] for r in rounds])
         gap = {
@@ -123,6 +133,8 @@ def policy_table(rounds: list[dict]) -> tuple[list[str], dict[str, float]]:
             for q in ("p50", "p95")
         }
         name = f"{spinning} (default)" if spinning == DEFAULT else spinning
+        if spinning == "before":
+            name = f"before: {before_name}, its defaults (off; inference in a thread)"
         lines.append(
             f"| {name} | {local['p50']:.2f} / {local['p95']:.2f} | {http['p50']:.2f} / "
             f"{http['p95']:.2f} | {gap['p50']:+.2f} / {gap['p95']:+.2f} | {http['cpu_ms']:.1f} |"
@@ -160,20 +172,33 @@ def tiny_table(rounds: list[dict]) -> tuple[list[str], dict[str, float]]:
     return lines, {"tiny_gap_p50_ms": median["p50"], "tiny_gap_p95_ms": median["p95"]}
 
 
+def before_name(checkout: Path) -> str:
+    """The checkout's commit, short."""
+    command = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported int8 ONNX folder")
     parser.add_argument("--texts", type=int, default=600, help="requests per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add): its server is timed too",
+    )
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "http_overhead.md")
     args = parser.parse_args(argv)
     texts = ag_news_test_texts(args.data)[: args.texts]
+    args.model = str(Path(args.model).resolve())  # servers may start in another checkout
+    args.before_name = before_name(args.before) if args.before else ""
     with tempfile.TemporaryDirectory(prefix="http-overhead-") as work:
         tiny = str(export_tiny_onnx(make_tiny_model(Path(work) / "tiny"), Path(work)))
         rounds = [one_round(args.model, tiny, texts, args) for _ in range(args.rounds)]
-    policies, metrics = policy_table(rounds)
+    policies, metrics = policy_table(rounds, args.before_name)
     tiny_lines, tiny_metrics = tiny_table(rounds)
     body = "\n".join(
         [

@@ -173,7 +173,8 @@ def table(s: dict, rounds: list[dict], args: argparse.Namespace) -> str:
         f"p50 {s['speedup']['p50']:.1f}x, p95 {s['speedup']['p95']:.1f}x faster. "
         f"MiniLM server p95 per round: {p95_rounds} ms.",
         "",
-        f"{args.clients} concurrent clients, {args.requests} requests per run:",
+        f"{args.clients} concurrent clients, {args.requests} requests per run, every request "
+        "admitted (DISTRINEWS_MAX_QUEUE=0: queued, not refused; see overload.md):",
         "",
         "| server | requests/s | p50 ms | p99 ms | errors (all rounds) |",
         "| --- | --- | --- | --- | --- |",

@@ -193,6 +193,14 @@ def test_overload(exported):
     assert run.data.metrics["bench_errors_bound_1"] == 0
 
 
+def test_roofline(exported):
+    store, _, folder, _ = exported
+    text, run = run_benchmark(store, "roofline", "--model", folder, "--texts", 20)
+    rows = table_rows(text, "1 ") + table_rows(text, "2 ")
+    assert rows and all(float(cell.rstrip("%")) > 0 for row in rows for cell in row[1:])
+    assert run.data.metrics["bench_int8_gops_per_text"] > 0
+
+
 def test_quantization(exported, small_data):
     store, _, _, checkpoint = exported
     args = ("--checkpoint", checkpoint, "--data", small_data, "--max-length", 64)
