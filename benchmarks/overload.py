@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from benchmarks.common import (
     DATA,
     REPO,
@@ -29,7 +32,6 @@ from benchmarks.common import (
     record,
 )
 from devkit.servers import Server
-from serving.settings import Settings
 
 
 class Connection:
@@ -115,10 +117,13 @@ async def back_to_back(url: str, texts: list[str], clients: int, seconds: float)
     return done / (time.perf_counter() - start)
 
 
-def measure(model: str, texts: list[str], bound: int, args) -> dict[str, float]:
-    server = Server(model, dict(os.environ), access_log=False, max_queue=bound)
+def measure(model: str, texts: list[str], bound: str, args) -> dict[str, float]:
+    """One bound ("default": the server sizes its own) under the open-loop load."""
+    settings = {} if bound == "default" else {"max_queue": bound}
+    server = Server(model, dict(os.environ), access_log=False, **settings)
     try:
         server.wait_ready(timeout=120)
+        limit = queue_limit(httpx.get(f"{server.url}/metrics", timeout=10).text)
         one = one_client(server.url, texts[:300])
         # One client, back to back: never over any bound, and on 2 vCPUs as fast as more.
         capacity = asyncio.run(back_to_back(server.url, texts, 1, 3))
@@ -130,6 +135,7 @@ def measure(model: str, texts: list[str], bound: int, args) -> dict[str, float]:
     admitted = [ms for status, ms in answers if status == 200]
     statuses = [status for status, _ in answers]
     return {
+        "bound": limit,
         "one_p95": one["p95"],
         "capacity": capacity,
         "offered": len(answers) / args.seconds,
@@ -140,14 +146,22 @@ def measure(model: str, texts: list[str], bound: int, args) -> dict[str, float]:
     }
 
 
+def queue_limit(metrics_text: str) -> float:
+    """The server's `distrinews_queue_limit`."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "distrinews_queue_limit":
+            return family.samples[0].value
+    raise ValueError("no distrinews_queue_limit on /metrics")
+
+
 def table(rounds: list[dict], args) -> tuple[str, dict[str, float]]:
     lines = [
         f"Open loop: requests due at {args.factor:g}x the measured capacity for "
         f"{args.seconds:g} s, on up to {args.connections} connections; server defaults "
         "otherwise (prediction log and monitoring on, no access log); "
         f"medians over {len(rounds)} rounds (errors: the sum). Capacity: one client back to "
-        f"back for 3 s. The default bound is {Settings().queue_bound()}. The load generator "
-        "shares the server's 2 vCPUs: at 10x it takes about a core of its own.",
+        "back for 3 s. Unset, the server sizes its bound from its model's speed. The load "
+        "generator shares the server's 2 vCPUs: at 10x it takes about a core of its own.",
         "",
         "| DISTRINEWS_MAX_QUEUE | capacity req/s | offered req/s | answered 200 req/s "
         "| 429 share | other errors | admitted p50 ms | admitted p95 ms | one-client p95 ms "
@@ -159,7 +173,7 @@ def table(rounds: list[dict], args) -> tuple[str, dict[str, float]]:
         m = median_of([r[bound] for r in rounds])
         errors = sum(r[bound]["errors"] for r in rounds)
         ratio = m["admitted_p95"] / m["one_p95"]
-        name = "0 (no bound)" if bound == 0 else str(bound)
+        name = {"0": "0 (no bound)", "default": f"unset: {m['bound']:.0f} here"}.get(bound, bound)
         lines.append(
             f"| {name} | {m['capacity']:.0f} | {m['offered']:.0f} | {m['ok_per_s']:.0f} | "
             f"{m['refused_share']:.2f} | {errors} | {m['admitted_p50']:.1f} | "
@@ -173,7 +187,12 @@ def table(rounds: list[dict], args) -> tuple[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported int8 ONNX folder")
-    parser.add_argument("--bounds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 8])
+    parser.add_argument(
+        "--bounds",
+        nargs="+",
+        default=["default", "0", "1", "2", "4", "8"],
+        help="DISTRINEWS_MAX_QUEUE values; default: leave it unset",
+    )
     parser.add_argument("--factor", type=float, default=10, help="offered load / capacity")
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=200)

@@ -11,6 +11,24 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+#: With DISTRINEWS_MAX_QUEUE unset, the requests in hand are at most about this much of
+#: the model's work: an admitted request waits no longer for the others, and a burst of
+#: a few clients at once (a page, a script's workers) is still answered, not refused.
+QUEUE_SECONDS = 0.025
+
+
+def queue_bound(max_queue: int | None, micro_batch_size: int, warm_up: dict) -> int:
+    """The bound on prediction requests in hand: `max_queue` if set (0: none), else as many
+    as the model answers in QUEUE_SECONDS by its warm-up's time per inference (each
+    inference takes up to `micro_batch_size` requests), and at least 2: one running, one
+    waiting."""
+    if max_queue is not None:
+        return max_queue
+    per_inference = warm_up["seconds"] / max(1, warm_up["inferences"])
+    inferences = int(QUEUE_SECONDS / per_inference) if per_inference > 0 else 2
+    return max(2, inferences) * micro_batch_size
+
+
 OVERLOADED = "the server holds as many requests as it can answer in time; retry after a second"
 #: Seconds a refused client should wait: several times the queue's worth of inferences.
 RETRY_AFTER = {"Retry-After": "1"}

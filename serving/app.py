@@ -68,8 +68,6 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
         settings.micro_batch_window_ms,
         observe=metrics.observe_inference,
     )
-    batcher.bound = settings.queue_bound()
-    metrics.queue_limit.set(batcher.bound)
     batcher.start()
     app.state.batcher = batcher
     serve(app, model)

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from distrinews.errors import ModelFolderError, RegistryUnreachable
 from distrinews.runtime.model_source import alias_version, no_such_alias
+from serving.admission import queue_bound
 from serving.inference import (
     LoadedModel,
     load_model,
@@ -176,10 +177,16 @@ def log_if_stopped(task: asyncio.Task) -> None:
 
 
 def serve(app: FastAPI, loaded: LoadedModel) -> None:
-    """Make `loaded` the model that answers from now on (no await: atomic for requests)."""
+    """Make `loaded` the model that answers from now on (no await: atomic for requests),
+    with the bound on requests in hand sized for it."""
+    settings: Settings = app.state.settings
     app.state.batcher.model = loaded
+    app.state.batcher.bound = queue_bound(
+        settings.max_queue, settings.micro_batch_size, loaded.warm_up
+    )
     app.state.model = loaded
     app.state.metrics.describe_model(loaded.source, loaded.classifier.labels)
+    app.state.metrics.queue_limit.set(app.state.batcher.bound)
 
 
 def load_version(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:

@@ -134,19 +134,15 @@ class Settings(BaseSettings):
         description="How long a request waits for others to share its inference (0: none)",
     )
     # Under overload a queue only grows: every admitted request waits for all before it.
-    # The default, one batch running and one waiting, keeps an admitted request's wait
-    # within one inference; benchmarks/overload.md measured the bounds.
+    # Unset, the bound is sized from the model's own speed (serving.admission.queue_bound):
+    # benchmarks/overload.md measured what bounds do under 10x the load.
     max_queue: int | None = Field(
         None,
         ge=0,
         description="Most prediction requests in the server's hands at once (running or "
-        "waiting for the model); more get 429 with Retry-After (0: no limit; unset: twice "
-        "DISTRINEWS_MICRO_BATCH_SIZE)",
+        "waiting for the model); more get 429 with Retry-After (0: no limit; unset: as many "
+        "as the model answers in 25 ms, timed at warm-up, at least 2)",
     )
-
-    def queue_bound(self) -> int:
-        """The bound on prediction requests in hand: max_queue, else two batches' worth."""
-        return 2 * self.micro_batch_size if self.max_queue is None else self.max_queue
 
     @model_validator(mode="after")
     def feedback_needs_the_log(self) -> "Settings":

@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from devkit.tiny_models import broken_copy
 from distrinews.errors import ModelFolderError
+from serving.admission import queue_bound
 from serving.app import create_app
 from serving.inference import load_model
 from serving.settings import Settings
@@ -27,11 +28,26 @@ def test_a_bad_model_stops_the_app_at_start_up(problem, tiny_onnx, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("settings", "bound"),
-    [({}, 2), ({"micro_batch_size": 8}, 16), ({"max_queue": 0}, 0), ({"max_queue": 5}, 5)],
+    ("max_queue", "micro_batch_size", "warm_up", "bound"),
+    [
+        (None, 1, {"seconds": 0.1, "inferences": 20}, 5),  # 5 ms each: 25 ms is 5
+        (None, 4, {"seconds": 0.1, "inferences": 20}, 20),  # each inference takes 4
+        (None, 1, {"seconds": 1.0, "inferences": 20}, 2),  # 50 ms each: still 2
+        (0, 1, {"seconds": 0.1, "inferences": 20}, 0),  # no bound
+        (3, 1, {"seconds": 0.1, "inferences": 20}, 3),
+    ],
 )
-def test_the_default_bound_is_one_batch_running_and_one_waiting(tiny_onnx, settings, bound):
+def test_the_bound_is_what_the_model_answers_in_25_ms_unless_set(
+    max_queue, micro_batch_size, warm_up, bound
+):
+    assert queue_bound(max_queue, micro_batch_size, warm_up) == bound
+
+
+@pytest.mark.parametrize("settings", [{}, {"max_queue": 5}])
+def test_the_server_shows_the_bound_it_sized_from_its_own_warm_up(tiny_onnx, settings):
     app = create_app(Settings(model=str(tiny_onnx), threads=1, **settings))
     with TestClient(app) as client:
         metrics = client.get("/metrics").text
-    assert f"distrinews_queue_limit {float(bound)}" in metrics
+        warm_up = client.get("/model").json()["warm_up"]
+    bound = queue_bound(settings.get("max_queue"), 1, warm_up)
+    assert bound >= 2 and f"distrinews_queue_limit {float(bound)}" in metrics
