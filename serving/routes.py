@@ -359,7 +359,10 @@ async def model_info(request: Request, batcher: BatcherDep) -> dict:
         # Run before the model served: /ready and an alias switch wait for it.
         "warm_up": loaded.warm_up,
         "source_run_id": report.get("source_run_id"),
-        "quantization": f"dynamic int8 ({report['target']})" if "target" in report else "unknown",
+        "quantization": report.get(
+            "quantization",
+            f"dynamic int8 ({report['target']})" if "target" in report else "unknown",
+        ),
         "onnx_file": classifier.model_file.name,
         "labels": list(classifier.labels),
         "max_tokens": classifier.max_length,

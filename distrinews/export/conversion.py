@@ -46,6 +46,16 @@ def quantize_to_int8(
     return fp32_dir, int8_dir
 
 
+def describe_graph(target: str) -> str:
+    """What the export makes for `target`, in words: the export run's `quantization` tag and
+    the folder's report (the server's /model). Per-channel dynamic weights and static QDQ
+    measured no faster on the project's CPUs (benchmarks/roofline.md, docs/performance.md)."""
+    config = quantization_config(target)
+    weights = "per-channel" if config.per_channel else "per-tensor"
+    bits = ", 7-bit" if config.reduce_range else ""
+    return f"dynamic int8 ({target}: {weights}{bits} weights; O2 fusions)"
+
+
 def quantization_config(target: str) -> Any:
     """Dynamic int8 quantization for a CPU: int8 weights, activation ranges computed per
     batch at run time (no calibration data needed).

@@ -22,7 +22,7 @@ from distrinews.data.splits import Splits, load_splits
 from distrinews.errors import UserError
 from distrinews.export.calibration import calibrate_and_profile
 from distrinews.export.checks import compare_with_pytorch, int8_drop_points
-from distrinews.export.conversion import quantize_to_int8
+from distrinews.export.conversion import describe_graph, quantize_to_int8
 from distrinews.mlflow_runs import log_new_params, log_split, step_run
 from distrinews.promote.evidence import UNTRAINED, describe_version
 from distrinews.runtime.cpu import available_cpus, cpu_name, detect_target
@@ -49,7 +49,7 @@ def run_export(cfg: ExportConfig, data_cfg: DataConfig) -> dict[str, float]:
         with step_run("export", f"export {source} int8-{target}", source_run) as run:
             import mlflow
 
-            mlflow.set_tags({"quantization": f"dynamic int8 ({target})"})
+            mlflow.set_tags({"quantization": describe_graph(target)})
             if untrained:  # the registered version says so, and promote refuses it
                 mlflow.set_tag(UNTRAINED, "true")
             int8_dir, report = export_and_check(cfg, data_cfg, checkpoint, (target, seed), work_dir)
@@ -177,6 +177,7 @@ def record_evidence(
     run = mlflow.get_run(mlflow.active_run().info.run_id)
     evidence = {
         "target": target,
+        "quantization": describe_graph(target),
         "source": run.data.tags.get("source_run_name") or Path(cfg.checkpoint).name,
         "source_run_id": run.data.tags.get("source_run_id"),
         "export_run_id": run.info.run_id,

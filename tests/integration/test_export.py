@@ -54,6 +54,10 @@ def test_export_run_is_logged_and_linked(exported):
     (version,) = store.client.search_model_versions("name = 'distrinews'")
     assert (str(version.version), version.run_id) == ("1", run.info.run_id)
     assert version.tags["source_run_id"] == train_run_id
+    # The graph it made, in words, on the run and in the folder the server reads.
+    graph = run.data.tags["quantization"]
+    assert graph.startswith("dynamic int8 (") and "weights; O2 fusions" in graph
+    assert json.loads((folder / "export_report.json").read_text())["quantization"] == graph
     assert version.tags["test_accuracy_int8"] == f"{metrics['export/accuracy_onnx_int8']:.4f}"
     # Its latency says on which CPU; its size how many layers (the tiny BERT's 2).
     assert "vCPUs" in version.tags["latency_cpu"] and version.tags["layers"] == "2"
