@@ -24,7 +24,12 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import SecretStr
 
-from distrinews.runtime.prediction_store import PREDICTIONS, UNREGISTERED, upsert_feedback
+from distrinews.runtime.prediction_store import (
+    PREDICTIONS,
+    UNREGISTERED,
+    served_rows,
+    upsert_feedback,
+)
 from serving.prediction_log import now
 
 
@@ -160,7 +165,7 @@ def stored_prediction(
     )
     query = sa.select(
         PREDICTIONS.c.request_id, PREDICTIONS.c.model_version, PREDICTIONS.c.label
-    ).where(named, PREDICTIONS.c.position == position)
+    ).where(named, PREDICTIONS.c.position == position, served_rows())
     with engine.connect() as connection:
         row = connection.execute(query.limit(1)).first()
     if row is None:
@@ -172,7 +177,7 @@ def stored_requests(engine: sa.Engine, request_id: str) -> list[str | None]:
     """The prediction ids of (at most two) requests logged under the client's `request_id`;
     None for one an older server logged. Every logged request has a text at position 0."""
     query = sa.select(PREDICTIONS.c.prediction_id).where(
-        PREDICTIONS.c.request_id == request_id, PREDICTIONS.c.position == 0
+        PREDICTIONS.c.request_id == request_id, PREDICTIONS.c.position == 0, served_rows()
     )
     with engine.connect() as connection:
         return list(connection.execute(query.limit(2)).scalars())

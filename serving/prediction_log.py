@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import sqlalchemy as sa
 
-from distrinews.runtime.prediction_store import PREDICTIONS, delete_before
+from distrinews.runtime.prediction_store import CHAMPION, PREDICTIONS, delete_before
 from distrinews.runtime.reference_profile import TextFeatures
 
 log = logging.getLogger("serving")
@@ -68,6 +68,8 @@ class Answered:
                 "tokens": feature.tokens,
                 "unknown_share": feature.unknown_share,
                 "text": self.texts[position] if self.texts is not None else None,
+                "role": CHAMPION,
+                "served": True,
             }
             for position, (row, feature) in enumerate(zip(self.rows, self.features, strict=True))
         ]

@@ -22,6 +22,7 @@ from distrinews.runtime.prediction_store import (
     LogUnavailable,
     feedback_on_prediction,
     open_store,
+    served_rows,
 )
 from distrinews.runtime.reference_profile import compared_histograms, js_distance, read_profile
 
@@ -37,7 +38,8 @@ def read_window(store: str, start: datetime, end: datetime) -> tuple[pd.DataFram
         engine = open_store(store)
     except LogUnavailable as err:
         raise UserError(f"{err}; pass -P store=<the server's DISTRINEWS_PREDICTION_LOG>") from err
-    in_window = (PREDICTIONS.c.time >= start) & (PREDICTIONS.c.time < end)
+    # The answers the clients got: a request a challenger also scored counts once.
+    in_window = (PREDICTIONS.c.time >= start) & (PREDICTIONS.c.time < end) & served_rows()
     answered = (
         PREDICTIONS.c.id.label("prediction_row"),
         PREDICTIONS.c.label.label("predicted"),

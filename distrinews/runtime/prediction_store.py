@@ -41,6 +41,11 @@ PREDICTIONS = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False),
     sa.Column("unknown_share", sa.Float, nullable=False),
     sa.Column("text", sa.Text),  # only with DISTRINEWS_LOG_TEXTS
+    # Which model made it: the champion (NULL in rows written before roles existed) or a
+    # challenger scoring the same request beside it; and whether the client got this
+    # answer (NULL: yes, as in every row written before). A request has one served row.
+    sa.Column("role", sa.String(16)),
+    sa.Column("served", sa.Boolean),
 )
 FEEDBACK = sa.Table(
     "feedback",
@@ -58,17 +63,31 @@ FEEDBACK = sa.Table(
 )
 
 
+#: The roles a logged prediction can have.
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def served_rows() -> sa.ColumnElement[bool]:
+    """The predictions the clients got: one per (request, position), whatever else scored
+    the same request beside it (rows written before `served` existed were all served)."""
+    return PREDICTIONS.c.served.is_(None) | PREDICTIONS.c.served.is_(True)
+
+
 def feedback_on_prediction() -> sa.ColumnElement[bool]:
-    """The join of a feedback row to the prediction it labels: on the prediction id, or,
-    for rows written before it existed, on (request id, position) among those older
-    predictions (the one condition the monitor and the retrain both read with)."""
+    """The join of a feedback row to the served prediction it labels: on the prediction id,
+    or, for rows written before it existed, on (request id, position) among those older
+    predictions (the one condition the monitor and the retrain both read with). A label
+    judges every row of its request; this join takes the one the client got, so that a
+    request scored twice is counted, and trained on, once."""
     legacy = (
         FEEDBACK.c.prediction_id.is_(None)
         & PREDICTIONS.c.prediction_id.is_(None)
         & (FEEDBACK.c.request_id == PREDICTIONS.c.request_id)
     )
-    return (FEEDBACK.c.position == PREDICTIONS.c.position) & (
-        (FEEDBACK.c.prediction_id == PREDICTIONS.c.prediction_id) | legacy
+    return (
+        (FEEDBACK.c.position == PREDICTIONS.c.position)
+        & ((FEEDBACK.c.prediction_id == PREDICTIONS.c.prediction_id) | legacy)
+        & served_rows()
     )
 
 

@@ -3,14 +3,23 @@ new columns and indexes added, its feedback still joined to its predictions; one
 prediction, a repeat replacing it. The same on PostgreSQL:
 tests/integration/test_prediction_log_postgres.py."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from distrinews.data.feedback import read_feedback
-from distrinews.runtime.prediction_store import FEEDBACK, open_store, upsert_feedback
+from distrinews.monitor.drift import read_window
+from distrinews.runtime.prediction_store import (
+    CHALLENGER,
+    CHAMPION,
+    FEEDBACK,
+    PREDICTIONS,
+    open_store,
+    upsert_feedback,
+)
 from serving.app import create_app
+from serving.feedback import stored_prediction
 from serving.settings import Settings
 
 
@@ -116,3 +125,30 @@ def test_one_label_per_prediction_the_latest_replacing_the_earlier(tmp_path):
         labels = connection.execute(sa.select(FEEDBACK.c.label)).scalars().all()
     engine.dispose()
     assert replaced == [False, True, True] and labels == ["Sports"]
+
+
+def test_a_request_also_scored_by_a_challenger_is_counted_and_trained_on_once(tmp_path):
+    """A challenger's row beside the champion's under one prediction id (shadow scoring):
+    the monitor, the retrain's feedback and /feedback's lookup each take the served row."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    engine = open_store(url)
+    time = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
+    scores = {"confidence": 0.9, "probabilities": "{}", "tokens": 5, "unknown_share": 0.0}
+    common = {"time": time, "request_id": "r-1", "prediction_id": "a" * 32, "position": 0}
+    rows = [  # the challenger's first: a lookup that ignored the roles would find it
+        {"model_version": "2", "label": "Sports", "role": CHALLENGER, "served": False},
+        {"model_version": "1", "label": "World", "role": CHAMPION, "served": True},
+    ]
+    with engine.begin() as connection:
+        for row in rows:
+            values = common | scores | row | {"model_name": "m", "text": "Story"}
+            connection.execute(PREDICTIONS.insert(), values)
+        label = {"time": time, "request_id": "r-1", "prediction_id": "a" * 32, "position": 0}
+        upsert_feedback(connection, label | {"label": "World", "text": None})
+    found = stored_prediction(engine, "a" * 32, None, 0)
+    engine.dispose()
+    assert (found.version, found.predicted) == ("1", "World"), "the answer the client got"
+    assert len(read_feedback(url, None)) == 1, "trained on once"
+    predictions, feedback = read_window(url, time, time + timedelta(hours=1))
+    assert predictions["model_version"].tolist() == ["1"], "counted once, as served"
+    assert feedback["model_version"].tolist() == ["1"]
