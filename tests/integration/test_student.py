@@ -84,7 +84,9 @@ def test_a_distilled_student_replaces_a_champion_over_the_budget(
     test.assign(text=(test["text"] + " ") * 6).to_parquet(long_data / "test.parquet")
     for name in ("train.parquet", "label_names.txt"):
         (long_data / name).write_bytes((small_data / name).read_bytes())
-    data = DataConfig(data=str(long_data), max_eval_rows=50)
+    # 100 rows: promote times 100 texts, so its p95 (the 5th slowest) is not one or two
+    # calls that the other test worker's load held up (a 21 ms p95 seen once from 40).
+    data = DataConfig(data=str(long_data), max_eval_rows=100)
     student_folder = tmp_path / "student"
     with step_in_process(store.uri, NAME):
         run_export(
@@ -105,7 +107,7 @@ def test_a_distilled_student_replaces_a_champion_over_the_budget(
 
     with step_in_process(store.uri, NAME):
         cfg = PromoteConfig(
-            registered_model=NAME, max_p95_ms=budget, latency_texts=40, max_budget_drop=100
+            registered_model=NAME, max_p95_ms=budget, latency_texts=100, max_budget_drop=100
         )
         done = run_promote(cfg, data)
     assert "over it" in done
