@@ -36,7 +36,7 @@ def test_promtool_accepts_the_rules():
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def prometheus_for(target: str, folder: Path) -> LocalServer:

@@ -44,7 +44,7 @@ def test_rules_and_dashboard_name_only_exported_metrics(tmp_path, tiny_onnx_prof
             for sample in family.samples
         }
     expressions = rule_expressions() + dashboard_expressions()
-    assert len(rule_expressions()) == 8
+    assert len(rule_expressions()) == 9
     named = {name for expr in expressions for name in METRIC.findall(expr)}
     assert named - exported == set()
     assert {"distrinews_drift", "distrinews_live_accuracy", "distrinews_reloads_total"} <= named
