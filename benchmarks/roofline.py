@@ -31,9 +31,8 @@ from distrinews.runtime.onnx_classifier import SPINNING, OnnxClassifier
 INT8_OPS = ("MatMulInteger", "QAttention")
 
 
-def int8_weights(onnx_file: Path) -> list[tuple[int, int]]:
+def int8_weights(model: onnx.ModelProto) -> list[tuple[int, int]]:
     """(K, N) of every int8 weight matrix the graph multiplies each token by."""
-    model = onnx.load(str(onnx_file))
     initializers = {i.name: i for i in model.graph.initializer}
     shapes = []
     for node in model.graph.node:
@@ -50,8 +49,8 @@ def int8_weights(onnx_file: Path) -> list[tuple[int, int]]:
     return shapes
 
 
-def attention_layers(onnx_file: Path) -> int:
-    return sum(n.op_type == "QAttention" for n in onnx.load(str(onnx_file)).graph.node)
+def attention_layers(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "QAttention" for n in model.graph.node)
 
 
 def matmul_session(m: int, k: int, n: int, threads: int) -> tuple[ort.InferenceSession, dict]:
@@ -97,9 +96,7 @@ def gemm_gops(shapes: list[tuple[int, int, int]], threads: int, repeats: int) ->
     return statistics.median(passes[1:])
 
 
-def model_gops(
-    folder: str, texts: list[str], threads: int, weights: list, layers: int
-) -> tuple[float, float]:
+def model_gops(folder: str, texts: list[str], threads: int, weights: list) -> tuple[float, float]:
     """Median ms of ONNX Runtime alone per text, batch 1, and the median G operations/s."""
     classifier = OnnxClassifier(folder, threads=threads, spinning="inference")
     encodings = classifier.encode(texts)
@@ -111,11 +108,11 @@ def model_gops(
         classifier.run_encoded([encoding])
         seconds = time.perf_counter() - start
         ms.append(1000 * seconds)
-        rates.append(text_ops(len(encoding.ids), weights, layers) / seconds / 1e9)
+        rates.append(text_ops(len(encoding.ids), weights) / seconds / 1e9)
     return statistics.median(ms), statistics.median(rates)
 
 
-def text_ops(tokens: int, weights: list[tuple[int, int]], layers: int, hidden: int = 384) -> int:
+def text_ops(tokens: int, weights: list[tuple[int, int]]) -> int:
     """int8 operations for a text of `tokens` tokens (the float attention products apart)."""
     return 2 * tokens * sum(k * n for k, n in weights)
 
@@ -130,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.model)
     onnx_file = next(folder.glob("*.onnx"))
-    weights, layers = int8_weights(onnx_file), attention_layers(onnx_file)
+    graph = onnx.load(str(onnx_file))
+    weights, layers = int8_weights(graph), attention_layers(graph)
     texts = ag_news_test_texts(args.data)[: args.texts]
     classifier = OnnxClassifier(folder, threads=1)
     tokens = int(statistics.median(len(e.ids) for e in classifier.encode(texts)))
     del classifier
     hidden = weights[0][0]
     attention = 2 * 2 * tokens * tokens * hidden * layers  # scores and context, float
-    per_text = text_ops(tokens, weights, layers)
+    per_text = text_ops(tokens, weights)
     model_shapes = [(tokens, k, n) for k, n in weights]
     lines = [
         f"Model: {len(weights)} int8 weight matrices, {sum(k * n for k, n in weights) / 1e6:.1f} M "
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads in sorted({1, available_cpus()}):
         best = gemm_gops([(1024, 1536, 1536)], threads, 3)
         shaped = gemm_gops(model_shapes, threads, 5)
-        ms, model = model_gops(str(folder), texts, threads, weights, layers)
+        ms, model = model_gops(str(folder), texts, threads, weights)
         lines.append(
             f"| {threads} | {best:.0f} | {shaped:.0f} | {model:.0f} | {ms:.2f} | "
             f"{model / best:.0%} | {model / shaped:.0%} |"

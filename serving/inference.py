@@ -131,21 +131,21 @@ def warm_up(classifier: OnnxClassifier) -> dict:
     finds every buffer ready, so the server reports ready (and a reload swaps the model in)
     only once the model is warm. What ran, for /model."""
     texts = [*texts_like(classifier.profile, WARM_UP_TEXTS), " ".join(WORDS * 20)]
+    encodings = classifier.encode(texts)
     start = time.perf_counter()
     for _ in range(2):
-        for text in texts:
+        for encoding in encodings:
             try:
-                classifier.probabilities([text])
+                classifier.calibrated(classifier.logits_of([encoding]))
             except Exception as err:  # onnxruntime raises its own types
                 # Say it now, in one line, rather than answer 500 to such requests later.
-                tokens = len(classifier.encode([text])[0].ids)
                 first_line = str(err).strip().splitlines()[0][:300]
                 raise ModelFolderError(
-                    f"{classifier.folder} fails on a warm-up text of {tokens} tokens "
-                    f"({first_line}); re-export the model"
+                    f"{classifier.folder} fails on a warm-up text of {len(encoding.ids)} "
+                    f"tokens ({first_line}); re-export the model"
                 ) from err
     seconds = round(time.perf_counter() - start, 3)
-    lengths = sorted({len(e.ids) for e in classifier.encode(texts)})
+    lengths = sorted({len(e.ids) for e in encodings})
     return {"inferences": 2 * len(texts), "token_lengths": lengths, "seconds": seconds}
 
 
