@@ -20,13 +20,21 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import fail_fast_on_unreachable_server
-from distrinews.runtime.prediction_store import open_store
+from distrinews.runtime.prediction_store import CHALLENGER, open_store
 from serving.admission import ShedLoad
 from serving.feedback import LiveAccuracy, RecentPredictions
 from serving.inference import LoadedModel, MicroBatcher, load_model, retire
 from serving.observability import Observe, ServerMetrics
 from serving.prediction_log import PredictionLog
-from serving.reload import follow_alias, log_if_stopped, serve
+from serving.reload import (
+    check_alias,
+    check_labels,
+    follow_aliases,
+    log_if_stopped,
+    serve,
+    slots_to_follow,
+)
+from serving.rollout import RolloutMetrics
 from serving.routes import build_router
 from serving.settings import Settings
 
@@ -40,10 +48,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     configure_logging()
     await start_serving(app, settings)
     reloader = None
-    if settings.reload_seconds and app.state.model.source.alias:
-        reloader = asyncio.create_task(follow_alias(app, settings))
-        reloader.add_done_callback(log_if_stopped)
     try:
+        slots = slots_to_follow(app.state.model, settings.challenger)
+        await start_challenger(app, settings, slots)
+        if settings.reload_seconds and slots:
+            reloader = asyncio.create_task(follow_aliases(app, settings, slots))
+            reloader.add_done_callback(log_if_stopped)
         yield
     finally:
         await stop_serving(app, reloader)
@@ -73,6 +83,24 @@ async def start_serving(app: FastAPI, settings: Settings) -> None:
     serve(app, model)
 
 
+async def start_challenger(app: FastAPI, settings: Settings, slots: list) -> None:
+    """Load the challenger, if one is set, before the server answers. From an alias: as a
+    reload would (one that is missing or fails leaves the slot empty, the champion serves
+    alone); from a folder or a version: it must load, as the model must."""
+    if not settings.challenger:
+        return
+    followed = [slot for slot in slots if slot.role == CHALLENGER]
+    if followed:
+        await check_alias(app, settings, followed[0])
+        return
+    loaded = await asyncio.to_thread(
+        load_model, settings.challenger, settings.threads, settings.spinning
+    )
+    check_labels(loaded, app.state.model.classifier.labels)
+    app.state.challenger = loaded
+    app.state.rollout.show(loaded)
+
+
 async def stop_serving(app: FastAPI, reloader: asyncio.Task | None) -> None:
     """Stop following the alias and answering; delete the served model's download.
 
@@ -86,6 +114,8 @@ async def stop_serving(app: FastAPI, reloader: asyncio.Task | None) -> None:
     if app.state.prediction_log is not None:  # what is queued is written first
         await asyncio.to_thread(app.state.prediction_log.close)
     await retire(app.state.model)
+    if app.state.challenger is not None:
+        await retire(app.state.challenger)
 
 
 def start_prediction_log(app: FastAPI, settings: Settings) -> PredictionLog | None:
@@ -240,6 +270,8 @@ def create_app(
     app.state.recent = RecentPredictions()  # what /feedback looks up first
     app.state.metrics = ServerMetrics(settings.drift_window, settings.monitoring)
     app.state.live_accuracy = LiveAccuracy(app.state.metrics.registry, settings.feedback_window)
+    app.state.challenger = None  # serving.rollout: loaded at start-up if one is set
+    app.state.rollout = RolloutMetrics(app.state.metrics.registry, settings)
     app.add_exception_handler(RequestValidationError, readable_validation_errors)
     app.include_router(build_router(settings))
     app.openapi = schema_with_labels(app)

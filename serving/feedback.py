@@ -25,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import SecretStr
 
 from distrinews.runtime.prediction_store import (
+    CHALLENGER,
+    CHAMPION,
     PREDICTIONS,
     UNREGISTERED,
     served_rows,
@@ -34,13 +36,30 @@ from serving.prediction_log import now
 
 
 @dataclass(frozen=True)
+class Scored:
+    """One model's prediction for a text: its version, label and role."""
+
+    version: str
+    predicted: str
+    role: str = CHAMPION
+
+
+@dataclass(frozen=True)
 class Found:
-    """A logged prediction that feedback names."""
+    """A logged prediction that feedback names: the one the client got, and any other
+    model's for the same text (a challenger's in shadow, or the champion's beside a
+    canary)."""
 
     prediction_id: str | None  # None: logged by an older server, before prediction ids
     request_id: str
     version: str
     predicted: str
+    role: str = CHAMPION
+    others: tuple[Scored, ...] = ()
+
+    def by_role(self) -> dict[str, str]:
+        """The label each role predicted."""
+        return {self.role: self.predicted} | {other.role: other.predicted for other in self.others}
 
 
 @dataclass(frozen=True)
@@ -60,16 +79,29 @@ class RecentPredictions:
 
     def __init__(self, size: int = 10_000):
         self.size = size
-        # prediction id -> (request id, model version, labels)
-        self.answers: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()
+        # prediction id -> request id, then (model version, labels, role) of the served
+        # answer first and of a model that scored it in shadow after
+        self.answers: OrderedDict[str, list] = OrderedDict()
         self.by_request: dict[str, list[str]] = {}
         self.lock = threading.Lock()
 
     def remember(
-        self, prediction_id: str, request_id: str, version: str | None, labels: tuple[str, ...]
+        self,
+        prediction_id: str,
+        request_id: str,
+        version: str | None,
+        labels: tuple[str, ...],
+        role: str = CHAMPION,
+        served: bool = True,
     ) -> None:
+        """A request's answer (`served`), or another model's scores for it afterwards."""
+        scored = (version or UNREGISTERED, labels, role)
         with self.lock:
-            self.answers[prediction_id] = (request_id, version or UNREGISTERED, labels)
+            if not served:
+                if prediction_id in self.answers:
+                    self.answers[prediction_id].append(scored)
+                return
+            self.answers[prediction_id] = [request_id, scored]
             self.by_request.setdefault(request_id, []).append(prediction_id)
             while len(self.answers) > self.size:
                 oldest, (its_request, *_) = self.answers.popitem(last=False)
@@ -81,11 +113,12 @@ class RecentPredictions:
     def find(self, prediction_id: str, position: int) -> Found | None:
         """The prediction, if this server answered it recently."""
         with self.lock:
-            answer = self.answers.get(prediction_id)
-        if answer is None or position >= len(answer[2]):
+            answer = list(self.answers.get(prediction_id, ()))
+        if not answer or position >= len(answer[1][1]):
             return None
-        request_id, version, labels = answer
-        return Found(prediction_id, request_id, version, labels[position])
+        request_id, (version, labels, role), *others = answer
+        also = tuple(Scored(v, their[position], r) for v, their, r in others)
+        return Found(prediction_id, request_id, version, labels[position], role, also)
 
     def named(self, request_id: str) -> list[str]:
         """The prediction ids answered recently under the client's `request_id`."""
@@ -95,12 +128,16 @@ class RecentPredictions:
 
 class LiveAccuracy:
     """Per model version, the share of its last `window` labelled predictions it got right;
-    a prediction labelled again counts once, with its latest label."""
+    a prediction labelled again counts once, with its latest label. And per role, over the
+    last `window` labelled texts that both the champion and a challenger scored: the two
+    accuracies on the same texts."""
 
     def __init__(self, registry: CollectorRegistry, window: int):
         self.window = window
         # version -> (prediction id, position) -> right or not, oldest first
         self.outcomes: dict[str, OrderedDict[tuple[str, int], bool]] = {}
+        # (prediction id, position) -> (champion right, challenger right), oldest first
+        self.pairs: OrderedDict[tuple[str, int], tuple[bool, bool]] = OrderedDict()
         self.lock = threading.Lock()
         self.received = Counter(
             "distrinews_feedback",
@@ -121,6 +158,19 @@ class LiveAccuracy:
         if not replaced:
             self.received.labels(str(correct).lower()).inc()
 
+    def add_found(self, found: Found, key: tuple[str, int], label: str, replaced: bool) -> None:
+        """Count a labelled prediction for every model that scored it (the served one in the
+        feedback counter), and as a pair if both roles did."""
+        self.add(found.version, key, found.predicted == label, replaced)
+        for other in found.others:
+            self.add(other.version, key, other.predicted == label, replaced=True)
+        predicted = found.by_role()
+        if {CHAMPION, CHALLENGER} <= predicted.keys():
+            with self.lock:
+                self.pairs[key] = (predicted[CHAMPION] == label, predicted[CHALLENGER] == label)
+                while len(self.pairs) > self.window:
+                    self.pairs.popitem(last=False)
+
     def collect(self) -> Iterator[Metric]:
         accuracy = GaugeMetricFamily(
             "distrinews_live_accuracy",
@@ -134,11 +184,31 @@ class LiveAccuracy:
         )
         with self.lock:
             windows = {version: list(o.values()) for version, o in self.outcomes.items()}
+            pairs = list(self.pairs.values())
         for version, outcomes in windows.items():
             accuracy.add_metric([version], sum(outcomes) / len(outcomes))
             items.add_metric([version], len(outcomes))
         yield accuracy
         yield items
+        yield from self.paired(pairs)
+
+    @staticmethod
+    def paired(pairs: list[tuple[bool, bool]]) -> Iterator[Metric]:
+        paired = GaugeMetricFamily(
+            "distrinews_live_accuracy_paired",
+            "Share right, by role, of the last labelled texts that both the champion and the "
+            "challenger scored (the same texts for both)",
+            labels=["role"],
+        )
+        if pairs:
+            for column, role in enumerate((CHAMPION, CHALLENGER)):
+                paired.add_metric([role], sum(p[column] for p in pairs) / len(pairs))
+        yield paired
+        yield GaugeMetricFamily(
+            "distrinews_live_accuracy_paired_items",
+            "Labelled texts behind distrinews_live_accuracy_paired",
+            value=len(pairs),
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -163,14 +233,27 @@ def stored_prediction(
         if prediction_id is not None
         else PREDICTIONS.c.prediction_id.is_(None) & (PREDICTIONS.c.request_id == request_id)
     )
+    p = PREDICTIONS.c
     query = sa.select(
-        PREDICTIONS.c.request_id, PREDICTIONS.c.model_version, PREDICTIONS.c.label
-    ).where(named, PREDICTIONS.c.position == position, served_rows())
+        p.request_id, p.model_version, p.label, p.role, served_rows().label("is_served")
+    ).where(named, p.position == position)
+    if prediction_id is None:  # an older server's: one row, served
+        query = query.where(served_rows())
     with engine.connect() as connection:
-        row = connection.execute(query.limit(1)).first()
-    if row is None:
+        rows = connection.execute(query.order_by(p.id).limit(8)).all()
+    # The served row, then the others (the challenger's in shadow, the champion's beside a
+    # canary).
+    served = [row for row in rows if row.is_served]
+    if not served:
         return None
-    return Found(prediction_id, row.request_id, row.model_version or UNREGISTERED, row.label)
+    row = served[0]
+    others = tuple(
+        Scored(r.model_version or UNREGISTERED, r.label, r.role or CHAMPION)
+        for r in rows
+        if not r.is_served
+    )
+    version = row.model_version or UNREGISTERED
+    return Found(prediction_id, row.request_id, version, row.label, row.role or CHAMPION, others)
 
 
 def stored_requests(engine: sa.Engine, request_id: str) -> list[str | None]:
@@ -242,7 +325,7 @@ async def record_feedback(
     except sa.exc.SQLAlchemyError as err:
         raise HTTPException(503, "the prediction log is unavailable; retry later") from err
     key = (found.prediction_id or f"request {found.request_id}", given.position)
-    live.add(found.version, key, found.predicted == given.label, replaced)
+    live.add_found(found, key, given.label, replaced)
     return {
         "prediction_id": found.prediction_id,
         "request_id": found.request_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import onnxruntime as ort
 
 from distrinews.errors import ModelFolderError
 from distrinews.runtime.model_source import (
@@ -191,6 +192,8 @@ class Overloaded(Exception):
 Waiting = tuple[list[str], asyncio.Future]
 #: (seconds of one inference, its classifier, its texts' features, their probabilities).
 Observer = Callable[[float, OnnxClassifier, list[TextFeatures], np.ndarray], None]
+#: Told how a shadow scoring ended ("scored", "preempted", "failed"), with its scores if any.
+ShadowDone = Callable[[str, "Scores | None"], None]
 
 
 class MicroBatcher:
@@ -223,6 +226,8 @@ class MicroBatcher:
         self.worker: asyncio.Task | None = None
         self.bound = 0  # most requests in hand at once (0: no bound): DISTRINEWS_MAX_QUEUE
         self.in_hand = 0  # requests admitted and not yet answered
+        # The shadow scoring running on the model's thread, if any: its run's stop switch.
+        self.shadow_run: ort.RunOptions | None = None
 
     def start(self) -> None:
         self.worker = asyncio.create_task(self._run())
@@ -232,25 +237,58 @@ class MicroBatcher:
             self.worker.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def probabilities(self, texts: list[str]) -> Scores:
-        """The texts' scores; Overloaded at once if the model already has `bound` requests
-        in hand (one event loop: the count needs no lock)."""
+    async def probabilities(self, texts: list[str], model: LoadedModel | None = None) -> Scores:
+        """The texts' scores from the served model (or `model`, a canary's challenger,
+        which runs alone); Overloaded at once if the model already has `bound` requests in
+        hand (one event loop: the count needs no lock). A shadow scoring under way is
+        stopped: a client's request never waits for one."""
         if self.full():
             raise Overloaded
         self.in_hand += 1
+        self.preempt_shadow()
         try:
-            return await self._probabilities(texts)
+            return await self._probabilities(texts, model)
         finally:
             self.in_hand -= 1
+
+    def shadow(self, model: LoadedModel, texts: list[str], done: ShadowDone) -> bool:
+        """Score `texts` with `model` on the model's thread, for comparison only; `done` is
+        told how it ended, on the event loop. Started only while no request is in hand and
+        no other shadow scoring runs (False: not started), and stopped by the next request
+        that arrives: shadow work is the first to go when the server is busy."""
+        if self.in_hand or self.shadow_run is not None:
+            return False
+        self.shadow_run = run = ort.RunOptions()
+        work = asyncio.get_running_loop().run_in_executor(
+            self.executor, self.infer, model, texts, run
+        )
+
+        def ended(work: asyncio.Future) -> None:
+            self.shadow_run = None
+            if work.cancelled() or work.exception() is not None:
+                done("preempted" if run.terminate or work.cancelled() else "failed", None)
+            else:
+                done("scored", work.result())
+
+        work.add_done_callback(ended)
+        return True
+
+    def preempt_shadow(self) -> None:
+        """Stop the shadow scoring under way, if any: ONNX Runtime ends the run between two
+        of its nodes, and it raises (counted as preempted)."""
+        if self.shadow_run is not None:
+            self.shadow_run.terminate = True
 
     def full(self) -> bool:
         """Whether the model holds as many requests as its bound (never, without one)."""
         return bool(self.bound) and self.in_hand >= self.bound
 
-    async def _probabilities(self, texts: list[str]) -> Scores:
+    async def _probabilities(self, texts: list[str], model: LoadedModel | None) -> Scores:
         loop = asyncio.get_running_loop()
-        if len(texts) >= self.max_texts:
-            # Nothing could join this request (always so with batching off): skip the queue.
+        if len(texts) >= self.max_texts or model is not None:
+            # Nothing could join this request (always so with batching off, and for a
+            # canary, which another model answers): skip the queue.
+            canary, model = model is not None, model or self.model
             if self.in_hand == 1:
                 # Requests that arrived while the loop was busy start first, and are counted
                 # (or refused past the bound): an inference on the loop would hide them.
@@ -259,29 +297,32 @@ class MicroBatcher:
                 # Nothing else in hand, so nothing else runs: inferring right here saves two
                 # hops between threads (a wake-up each, about 0.1 ms) and blocks nobody
                 # who would not wait for the model anyway.
-                scores = self.infer(self.model, texts)
+                scores = self.infer(model, texts)
             else:
                 # Others are in hand: infer in the model's thread while the loop takes
                 # their requests. Shielded, so a cancelled request still counts as in hand
                 # until its inference ends (an inference cannot be stopped), and none runs
                 # beside it.
                 scores = await to_thread_to_the_end(
-                    self.infer, self.model, texts, executor=self.executor
+                    self.infer, model, texts, executor=self.executor
                 )
-            self.observe_later(scores)
+            if not canary:  # the champion's metrics and drift window only
+                self.observe_later(scores)
             return scores
         future = loop.create_future()
         await self.queue.put((texts, future))
         return await future
 
-    def infer(self, model: LoadedModel, texts: list[str]) -> Scores:
+    def infer(
+        self, model: LoadedModel, texts: list[str], run: ort.RunOptions | None = None
+    ) -> Scores:
         """Class probabilities from `model`, with its labels: one model answers a request
         whole, even if another is swapped in meanwhile (serving.reload)."""
         classifier = model.classifier
         clock = [time.perf_counter()]  # serving.stages.INFERENCE_MARKS, in order
         encodings = classifier.encode(texts)
         clock.append(time.perf_counter())
-        logits = classifier.logits_of(encodings)
+        logits = classifier.logits_of(encodings, run_options=run)
         clock.append(time.perf_counter())
         rows = classifier.calibrated(logits)
         features = [text_features(e, classifier.unknown_id) for e in encodings]

@@ -51,6 +51,9 @@ class Answered:
     rows: np.ndarray  # class probabilities, one row per text
     features: list[TextFeatures]
     texts: list[str] | None  # only with DISTRINEWS_LOG_TEXTS
+    role: str = CHAMPION  # or CHALLENGER: which model made these predictions
+    served: bool = True  # whether the client got them (a shadow's: not)
+    inference_ms: float | None = None
 
     def records(self) -> list[dict]:
         """One row of the predictions table per text."""
@@ -68,8 +71,9 @@ class Answered:
                 "tokens": feature.tokens,
                 "unknown_share": feature.unknown_share,
                 "text": self.texts[position] if self.texts is not None else None,
-                "role": CHAMPION,
-                "served": True,
+                "role": self.role,
+                "served": self.served,
+                "inference_ms": self.inference_ms,
             }
             for position, (row, feature) in enumerate(zip(self.rows, self.features, strict=True))
         ]

@@ -12,17 +12,23 @@ failing and when it succeeds.
 
 Only `app.state.model` holds the served model (and requests running on it):
 once replaced, a model's ONNX Runtime session is freed and its download deleted.
+
+A challenger (serving.rollout) is followed the same way in a second slot,
+`app.state.challenger`, with two differences: it must predict the champion's labels, and
+its alias may be missing (none yet, or removed once promoted): the slot is then empty and
+every request goes to the champion.
 """
 
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI
 
 from distrinews.errors import ModelFolderError, RegistryUnreachable
-from distrinews.runtime.model_source import alias_version, no_such_alias
+from distrinews.runtime.model_source import ALIAS_URI, alias_version, no_such_alias
+from distrinews.runtime.prediction_store import CHALLENGER, CHAMPION
 from serving.admission import queue_bound
 from serving.inference import (
     LoadedModel,
@@ -71,82 +77,136 @@ class Follow:
         return first
 
 
-async def follow_alias(app: FastAPI, settings: Settings) -> None:
-    """Every `reload_seconds`, serve the version the alias points to, if it loads.
+@dataclass
+class Slot:
+    """A model the server follows an alias for: the champion (app.state.model, which always
+    holds one) or the challenger (app.state.challenger, empty while its alias is missing)."""
 
-    A failing check (registry down, alias deleted) is logged when it starts
-    failing and when it answers again.
-    """
-    follow = Follow()
+    role: str  # CHAMPION or CHALLENGER
+    name: str  # the registered model
+    alias: str
+    follow: Follow = field(default_factory=Follow)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def slots_to_follow(champion: LoadedModel, challenger: str) -> list[Slot]:
+    """The slots whose model comes from an alias: the champion's, if served from one, and
+    the challenger's, if DISTRINEWS_CHALLENGER names one."""
+    slots = []
+    if champion.source.alias:
+        slots.append(Slot(CHAMPION, *alias_of(champion)))
+    if match := ALIAS_URI.match(challenger):
+        slots.append(Slot(CHALLENGER, match["name"], match["alias"]))
+    return slots
+
+
+async def follow_aliases(app: FastAPI, settings: Settings, slots: list[Slot]) -> None:
+    """Every `reload_seconds`, serve in each slot the version its alias points to, if it
+    loads. A failing check (registry down, the champion's alias deleted) is logged when it
+    starts failing and when it answers again."""
     while True:
         await asyncio.sleep(settings.reload_seconds)
-        # A call per check: its locals, the replaced model among them, end with it.
-        await check_alias(app, settings, follow)
+        for slot in slots:
+            # A call per check: its locals, the replaced model among them, end with it.
+            await check_alias(app, settings, slot)
 
 
-async def check_alias(app: FastAPI, settings: Settings, follow: Follow) -> None:
-    """Serve the version the alias points to now, if it is new and loads."""
-    current: LoadedModel = app.state.model
+def in_slot(app: FastAPI, slot: Slot) -> LoadedModel | None:
+    return app.state.model if slot.role == CHAMPION else app.state.challenger
+
+
+async def check_alias(app: FastAPI, settings: Settings, slot: Slot) -> None:
+    """Serve in `slot` the version its alias points to now, if it is new and loads; retire
+    the challenger whose alias is gone."""
+    current = in_slot(app, slot)
     count = app.state.metrics.count_reload
-    version = await read_alias(current, follow, count)
-    now = asyncio.get_running_loop().time()
-    if version is None or not follow.wants(version, current.source.version, now):
+    version = await read_alias(slot, current, count)
+    if version == GONE:
+        await withdraw(app, current)
         return
-    new = await fetch(current, version, settings, follow, count)
+    now = asyncio.get_running_loop().time()
+    served = current.source.version if current else None
+    if version is None or not slot.follow.wants(version, served, now):
+        return
+    new = await fetch(app, slot, version, settings, count)
     if new is None:
         return
-    serve(app, new)
+    put(app, slot, new)
     count("loaded")
-    await retire(current)
-    log.info("now serving version %s of %s", version, alias_uri(current))
+    if current is not None:
+        await retire(current)
+    log.info("%s: now serving version %s of %s", slot.role, version, slot.uri)
+
+
+#: What read_alias answers for a challenger's alias that no longer exists.
+GONE = ""
 
 
 async def read_alias(
-    current: LoadedModel, follow: Follow, count: Callable[[str], None]
+    slot: Slot, current: LoadedModel | None, count: Callable[[str], None]
 ) -> str | None:
-    """The version the alias points to; None while checks fail."""
+    """The version the alias points to; None while checks fail; GONE if a challenger's
+    alias was removed (the champion's missing is a failing check: it keeps serving)."""
+    follow = slot.follow
     try:
-        version = await asyncio.to_thread(alias_version, *alias_of(current))
-        if version is None:
-            raise no_such_alias(*alias_of(current))
+        version = await asyncio.to_thread(alias_version, slot.name, slot.alias)
+        if version is None and slot.role == CHAMPION:
+            raise no_such_alias(slot.name, slot.alias)
     except ModelFolderError as err:
         count("check_failed")
         if not follow.check_failing:
-            served = current.source.version
-            log.error("reload check failed (still serving version %s): %s", served, err)
+            log.error("%s: reload check failed (%s): %s", slot.role, serving(current), err)
         follow.check_failing = True
         return None
     if follow.check_failing:
-        log.info("reload check answers again: %s is version %s", alias_uri(current), version)
+        log.info("%s: reload check answers again: %s is version %s", slot.role, slot.uri, version)
     follow.check_failing = False
-    return version
+    return GONE if version is None else version
+
+
+async def withdraw(app: FastAPI, current: LoadedModel | None) -> None:
+    """No challenger from now on (its alias was removed): every request to the champion."""
+    if current is None:
+        return
+    app.state.challenger = None
+    app.state.rollout.show(None)
+    await retire(current)
+    log.info("challenger: its alias is gone; version %s retired", current.source.version)
+
+
+def serving(current: LoadedModel | None) -> str:
+    """What keeps serving meanwhile, for a log line."""
+    return f"still serving version {current.source.version}" if current else "none served"
 
 
 async def fetch(
-    current: LoadedModel,
+    app: FastAPI,
+    slot: Slot,
     version: str,
     settings: Settings,
-    follow: Follow,
     count: Callable[[str], None],
 ) -> LoadedModel | None:
     """`version`, loaded; None if refused or if its download is to be tried again later."""
-    served = current.source.version
+    current, follow = in_slot(app, slot), slot.follow
+    labels = app.state.model.classifier.labels  # a challenger must predict the champion's
     try:
-        new = await load_to_the_end(current, version, settings)
+        new = await load_to_the_end(slot, version, labels, settings)
     except RegistryUnreachable as err:
         count("download_failed")
         now = asyncio.get_running_loop().time()
         if follow.download_failed(version, now, settings.reload_seconds):
             log.error(
-                "version %s not downloaded (still serving version %s), retrying less and "
-                "less often: %s",
-                *(version, served, err),
+                "%s: version %s not downloaded (%s), retrying less and less often: %s",
+                *(slot.role, version, serving(current), err),
             )
         return None
     except Exception as err:  # anything else: the current model must keep serving
         count("refused")
         follow.refused = version
-        log.error("refused version %s (still serving version %s): %s", version, served, err)
+        log.error("%s: refused version %s (%s): %s", slot.role, version, serving(current), err)
         return None
     if follow.unfetched == version:
         log.info("version %s downloaded after %d failed tries", version, follow.tries)
@@ -154,20 +214,18 @@ async def fetch(
     return new
 
 
-async def load_to_the_end(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:
+async def load_to_the_end(
+    slot: Slot, version: str, labels: tuple[str, ...], settings: Settings
+) -> LoadedModel:
     """`load_version` in a thread; cancelled meanwhile (the server stops), the load still
     ends, and its download is deleted."""
     return await to_thread_to_the_end(
-        load_version, current, version, settings, if_cancelled=LoadedModel.retire
+        load_version, slot, version, labels, settings, if_cancelled=LoadedModel.retire
     )
 
 
 def alias_of(loaded: LoadedModel) -> tuple[str, str]:
     return loaded.source.registered_model, loaded.source.alias
-
-
-def alias_uri(loaded: LoadedModel) -> str:
-    return "models:/{}@{}".format(*alias_of(loaded))
 
 
 def log_if_stopped(task: asyncio.Task) -> None:
@@ -189,15 +247,30 @@ def serve(app: FastAPI, loaded: LoadedModel) -> None:
     app.state.metrics.queue_limit.set(app.state.batcher.bound)
 
 
-def load_version(current: LoadedModel, version: str, settings: Settings) -> LoadedModel:
-    """Load `version` of the current registered model; refuse other labels."""
-    name = current.source.registered_model
-    new = load_model(f"models:/{name}/{version}", settings.threads, settings.spinning)
-    labels, served = new.classifier.labels, current.classifier.labels
-    if labels != served:
+def put(app: FastAPI, slot: Slot, loaded: LoadedModel) -> None:
+    """`loaded` in its slot (no await: atomic for requests)."""
+    if slot.role == CHAMPION:
+        serve(app, loaded)
+    else:
+        app.state.challenger = loaded
+        app.state.rollout.show(loaded)
+
+
+def load_version(
+    slot: Slot, version: str, labels: tuple[str, ...], settings: Settings
+) -> LoadedModel:
+    """Load `version` of the slot's registered model; refuse other labels than `labels`
+    (the champion's)."""
+    new = load_model(f"models:/{slot.name}/{version}", settings.threads, settings.spinning)
+    check_labels(new, labels)
+    return replace(new, source=replace(new.source, alias=slot.alias))
+
+
+def check_labels(new: LoadedModel, labels: tuple[str, ...]) -> None:
+    """ModelFolderError (and its download deleted) if `new` predicts other labels."""
+    if new.classifier.labels != labels:
         new.retire()  # downloaded, never to be served
         raise ModelFolderError(
-            f"it predicts {', '.join(labels)}, not the served {', '.join(served)}; "
-            "serve it from a new server"
+            f"it predicts {', '.join(new.classifier.labels)}, not the served "
+            f"{', '.join(labels)}; serve it from a new server"
         )
-    return replace(new, source=replace(new.source, alias=current.source.alias))

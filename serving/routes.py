@@ -7,6 +7,7 @@ what the schema accepts is served, what it refuses gets a 4xx.
 
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Annotated, Any
 
@@ -27,13 +28,16 @@ from pydantic import (
     create_model,
     model_validator,
 )
+from starlette.background import BackgroundTask
 
+from distrinews.runtime.prediction_store import CHALLENGER, CHAMPION
 from distrinews.runtime.text_rules import TEXT_PATTERN
 from serving.admission import OVERLOADED, RETRY_AFTER
 from serving.feedback import Given, check_token, record_feedback
 from serving.inference import LoadedModel, MicroBatcher, Overloaded, Scores
 from serving.observability import REQUEST_ID
 from serving.prediction_log import Answered, now
+from serving.rollout import Plan, client_key, plan
 from serving.settings import Settings
 from serving.stages import mark
 
@@ -183,16 +187,27 @@ def to_predictions(rows: np.ndarray, labels: tuple[str, ...]) -> list[dict]:
     ]
 
 
-async def predict_texts(
-    texts: list[str], batcher: MicroBatcher, request: Request
-) -> tuple[str, list[dict]]:
-    """A new prediction id, and predictions for `texts`; their length and labels go to the
+@dataclass(frozen=True)
+class Predicted:
+    """A request's predictions, the id of the answer, the version that made them, and what
+    runs once the answer is sent (the challenger's work), if anything."""
+
+    prediction_id: str
+    predictions: list[dict]
+    version: str | None
+    later: BackgroundTask | None
+
+
+async def predict_texts(texts: list[str], batcher: MicroBatcher, request: Request) -> Predicted:
+    """Predictions for `texts` under a new prediction id; their length and labels go to the
     access log (not the texts), and they go to the prediction log (the texts only if the
     operator said so)."""
     state = request.scope["state"]
     mark(state, "handler")
+    chosen = plan_for(request)
     try:
-        scores = await batcher.probabilities(texts)
+        canary = chosen.served if chosen.role == CHALLENGER else None
+        scores = await batcher.probabilities(texts, canary)
     except Overloaded as err:
         request.app.state.metrics.overloaded.inc()
         raise HTTPException(429, OVERLOADED, headers=RETRY_AFTER) from err
@@ -200,46 +215,95 @@ async def predict_texts(
     state["marks"].update(scores.marks)
     prediction_id = uuid.uuid4().hex
     predictions = to_predictions(scores.rows, scores.labels)
-    labels = tuple(p["label"] for p in predictions)
     request.state.text_chars = sum(map(len, texts))
-    request.state.label = ",".join(labels)
-    if request.app.state.prediction_log is not None:
-        log_predictions(request, prediction_id, scores, texts, labels)
+    request.state.label = ",".join(p["label"] for p in predictions)
+    logged = Logged(request, prediction_id, texts)
+    logged.add(scores, chosen.role, served=True)
     mark(state, "answered")
-    return prediction_id, predictions
+    later = None
+    if request.app.state.challenger is not None:  # no work at all without one
+        later = BackgroundTask(after_answer, request, chosen, scores, logged)
+    return Predicted(prediction_id, predictions, scores.model.source.version, later)
 
 
-def log_predictions(
-    request: Request,
-    prediction_id: str,
-    scores: Scores,
-    texts: list[str],
-    labels: tuple[str, ...],
-) -> None:
-    """Hand the answer to the prediction log and to /feedback's recent answers, under the
-    version of the model that computed it (not the one serving now: a reload may have
-    swapped it in while the request waited)."""
-    state, source = request.app.state, scores.model.source
-    state.recent.remember(prediction_id, request.state.request_id, source.version, labels)
-    state.prediction_log.add(
-        Answered(
-            now(),
-            request.state.request_id,
-            prediction_id,
-            source.registered_model,
-            source.version,
-            scores.labels,
-            scores.rows,
-            scores.features,
-            texts if state.settings.log_texts else None,
+def plan_for(request: Request) -> Plan:
+    """Who answers this request, and who scores it in shadow (serving.rollout)."""
+    state = request.app.state
+    if state.challenger is None:
+        return Plan(state.model, CHAMPION)
+    settings: Settings = state.settings
+    key = ""
+    if settings.canary_share:
+        key = client_key(dict(request.scope["headers"]), request.state.request_id)
+    return plan(state.model, state.challenger, key, settings.canary_share, settings.shadow_share)
+
+
+class Logged:
+    """Hands a request's predictions, by whichever model made them, to the prediction log
+    and to /feedback's recent answers, under the version of the model that computed them
+    (not the one serving now: a reload may have swapped it in while the request waited)."""
+
+    def __init__(self, request: Request, prediction_id: str, texts: list[str]):
+        self.state, self.request_id = request.app.state, request.state.request_id
+        self.prediction_id, self.texts = prediction_id, texts
+
+    def add(self, scores: Scores, role: str, served: bool) -> None:
+        state, source = self.state, scores.model.source
+        if state.prediction_log is None:
+            return
+        labels = tuple(scores.labels[i] for i in scores.rows.argmax(axis=1).tolist())
+        state.recent.remember(
+            self.prediction_id, self.request_id, source.version, labels, role, served
         )
-    )
+        milliseconds = 1000 * (scores.marks["scored"] - scores.marks["inference"])
+        state.prediction_log.add(
+            Answered(
+                now(),
+                self.request_id,
+                self.prediction_id,
+                source.registered_model,
+                source.version,
+                scores.labels,
+                scores.rows,
+                scores.features,
+                self.texts if state.settings.log_texts else None,
+                role,
+                served,
+                round(milliseconds, 3),
+            )
+        )
 
 
-def answer(prediction_id: str, body: dict) -> JSONResponse:
-    """`body`, with the prediction id in it and in the X-Prediction-ID header."""
-    headers = {"X-Prediction-ID": prediction_id}
-    return JSONResponse({**body, "prediction_id": prediction_id}, headers=headers)
+async def after_answer(request: Request, chosen: Plan, scores: Scores, logged: Logged) -> None:
+    """Once the answer is sent: the served role's metrics, and the shadow scoring, if the
+    plan has one and the model's thread is free (else dropped, and counted)."""
+    state = request.app.state
+    rollout = state.rollout
+    rollout.observe(chosen.role, True, scores)
+    if chosen.shadow is None:
+        return
+
+    def done(outcome: str, shadow: Scores | None) -> None:
+        rollout.shadow.labels(outcome).inc()
+        if shadow is not None:
+            rollout.observe(chosen.shadow_role, False, shadow)
+            rollout.compare(scores, shadow)
+            logged.add(shadow, chosen.shadow_role, served=False)
+
+    batcher = state.batcher
+    if batcher is None or not batcher.shadow(chosen.shadow, logged.texts, done):
+        rollout.shadow.labels("dropped").inc()
+
+
+def answer(predicted: Predicted, body: dict) -> JSONResponse:
+    """`body`, with the prediction id in it and in the X-Prediction-ID header, and the
+    version that answered in X-Model-Version (a canary's client can tell); what is to run
+    later runs once it is sent."""
+    headers = {"X-Prediction-ID": predicted.prediction_id}
+    if predicted.version:
+        headers["X-Model-Version"] = predicted.version
+    body = {**body, "prediction_id": predicted.prediction_id}
+    return JSONResponse(body, headers=headers, background=predicted.later)
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -256,14 +320,14 @@ def build_router(settings: Settings) -> APIRouter:
     # solving cost about 0.03 ms per request on this hot path.
     async def predict(body: PredictRequest, request: Request) -> Response:
         batcher = serving_batcher(request)
-        prediction_id, (prediction,) = await predict_texts([body.text], batcher, request)
-        return answer(prediction_id, prediction)
+        predicted = await predict_texts([body.text], batcher, request)
+        return answer(predicted, predicted.predictions[0])
 
     @router.post("/predict/batch", response_model=BatchPrediction, responses=PREDICT_ERRORS)
     async def predict_batch(body: BatchRequest, request: Request) -> Response:
         batcher = serving_batcher(request)
-        prediction_id, predictions = await predict_texts(body.texts, batcher, request)
-        return answer(prediction_id, {"predictions": predictions})
+        predicted = await predict_texts(body.texts, batcher, request)
+        return answer(predicted, {"predictions": predicted.predictions})
 
     if settings.feedback_token.get_secret_value():
         add_feedback_route(router, settings, FeedbackRequest)
@@ -371,6 +435,23 @@ async def model_info(request: Request, batcher: BatcherDep) -> dict:
         "calibration_error": report.get("ece_test"),
         # What held-out data looked like, for drift: absent for a model exported before.
         "reference_profile": classifier.profile,
+        "challenger": challenger_info(request),
+    }
+
+
+def challenger_info(request: Request) -> dict | None:
+    """The challenger judged beside the served model (serving.rollout), if one is loaded."""
+    loaded: LoadedModel | None = request.app.state.challenger
+    if loaded is None:
+        return None
+    settings: Settings = request.app.state.settings
+    return {
+        "source": loaded.source.uri,
+        "version": loaded.source.version,
+        "alias": loaded.source.alias,
+        "loaded_at": loaded.loaded_at,
+        "shadow_share": settings.shadow_share,
+        "canary_share": settings.canary_share,
     }
 
 

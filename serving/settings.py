@@ -42,6 +42,27 @@ class Settings(BaseSettings):
         description="With models:/<name>@<alias>: check the alias this often and serve the "
         "version it points to (0: never)",
     )
+    # serving.rollout: a second model beside the served one, judged on live traffic.
+    challenger: str = Field(
+        "",
+        description="A second model to judge on live traffic beside DISTRINEWS_MODEL, usually "
+        "models:/<name>@challenger (followed like the model; the alias may come and go); "
+        "empty: none",
+    )
+    shadow_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of requests the challenger also scores after the answer is sent "
+        "(the client gets the model's answer; dropped first when the server is busy)",
+    )
+    canary_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of clients answered by the challenger, by a hash of their "
+        "X-Client-Key header (else of the request id): a client key stays with one model",
+    )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads (0: the CPUs this process may use)"
     )
@@ -143,6 +164,21 @@ class Settings(BaseSettings):
         "waiting for the model); more get 429 with Retry-After (0: no limit; unset: as many "
         "as the model answers in 25 ms, timed at warm-up, at least 2)",
     )
+
+    @model_validator(mode="after")
+    def shares_need_a_challenger(self) -> "Settings":
+        shared = self.shadow_share or self.canary_share
+        if shared and not self.challenger:
+            raise ValueError(
+                "DISTRINEWS_SHADOW_SHARE or DISTRINEWS_CANARY_SHARE is set but "
+                "DISTRINEWS_CHALLENGER is empty: set the challenger to judge"
+            )
+        if self.challenger and not shared:
+            raise ValueError(
+                "DISTRINEWS_CHALLENGER is set but no request would reach it: set "
+                "DISTRINEWS_SHADOW_SHARE or DISTRINEWS_CANARY_SHARE"
+            )
+        return self
 
     @model_validator(mode="after")
     def feedback_needs_the_log(self) -> "Settings":

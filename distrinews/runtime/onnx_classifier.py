@@ -67,13 +67,16 @@ class OnnxClassifier:
         """Token ids of each text, truncated, unpadded."""
         return self.tokenizer.encode_batch(texts)
 
-    def logits_of(self, encodings: list, max_batch: int = 0) -> np.ndarray:
+    def logits_of(
+        self, encodings: list, max_batch: int = 0, run_options: ort.RunOptions | None = None
+    ) -> np.ndarray:
         """Logits of encoded texts, in their order, computed in groups of similar length.
 
         One padded batch would spend most of its work on padding when a short
         and a long text meet; groups whose padding stays under
         `max_padding_share` keep the batching gain without that waste. `max_batch`
         caps a group's texts (0: no cap), so a long list never becomes one huge call.
+        `run_options`: set its `terminate` from another thread to stop the run (it raises).
         """
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         logits = np.empty((len(encodings), len(self.labels)), dtype=np.float32)
@@ -84,15 +87,15 @@ class OnnxClassifier:
             padded = (len(group) + 1) * length  # sorted: the newest is the longest
             full = 0 < max_batch <= len(group)
             if group and (full or padded - tokens - length > self.max_padding_share * padded):
-                logits[group] = self.run_encoded([encodings[i] for i in group])
+                logits[group] = self.run_encoded([encodings[i] for i in group], run_options)
                 group, tokens = [], 0
             group.append(index)
             tokens += length
         if group:
-            logits[group] = self.run_encoded([encodings[i] for i in group])
+            logits[group] = self.run_encoded([encodings[i] for i in group], run_options)
         return logits
 
-    def run_encoded(self, encodings: list) -> np.ndarray:
+    def run_encoded(self, encodings: list, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """Logits of tokenized texts, padded to the longest (one ONNX Runtime call)."""
         width = max(len(e.ids) for e in encodings)
         features = {
@@ -100,7 +103,8 @@ class OnnxClassifier:
             "attention_mask": _padded([e.attention_mask for e in encodings], width, 0),
             "token_type_ids": _padded([e.type_ids for e in encodings], width, 0),
         }
-        (logits,) = self.session.run(["logits"], {n: features[n] for n in self.input_names})
+        inputs = {n: features[n] for n in self.input_names}
+        (logits,) = self.session.run(["logits"], inputs, run_options)
         return logits
 
     def probabilities(self, texts: list[str]) -> np.ndarray:

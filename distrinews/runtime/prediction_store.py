@@ -46,6 +46,9 @@ PREDICTIONS = sa.Table(
     # answer (NULL: yes, as in every row written before). A request has one served row.
     sa.Column("role", sa.String(16)),
     sa.Column("served", sa.Boolean),
+    # Milliseconds of the inference that made it (tokenization included): each role's
+    # p95 on the serving CPU, for the monitor and promote's live evidence.
+    sa.Column("inference_ms", sa.Float),
 )
 FEEDBACK = sa.Table(
     "feedback",
