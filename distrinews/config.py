@@ -356,18 +356,50 @@ class PromoteConfig:
         False,
     )
     latency_texts: int = _help("Test texts timed one at a time for the latency figure.", 200)
+    live_window: str = _help(
+        "Also require live evidence from the prediction log (docs/rollout.md): how far back "
+        "to read, a span such as 24h or 7d, or an ISO start time (UTC). The candidate is then "
+        "the version `challenger` points to (unless `version` is given), judged on the texts "
+        "it and the champion both scored. Empty: the offline evidence only.",
+        "",
+    )
+    live_store: str = _help(
+        "The prediction log with the live evidence: the server's DISTRINEWS_PREDICTION_LOG (a "
+        "SQLAlchemy URL without a password), or `env` to read that variable.",
+        "sqlite:///predictions.db",
+    )
+    min_live_requests: int = _help(
+        "With live_window: at least this many texts scored by both models in it.", 200
+    )
+    min_agreement: float = _help(
+        "With live_window: the 95% interval of the share of texts both models gave the same "
+        "label must lie above this (0: not checked).",
+        0.0,
+    )
+    max_live_accuracy_drop: float = _help(
+        "With live_window: the most points the candidate may be worse than the champion on "
+        "the window's feedback (both judged on the same texts): the 95% interval of the "
+        "paired difference must clear it. Its p95 inference time there must also be within "
+        "max_p95_ms.",
+        0.0,
+    )
 
     def __post_init__(self) -> None:
         if self.version and not self.version.isdigit():
             raise UserError(f"version={self.version!r} must be a version number, or empty")
         if not self.registered_model.strip():
             raise UserError("registered_model is empty; pass -P registered_model=<name>")
-        drops = (self.max_accuracy_drop, self.max_production_drop, self.max_budget_drop)
+        drops = (
+            *(self.max_accuracy_drop, self.max_production_drop, self.max_budget_drop),
+            self.max_live_accuracy_drop,
+        )
         if min(drops) < 0 or self.max_p95_ms <= 0 or self.latency_texts < 1:
             raise UserError(
-                "max_accuracy_drop, max_production_drop and max_budget_drop must be >= 0, "
-                "max_p95_ms > 0, latency_texts >= 1"
+                "max_accuracy_drop, max_production_drop, max_budget_drop and "
+                "max_live_accuracy_drop must be >= 0, max_p95_ms > 0, latency_texts >= 1"
             )
+        if self.min_live_requests < 1 or not 0 <= self.min_agreement <= 1:
+            raise UserError("min_live_requests must be >= 1 and min_agreement within [0, 1]")
 
 
 @dataclass(frozen=True)

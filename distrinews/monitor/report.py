@@ -10,6 +10,7 @@ from datetime import datetime
 from distrinews.config import MonitorConfig
 from distrinews.data.labels import metric_safe
 from distrinews.mlflow_runs import log_new_params, step_run
+from distrinews.monitor.challenger import ChallengerReport, challenger_html, challenger_metrics
 from distrinews.monitor.drift import VersionReport
 from distrinews.runtime.prediction_store import shown
 
@@ -97,6 +98,7 @@ def log_monitor_run(
     reports: list[VersionReport],
     served: VersionReport,
     reasons: list[str],
+    challengers: list[ChallengerReport] = (),
 ) -> None:
     import mlflow
 
@@ -108,7 +110,7 @@ def log_monitor_run(
         metrics = version_metrics(served, "monitor/")
         for report in reports:
             metrics |= version_metrics(report, version_prefix(report, cfg.registered_model))
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(metrics | challenger_metrics(challengers))
         pngs = {
             ((report.model_name, report.version), signal): signal_png(report, signal)
             for report in reports
@@ -117,7 +119,8 @@ def log_monitor_run(
         for (key, signal), png in pngs.items():
             if key == (served.model_name, served.version):
                 mlflow.log_image(png_image(png), f"monitor/{signal}.png")
-        mlflow.log_text(html_report(window, reports, reasons, pngs), "monitor/report.html")
+        page = html_report(window, reports, reasons, pngs) + challenger_html(challengers)
+        mlflow.log_text(page, "monitor/report.html")
         mlflow.set_tags(
             {
                 "model_version": served.version,
@@ -125,6 +128,7 @@ def log_monitor_run(
                 "retrain_recommended": str(bool(reasons)).lower(),
                 "retrain_reason": "; ".join(reasons) or "none",
             }
+            | {f"challenger_{c.live.challenger}": c.live.describe()[:5000] for c in challengers}
         )
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from distrinews.config import MonitorConfig
 from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
+from distrinews.monitor.challenger import challenger_reports
 from distrinews.monitor.drift import (
     VersionReport,
     compare,
@@ -36,12 +37,15 @@ def run_monitor(cfg: MonitorConfig) -> str:
     # Downloads of the versions' profiles, deleted when the step ends.
     with tempfile.TemporaryDirectory(prefix="distrinews-monitor-") as work:
         reports = version_reports(predictions, feedback, cfg, Path(work))
+        challengers = challenger_reports(cfg, (start, end), Path(work) / "challengers")
     served = served_report(reports, cfg.registered_model)
     reasons = retrain_reasons(served, cfg)
-    log_monitor_run(cfg, (start, end), reports, served, reasons)
+    log_monitor_run(cfg, (start, end), reports, served, reasons, challengers)
     verdict = f"retrain recommended: {'; '.join(reasons)}" if reasons else "no retraining needed"
+    compared = "".join(f"; challenger {c.live.describe()}" for c in challengers)
     return (
-        f"{len(predictions)} predictions, {len(feedback)} feedback items; {served.label}: {verdict}"
+        f"{len(predictions)} predictions, {len(feedback)} feedback items; {served.label}: "
+        f"{verdict}{compared}"
     )
 
 

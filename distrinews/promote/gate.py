@@ -4,7 +4,7 @@ candidate shown to be good enough.
 
 "Shown" is paired evidence: on the test split, and on the production slice the
 candidate's train run held out of its feedback, the difference of the two accuracies
-gets a confidence interval (distrinews.promote.comparison), and the interval must clear
+gets a confidence interval (distrinews.comparison), and the interval must clear
 the limit (max_accuracy_drop, max_production_drop: the most points the candidate may be
 worse by). A point estimate 2 points lower on 200 rows is noise; an interval says so,
 and says how many rows it would take. The latency budget is a hard limit on this CPU.
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distrinews.comparison import PairedComparison
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.data.feedback import PRODUCTION_ARTIFACT
+from distrinews.data.live_pairs import LiveComparison
 from distrinews.data.splits import load_splits
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import (
@@ -29,8 +31,8 @@ from distrinews.mlflow_runs import (
     log_split,
     step_run,
 )
-from distrinews.promote.comparison import PairedComparison
 from distrinews.promote.evidence import UNTRAINED
+from distrinews.promote.live import live_candidate, live_comparison, live_metrics, live_refusal
 from distrinews.promote.registry import (
     CHAMPION,
     champion_version,
@@ -39,6 +41,7 @@ from distrinews.promote.registry import (
     read,
     registry_call,
     resolve_version,
+    retire_challenger,
     write_tags,
 )
 from distrinews.runtime.cpu import available_cpus, cpu_name
@@ -49,7 +52,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: The evidence the gate weighs, each with the setting that bounds it.
-EVIDENCE_LIMITS = {"test": "max_accuracy_drop", "production": "max_production_drop"}
+EVIDENCE_LIMITS = {
+    "test": "max_accuracy_drop",
+    "production": "max_production_drop",
+    "live": "max_live_accuracy_drop",
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Judgement:
     reason: str
     scores: dict[str, Score]
     evidence: dict[str, PairedComparison]
+    live: LiveComparison | None = None  # with -P live_window=
 
 
 def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
@@ -83,7 +91,10 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
     check_tracking_server()
     client = mlflow.MlflowClient()
     name = cfg.registered_model
-    versions = {"candidate": resolve_version(client, name, cfg.version)}
+    live = cfg.live_window and not cfg.version  # the challenger is the candidate
+    versions = {
+        "candidate": live_candidate(name) if live else resolve_version(client, name, cfg.version)
+    }
     if (holder := champion_version(name)) is not None:
         versions["champion"] = holder
     candidate_tags = read(
@@ -101,6 +112,10 @@ def run_promote(cfg: PromoteConfig, data_cfg: DataConfig) -> str:
         promoted, reason = record_and_move(client, name, versions, judgement)
         if not promoted:
             raise UserError(f"version {versions['candidate']} not promoted: {reason}")
+        if judgement.live is not None:
+            retired = retire_challenger(client, name, versions["candidate"])
+            mlflow.set_tag("challenger_alias", retired)
+            reason += f"; {retired}"
     return f"{name}@{CHAMPION} -> version {versions['candidate']}: {reason}"
 
 
@@ -123,7 +138,10 @@ def judge_versions(
     if candidate_tags.get(UNTRAINED) == "true" and not cfg.force:
         return Judgement(False, UNTRAINED_REASON, {}, {})
     production = production_slice(candidate_tags, models["candidate"].labels, work)
-    return judge(cfg, data_cfg, models, versions, production)
+    live = None
+    if cfg.live_window:
+        live = live_comparison(cfg, name, versions, models["candidate"].labels)
+    return judge(cfg, data_cfg, models, versions, production, live)
 
 
 def record_and_move(
@@ -134,7 +152,9 @@ def record_and_move(
     import mlflow
 
     promoted, reason = judgement.promoted, judgement.reason
-    mlflow.log_metrics(run_metrics(judgement))
+    mlflow.log_metrics(
+        run_metrics(judgement) | (live_metrics(judgement.live) if judgement.live else {})
+    )
     mlflow.set_tags({"decision": decision_word(promoted), "reason": reason})
     write_tags(client, name, versions["candidate"], version_tags(versions, judgement))
     if promoted and (lost := try_move_alias(client, name, versions)):
@@ -165,9 +185,12 @@ def judge(
     models: dict[str, OnnxClassifier],
     versions: dict[str, str],
     production: "pd.DataFrame | None" = None,
+    live: LiveComparison | None = None,
 ) -> Judgement:
     """The labels first, then both models on one test split, and on the candidate's
-    production slice when its train run held one out: each row answered by both."""
+    production slice when its train run held one out: each row answered by both. With
+    live evidence, its own conditions (distrinews.promote.live) and its feedback, paired,
+    as one more kind of evidence."""
     candidate, champion = models["candidate"], models.get("champion")
     if champion is not None and champion.labels != candidate.labels:
         reason = (
@@ -193,8 +216,14 @@ def judge(
             kind: PairedComparison.of(right["candidate"][kind], right["champion"][kind])
             for kind in rows
         }
+    if live is not None and (refusal := live_refusal(cfg, live)) and not cfg.force:
+        return Judgement(False, refusal, scores, evidence, live)
+    if live is not None:
+        evidence["live"] = live.labelled
     promoted, reason = decide(cfg, scores["candidate"], scores.get("champion"), versions, evidence)
-    return Judgement(promoted, reason, scores, evidence)
+    if live is not None:
+        reason += f"; live: {live.describe()}"
+    return Judgement(promoted, reason, scores, evidence, live)
 
 
 def answers_right(model: OnnxClassifier, rows: dict[str, "pd.DataFrame"]) -> dict[str, np.ndarray]:
@@ -350,4 +379,6 @@ def version_tags(versions: dict[str, str], judgement: Judgement) -> dict[str, st
             tags[f"promotion_{role}_production_accuracy"] = f"{s.production_accuracy:.4f}"
     for kind, comparison in judgement.evidence.items():
         tags[f"promotion_{kind}_evidence"] = comparison.describe()
+    if judgement.live is not None:
+        tags["promotion_live"] = judgement.live.describe()[:5000]
     return tags | {"promotion": decision_word(judgement.promoted)}

@@ -27,6 +27,8 @@ from distrinews.runtime.onnx_classifier import OnnxClassifier
 
 #: The alias the server follows and `promote` moves.
 CHAMPION = "champion"
+#: The alias of a version served beside the champion to be judged on live traffic.
+CHALLENGER = "challenger"
 #: Said of every failure before the alias move: a user may simply run promote again.
 NOTHING_MOVED = "nothing was moved; run promote again when the registry answers"
 
@@ -79,10 +81,29 @@ def resolve_version(client: Any, name: str, version: str) -> str:
 def champion_version(name: str) -> str | None:
     """The version `champion` points to, None if the alias is not set yet; a registry that
     does not answer or refuses must not read as "no champion" (it would skip the gate)."""
+    return alias_holder(name, CHAMPION)
+
+
+def alias_holder(name: str, alias: str) -> str | None:
+    """The version `alias` points to, None if it is not set; UserError if the registry does
+    not answer or refuses."""
     try:
-        return alias_version(name, CHAMPION)
+        return alias_version(name, alias)
     except ModelFolderError as err:
-        raise UserError(f"cannot read {name}@{CHAMPION}: {err}; {NOTHING_MOVED}") from err
+        raise UserError(f"cannot read {name}@{alias}: {err}; {NOTHING_MOVED}") from err
+
+
+def retire_challenger(client: Any, name: str, version: str) -> str:
+    """Remove `challenger` once its version is the champion: the server stops scoring a
+    model against itself. What was done, for the run's reason (a failure is said, not
+    raised: the promotion itself is done)."""
+    try:
+        if alias_holder(name, CHALLENGER) != version:
+            return f"{name}@{CHALLENGER} points elsewhere: left as it is"
+        client.delete_registered_model_alias(name, CHALLENGER)
+    except Exception as err:  # the champion moved: say what is left to do
+        return f"{name}@{CHALLENGER} not removed ({first_line(err)}): remove it by hand"
+    return f"{name}@{CHALLENGER} removed"
 
 
 def open_version(name: str, version: str, into: Path) -> OnnxClassifier:

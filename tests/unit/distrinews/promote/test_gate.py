@@ -15,7 +15,7 @@ from devkit.processes import REPO
 from devkit.tiny_models import broken_copy
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import UserError
-from distrinews.promote.comparison import PairedComparison
+from distrinews.comparison import PairedComparison
 from distrinews.promote.gate import Score, decide, judge, run_promote
 
 VERSIONS = {"candidate": "3", "champion": "2"}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from distrinews.promote.comparison import PairedComparison
+from distrinews.comparison import PairedComparison
 
 
 def test_the_table_counts_each_row_by_who_got_it_right():

@@ -57,11 +57,11 @@ class PairedComparison:
 
     def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
         """Newcombe's interval of `difference`."""
-        n, z = self.rows, _z(confidence)
+        n, z = self.rows, z_score(confidence)
         if n == 0:
             return -1.0, 1.0
-        p1, (l1, u1) = (self.both + self.gains) / n, _wilson(self.both + self.gains, n, z)
-        p2, (l2, u2) = (self.both + self.losses) / n, _wilson(self.both + self.losses, n, z)
+        p1, (l1, u1) = (self.both + self.gains) / n, wilson(self.both + self.gains, n, z)
+        p2, (l2, u2) = (self.both + self.losses) / n, wilson(self.both + self.losses, n, z)
         phi = self._correlation()
         below = math.sqrt(
             max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
@@ -163,13 +163,13 @@ class Verdict:
         )
 
 
-def _z(confidence: float) -> float:
+def z_score(confidence: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(0.5 + confidence / 2))
 
 
-def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     """Wilson's score interval of successes / n."""
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
