@@ -131,6 +131,7 @@ def control_predictions(
 def retrain_loop(args, data: Path, checkpoints: Path, log: str) -> float:
     """`mlflow run . -e retrain` over the last hour of the log; its wall time."""
     params = {"store": log, "since": "1h", "data": data, "max_eval_rows": args.eval_rows}
+    params["rollout"] = args.rollout
     params |= {"registered_model": args.registered_model, "epochs": args.retrain_epochs}
     params |= {"lr": args.retrain_lr, "nproc": args.nproc, "output_dir": checkpoints}
     params |= {"max_train_rows": args.base_rows, "max_int8_drop": args.max_int8_drop}
@@ -138,6 +139,54 @@ def retrain_loop(args, data: Path, checkpoints: Path, log: str) -> float:
     params |= {"max_accuracy_drop": args.max_accuracy_drop}
     params |= {"max_production_drop": args.max_production_drop}
     return mlflow_run("retrain", args.experiment, params)
+
+
+def live_promotion(args, data: Path, log: str) -> tuple[float, dict]:
+    """`mlflow run . -e promote -P live_window=1h` on the challenger's shadow evidence; its
+    wall time, and its run's decision, reason and metrics (a refusal exits non-zero: the
+    run says why)."""
+    import mlflow
+
+    command = ["mlflow", "run", str(REPO), "-e", "promote", "--env-manager", "local"]
+    command += ["--experiment-name", args.experiment]
+    params = {"registered_model": args.registered_model, "live_window": "1h", "live_store": log}
+    params |= {"min_live_requests": args.min_live_requests, "data": data, "latency_texts": 50}
+    params |= {"max_live_accuracy_drop": args.max_live_drop, "max_p95_ms": 1000}
+    params |= {"max_accuracy_drop": args.max_accuracy_drop, "max_eval_rows": args.eval_rows}
+    params["max_production_drop"] = args.max_production_drop
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    start = time.perf_counter()
+    subprocess.run(command, check=False, timeout=3600)
+    seconds = time.perf_counter() - start
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(args.experiment).experiment_id
+    run = client.search_runs([experiment], "tags.step = 'promote'", max_results=1)[0]
+    return seconds, {"tags": run.data.tags, "metrics": run.data.metrics}
+
+
+def wait_for_challenger(url: str, version: str, timeout: float = 120) -> None:
+    """Until the server's /model says it judges `version` as its challenger."""
+    deadline = time.monotonic() + timeout
+    while (httpx.get(f"{url}/model", timeout=10).json().get("challenger") or {}).get(
+        "version"
+    ) != version:
+        assert time.monotonic() < deadline, f"challenger {version} not loaded in {timeout} s"
+        time.sleep(0.05)
+
+
+def shadow_outcomes(url: str) -> dict[str, float]:
+    """The server's distrinews_shadow_total, by outcome, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "distrinews_shadow"
+        for sample in family.samples
+        if sample.name == "distrinews_shadow_total"
+    }
 
 
 def retrain_run(args):
@@ -158,6 +207,9 @@ def measure(args, work: Path) -> dict:
     log = f"sqlite:///{work}/predictions.db"
     # max_queue 0: every request of the load admitted, each must be answered 200.
     settings = {"reload_seconds": 1, "log_texts": "true", "feedback_token": TOKEN, "max_queue": 0}
+    if args.rollout == "challenger":  # every request also scored by it, once it exists
+        settings |= {"challenger": f"models:/{args.registered_model}@challenger"}
+        settings |= {"shadow_share": 1.0}
     model = f"models:/{args.registered_model}@champion"
     server = Server(model, dict(os.environ), prediction_log=log, access_log=False, **settings)
     try:
@@ -167,10 +219,15 @@ def measure(args, work: Path) -> dict:
         with BackgroundLoad(server.url, rest["text"].tolist(), args.clients) as load:
             figures["retrain_wall"] = retrain_loop(args, data, checkpoints, log)
             parent = retrain_run(args)
+            candidate = parent.data.tags.get("candidate_version", "")
             if parent.data.tags["decision"] == "promoted":
-                wait_for_version(server.url, parent.data.tags["candidate_version"], timeout=120)
+                wait_for_version(server.url, candidate, timeout=120)
+            if parent.data.tags["decision"] == "challenger":
+                wait_for_challenger(server.url, candidate)
         figures["load"] = [answer.status for answer in load.answers]
         figures["parent"] = parent
+        if parent.data.tags["decision"] == "challenger":
+            figures |= roll_out(args, server.url, data, log, rest, candidate)
         after = send(server.url, rest, 0)
     finally:
         server.stop()
@@ -185,6 +242,21 @@ def measure(args, work: Path) -> dict:
     figures["paired"] = {
         name: paired(predictions[name], after, truth) for name in predictions if name != "after"
     }
+    return figures
+
+
+def roll_out(args, url: str, data: Path, log: str, rest: pd.DataFrame, candidate: str) -> dict:
+    """The challenger judged live: the held-out stream sent again, each text scored by both
+    models (the challenger in shadow) and labelled; then promote on that live evidence,
+    while clients load the server, which follows if the champion moves."""
+    send(url, rest, len(rest))
+    time.sleep(2)  # the log writer's last flush
+    figures = {"shadow": shadow_outcomes(url)}
+    with BackgroundLoad(url, rest["text"].tolist(), args.clients) as load:
+        figures["promote_live_wall"], figures["promote_live"] = live_promotion(args, data, log)
+        if figures["promote_live"]["tags"].get("decision") == "promoted":
+            wait_for_version(url, candidate, timeout=120)
+    figures["rollout_load"] = [answer.status for answer in load.answers]
     return figures
 
 
@@ -213,13 +285,14 @@ def table(figures: dict, args) -> tuple[str, dict[str, float]]:
         if "control" in stream
         else ""
     )
-    statuses = figures["load"]
+    statuses = figures["load"] + figures.get("rollout_load", [])
     load_line = (
         f"- While the retrain ran and the server switched: {len(statuses)} requests from "
         f"{args.clients} client(s), {sum(s != 200 for s in statuses)} failed.\n"
         if args.clients
         else ""
     )
+    rollout = rollout_text(figures, args)
     versus = {"before": "the champion", "control": "the control"}
     paired_lines = "\n".join(
         f"- Served after the retrain vs {versus[name]}, on the same {held_out} texts: "
@@ -253,7 +326,7 @@ champion {got("champion_production_accuracy"):.4f}. Test accuracy is the int8 mo
 gate's test rows (the control's from its export).
 
 {paired_lines}
-{load_line}
+{load_line}{rollout}
 
 | step | wall time (s) |
 | --- | --- |
@@ -266,11 +339,38 @@ gate's test rows (the control's from its export).
     metrics = {f"stream_accuracy_{k}": v for k, v in stream.items()}
     metrics |= {f"{k.removeprefix('retrain/')}": v for k, v in m.items()}
     metrics["retrain_wall_seconds"] = figures["retrain_wall"]
-    metrics["load_requests"] = len(figures["load"])
-    metrics["load_failed"] = sum(status != 200 for status in figures["load"])
+    metrics["load_requests"] = len(statuses)
+    metrics["load_failed"] = sum(status != 200 for status in statuses)
+    if "promote_live" in figures:
+        live = figures["promote_live"]["metrics"]
+        metrics |= {f"promote_{key.replace('/', '_')}": value for key, value in live.items()}
+        metrics |= {f"shadow_{outcome}": n for outcome, n in figures["shadow"].items()}
     for name, counts in figures["paired"].items():
         metrics |= {f"paired_{name}_{key}": value for key, value in counts.items()}
     return text, metrics
+
+
+def rollout_text(figures: dict, args) -> str:
+    """With --rollout challenger: the shadow scorings and promote's live decision."""
+    if "promote_live" not in figures:
+        return ""
+    tags, m = figures["promote_live"]["tags"], figures["promote_live"]["metrics"]
+    shadow = ", ".join(f"{n:.0f} {outcome}" for outcome, n in figures["shadow"].items())
+    return f"""
+**Rollout** (`-P rollout=challenger`): the new version became `@challenger`; the server
+scored every request with it too, in shadow ({shadow}). The held-out stream was sent
+again and labelled; then `mlflow run . -e promote -P live_window=1h` ({
+        figures["promote_live_wall"]:.0f} s) decided **{tags.get("decision", "?")}**:
+{tags.get("reason", "")}
+
+| live evidence | value |
+| --- | --- |
+| texts scored by both | {m.get("live/texts", 0):.0f} |
+| agreement | {m.get("live/agreement", float("nan")):.4f} |
+| champion live accuracy | {m.get("live/champion_accuracy", float("nan")):.4f} |
+| challenger live accuracy | {m.get("live/challenger_accuracy", float("nan")):.4f} |
+| challenger p95 inference (ms, serving CPU) | {m.get("live/challenger_p95_ms", float("nan")):.2f} |
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         "--clients", type=int, default=0, help="clients loading the server during the retrain"
     )
     parser.add_argument("--work", default="", help="keep the data, log and checkpoints here")
+    parser.add_argument(
+        "--rollout",
+        choices=("champion", "challenger"),
+        default="champion",
+        help="the retrain's rollout: challenger judges it live in shadow, then promotes",
+    )
+    parser.add_argument("--min-live-requests", type=int, default=200)
+    parser.add_argument("--max-live-drop", type=float, default=0.0)
     # A new registered model each time: the first promotion is the first champion, and a
     # user's own `distrinews` is left alone.
     parser.add_argument("--registered-model", default=unique_name("distrinews-retrain-bench"))

@@ -486,6 +486,10 @@ class PredictConfig:
             raise UserError("processes must be >= 0 (0: one per CPU) and max_text_chars >= 1")
 
 
+#: What a retrain does with its new version (RetrainConfig.rollout).
+ROLLOUTS = ("champion", "challenger")
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
     force: bool = _help(
@@ -510,8 +514,17 @@ class RetrainConfig:
         "unless it started more than this many hours ago (killed without cleanup).",
         6.0,
     )
+    rollout: str = _help(
+        "What becomes of the new version: champion (the gate promotes it at once, on "
+        "offline evidence), or challenger (it gets the `challenger` alias, for a server to "
+        "judge it on live traffic in shadow or as a canary; a later promote -P live_window= "
+        "finishes or refuses it: docs/rollout.md).",
+        "champion",
+    )
 
     def __post_init__(self) -> None:
+        if self.rollout not in ROLLOUTS:
+            raise UserError(f"rollout={self.rollout!r} must be one of {', '.join(ROLLOUTS)}")
         if self.epochs < 1 or self.lr <= 0 or self.lock_hours <= 0 or self.max_int8_drop < 0:
             raise UserError("epochs must be >= 1, lr > 0, lock_hours > 0 and max_int8_drop >= 0")
         if self.nproc != "auto" and not (self.nproc.isdigit() and int(self.nproc) >= 1):

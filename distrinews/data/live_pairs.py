@@ -128,22 +128,23 @@ class LiveComparison:
             "challenger": (table.both + table.gains) / table.rows,
         }
 
-    def describe(self) -> str:
+    def describe(self, paired: bool = True) -> str:
+        """What was scored, the agreement, and the live accuracies (with their paired
+        comparison, unless `paired` is False: a caller that says it already)."""
         low, high = self.agreement_interval()
         text = (
             f"version {self.challenger} against champion version {self.champion}: "
             f"{self.texts} texts scored by both ({self.canary} answered by the challenger), "
             f"agreement {self.agreement:.4f} (95% interval [{low:.4f}, {high:.4f}])"
         )
-        if self.labelled.rows:
-            accuracy = self.accuracies()
-            text += (
-                f"; live accuracy {accuracy['challenger']:.4f} vs {accuracy['champion']:.4f} "
-                f"on {self.labelled.describe()}"
-            )
-        else:
-            text += "; no feedback on them"
-        return text
+        if not self.labelled.rows:
+            return text + "; no feedback on them"
+        accuracy = self.accuracies()
+        text += (
+            f"; live accuracy {accuracy['challenger']:.4f} vs {accuracy['champion']:.4f} on "
+            f"{self.labelled.rows} labelled texts"
+        )
+        return text + (f" ({self.labelled.describe()})" if paired else "")
 
 
 def compare_live(pairs: pd.DataFrame, labels: list[str]) -> list[LiveComparison]:

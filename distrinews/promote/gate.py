@@ -222,7 +222,7 @@ def judge(
         evidence["live"] = live.labelled
     promoted, reason = decide(cfg, scores["candidate"], scores.get("champion"), versions, evidence)
     if live is not None:
-        reason += f"; live: {live.describe()}"
+        reason += f"; live: {live.describe(paired=False)}"
     return Judgement(promoted, reason, scores, evidence, live)
 
 

@@ -22,6 +22,7 @@ from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
 from distrinews.mlflow_runs import check_tracking_server, log_new_params, step_run
 from distrinews.promote.gate import champion_version
+from distrinews.promote.registry import CHALLENGER, registry_call
 from distrinews.retrain.child_runs import run_child
 from distrinews.retrain.report import comparison_figure, story_metrics, story_text
 from distrinews.retrain.story import Story
@@ -96,7 +97,10 @@ def loop(job: RetrainJob, parent: Any, story: Story) -> None:
     story.reason = why if recommended else f"forced (the monitor: {why})"
     train_run = train(job, parent, story, split)
     story.candidate = export(job, parent, story, train_run)
-    promote(job, parent, story, story.candidate)
+    if job.retrain.rollout == "challenger":
+        make_challenger(job.name, story)
+    else:
+        promote(job, parent, story, story.candidate)
 
 
 def window(job: RetrainJob) -> tuple[datetime, datetime]:
@@ -104,14 +108,17 @@ def window(job: RetrainJob) -> tuple[datetime, datetime]:
     settings, starting no earlier than where the last promoted retrain's window ended."""
 
     start, end = parse_window(job.monitor.since, job.monitor.until)
-    runs = retrain_runs(
-        job.name,
-        "tags.decision = 'promoted'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if runs and (last_end := runs[0].data.params.get("window_end")):
-        start = max(start, datetime.fromisoformat(last_end))
+    # A window is learned once its model is promoted, or handed to a live rollout (whose
+    # verdict, later, is promote's).
+    for decision in ("promoted", CHALLENGER):
+        runs = retrain_runs(
+            job.name,
+            f"tags.decision = '{decision}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs and (last_end := runs[0].data.params.get("window_end")):
+            start = max(start, datetime.fromisoformat(last_end))
     if start >= end:  # nothing since the last promoted retrain
         start = end
     return start, end
@@ -304,6 +311,21 @@ def promote(job: RetrainJob, parent: Any, story: Story, version: str) -> None:
     )
     tags = child("promote", command, parent, story).data.tags
     story.decision, story.reason = tags["decision"], tags["reason"]
+
+
+def make_challenger(name: str, story: Story) -> None:
+    """Point `challenger` at the new version: it is judged on live traffic before it serves
+    everyone (docs/rollout.md)."""
+    import mlflow
+
+    with registry_call(f"point {name}@{CHALLENGER} at version {story.candidate}"):
+        mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, story.candidate)
+    story.decision = CHALLENGER
+    story.reason = (
+        f"version {story.candidate} is {name}@{CHALLENGER} (the champion is still version "
+        f"{story.champion}): serve it with DISTRINEWS_CHALLENGER=models:/{name}@{CHALLENGER} "
+        "and a shadow or canary share, then promote -P live_window=<span> judges it"
+    )
 
 
 def record(story: Story) -> None:

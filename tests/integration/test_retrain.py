@@ -2,10 +2,14 @@
 configuration (one pipeline serves as the benchmark's smoke run and as this test):
 
 a first champion (`mlflow run` train, export, promote) is served from `@champion` with reload
-and the log on; a shifted stream is sent and part of it labelled through `/feedback`;
-`mlflow run . -e retrain` makes version 2 warm-started from version 1's train run while
-clients load the server, which moves to it without a failed request. Then an empty window
-makes nothing, and a retrain stopped half-way leaves the alias where it was."""
+and the log on, and `@challenger` followed in shadow; a shifted stream is sent and part of it
+labelled through `/feedback`; `mlflow run . -e retrain -P rollout=challenger` makes version 2,
+warm-started from version 1's train run, and points `@challenger` at it while clients load the
+server, which loads it beside the champion. The held-out stream is scored by both and
+labelled; `mlflow run . -e promote -P live_window=1h` promotes version 2 on that live
+evidence and removes `@challenger`, and the server follows: no failed request from the first
+to the last. Then an empty window makes nothing, and a retrain stopped half-way leaves the
+alias where it was."""
 
 import os
 import signal
@@ -38,14 +42,19 @@ def test_feedback_retrains_a_gated_champion_the_server_follows(tmp_path, tiny_be
     # (the gate's decisions have unit tests); this test is about the loop.
     args += ("--max-accuracy-drop", 100, "--max-production-drop", 100, "--min-feedback", 20)
     args += ("--clients", 1, "--work", work, "--registered-model", NAME)
+    # The live gate opened wide too; tests/integration/test_promote_live.py refuses a worse one.
+    args += ("--rollout", "challenger", "--min-live-requests", 20, "--max-live-drop", 100)
     text, bench = run_benchmark(store, "retrain", *args)
     check_the_table(text, bench)
-    check_the_loop(store)
+    parent = check_the_loop(store)
+    check_the_rollout(store, text)
 
     log = f"sqlite:///{work}/predictions.db"
     retrain = retrain_params(log, work / "ag_news", work / "checkpoints")
-    # The feedback is learned: a second retrain finds an empty window and makes nothing
-    # (in process: this path starts no step).
+    # The feedback is learned: a second retrain over the same window finds it empty and
+    # makes nothing (in process: this path starts no step). The held-out stream's labels,
+    # given later for the live evidence, are outside it.
+    retrain["until"] = parent.data.params["window_end"]
     with step_in_process(store.uri, "bench"):
         assert "skipped: no labelled feedback" in run_retrain(parse_retrain_job(flags(retrain)))
     assert len(store.client.search_model_versions(f"name = '{NAME}'")) == 2
@@ -59,7 +68,7 @@ def check_the_table(text: str, bench) -> None:
     before, after = table_rows(text, "champion before")[0], table_rows(text, "served after")[0]
     assert all(0 <= float(cell) <= 1 for cell in before[1:] + after[1:])
     steps = {row[0]: float(row[1]) for row in table_rows(text, "retrain:")}
-    assert set(steps) == {f"retrain: {s}" for s in ("monitor", "train", "export", "promote")}
+    assert set(steps) == {f"retrain: {s}" for s in ("monitor", "train", "export")}
     assert all(seconds > 0 for seconds in steps.values())
     assert "warm start without the feedback" not in text  # --control false
     metrics = bench.data.metrics
@@ -67,21 +76,22 @@ def check_the_table(text: str, bench) -> None:
     assert "1 client(s), 0 failed" in text
 
 
-def check_the_loop(store: MlflowStore) -> None:
+def check_the_loop(store: MlflowStore):
     """Version 2 is the champion, warm-started from version 1's train run, trained on the
-    feedback with a production slice held out, and the gate's decision is on its tags."""
+    feedback with a production slice held out, and the gate's decision is on its tags. The
+    retrain run, returned."""
     client = store.client
     assert client.get_model_version_by_alias(NAME, "champion").version in (2, "2")
     experiment = client.get_experiment_by_name("bench").experiment_id
     (parent,) = client.search_runs([experiment], "tags.step = 'retrain'")
-    assert parent.info.status == "FINISHED" and parent.data.tags["decision"] == "promoted"
+    assert parent.info.status == "FINISHED" and parent.data.tags["decision"] == "challenger"
     children = {
         run.data.tags["step"]: run
         for run in client.search_runs(
             [experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
     }
-    assert set(children) == {"monitor", "train", "export", "promote"}
+    assert set(children) == {"monitor", "train", "export"}
     assert all(run.info.status == "FINISHED" for run in children.values())
     train = children["train"]
     v1_run = client.get_model_version(NAME, "1").tags["source_run_id"]
@@ -109,10 +119,29 @@ def check_the_loop(store: MlflowStore) -> None:
     assert tags["promotion"] == "promoted" and tags["promotion_champion_version"] == "1"
     assert 0 <= float(tags["promotion_candidate_production_accuracy"]) <= 1
     assert "production accuracy" in tags["promotion_reason"]
-    assert "Decision: promoted" in parent.data.tags["mlflow.note.content"]
+    assert "Decision: challenger" in parent.data.tags["mlflow.note.content"]
     plots = [a.path for a in client.list_artifacts(parent.info.run_id, "retrain")]
     assert plots == ["retrain/comparison.png"]
     assert parent.data.metrics["retrain/feedback_rows"] == int(train.data.params["feedback_rows"])
+    return parent
+
+
+def check_the_rollout(store: MlflowStore, text: str) -> None:
+    """The promotion was decided on live evidence: every held-out text scored by both, the
+    numbers on the promote run and the version, and `@challenger` gone."""
+    client = store.client
+    experiment = client.get_experiment_by_name("bench").experiment_id
+    promote = client.search_runs([experiment], "tags.step = 'promote'", max_results=1)[0]
+    assert promote.data.params["live_window"] == "1h"
+    metrics = promote.data.metrics
+    assert metrics["live/texts"] >= 20 and 0 <= metrics["live/agreement"] <= 1
+    assert 0 <= metrics["live/challenger_accuracy"] <= 1 and metrics["live/challenger_p95_ms"] > 0
+    assert promote.data.tags["challenger_alias"] == f"{NAME}@challenger removed"
+    tags = client.get_model_version(NAME, "2").tags
+    assert "texts scored by both" in tags["promotion_live"]
+    assert "live: " in tags["promotion_reason"] and tags["promotion_live_evidence"]
+    assert not client.get_registered_model(NAME).aliases.get("challenger")
+    assert "| texts scored by both |" in text and "decided **promoted**" in text
 
 
 def retrain_params(log: str, data: Path, output_dir: Path) -> dict:

@@ -13,9 +13,9 @@ import pytest
 from devkit.mlflow_store import register_folder
 from devkit.processes import REPO
 from devkit.tiny_models import broken_copy
+from distrinews.comparison import PairedComparison
 from distrinews.config import DataConfig, PromoteConfig
 from distrinews.errors import UserError
-from distrinews.comparison import PairedComparison
 from distrinews.promote.gate import Score, decide, judge, run_promote
 
 VERSIONS = {"candidate": "3", "champion": "2"}
