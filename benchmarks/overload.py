@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import (
@@ -65,9 +66,12 @@ class Connection:
         self.writer.close()
 
 
-async def open_loop(url: str, texts: list[str], rate: float, seconds: float, connections: int):
-    """Requests due every 1/`rate` s for `seconds`, on at most `connections` connections:
-    (status, ms) of each, and the seconds it all took."""
+async def open_loop(
+    url: str, texts: list[str], rate: float, seconds: float, connections: int, seed: int = -1
+):
+    """Requests due every 1/`rate` s for `seconds` (with a `seed`: Poisson arrivals at that
+    rate, the bursts and lulls of independent clients), on at most `connections`
+    connections: (status, ms) of each, and the seconds it all took."""
     host, port = url.removeprefix("http://").split(":")
     pool = [await Connection.open(host, int(port)) for _ in range(connections)]
     idle: asyncio.Queue[Connection] = asyncio.Queue()
@@ -84,10 +88,14 @@ async def open_loop(url: str, texts: list[str], rate: float, seconds: float, con
             answers.append((0, 1000 * (time.perf_counter() - start)))
         idle.put_nowait(connection)
 
+    count = int(rate * seconds)
+    due = np.arange(count) / rate
+    if seed >= 0:
+        due = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, count))
     start = time.perf_counter()
     tasks = []
-    for i in range(int(rate * seconds)):
-        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    for i, at in enumerate(due.tolist()):
+        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
         tasks.append(asyncio.create_task(one(texts[i % len(texts)])))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start

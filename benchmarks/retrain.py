@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import DATA, REPO, record, unique_name, work_folder
+from benchmarks.shadow import shadow_outcomes
 from devkit.servers import BackgroundLoad, Server, wait_for_version
 from distrinews.runtime.labels import LABELS
 
@@ -175,20 +176,6 @@ def wait_for_challenger(url: str, version: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def shadow_outcomes(url: str) -> dict[str, float]:
-    """The server's distrinews_shadow_total, by outcome, from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {
-        sample.labels["outcome"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "distrinews_shadow"
-        for sample in family.samples
-        if sample.name == "distrinews_shadow_total"
-    }
-
-
 def retrain_run(args):
     """The newest retrain parent run of the benchmark's experiment."""
     import mlflow
@@ -251,7 +238,7 @@ def roll_out(args, url: str, data: Path, log: str, rest: pd.DataFrame, candidate
     while clients load the server, which follows if the champion moves."""
     send(url, rest, len(rest))
     time.sleep(2)  # the log writer's last flush
-    figures = {"shadow": shadow_outcomes(url)}
+    figures = {"shadow": shadow_outcomes(httpx.get(f"{url}/metrics", timeout=10).text)}
     with BackgroundLoad(url, rest["text"].tolist(), args.clients) as load:
         figures["promote_live_wall"], figures["promote_live"] = live_promotion(args, data, log)
         if figures["promote_live"]["tags"].get("decision") == "promoted":
@@ -275,8 +262,16 @@ def table(figures: dict, args) -> tuple[str, dict[str, float]]:
     parent, stream, first = figures["parent"], figures["stream"], figures["first"]
     m = parent.data.metrics
 
+    gate = {key.removeprefix("retrain/"): value for key, value in m.items()}
+    if "promote_live" in figures:  # the gate ran later, on live evidence: its figures
+        for role in ("champion", "candidate"):
+            live = figures["promote_live"]["metrics"]
+            gate[f"{role}_test_accuracy"] = live.get(f"{role}/accuracy", float("nan"))
+            production = live.get(f"{role}/production_accuracy", float("nan"))
+            gate[f"{role}_production_accuracy"] = production
+
     def got(key: str) -> float:
-        return m.get(f"retrain/{key}", float("nan"))
+        return gate.get(key, float("nan"))
 
     held_out = args.stream - args.labelled
     control = (

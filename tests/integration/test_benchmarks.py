@@ -193,6 +193,16 @@ def test_overload(exported):
     assert run.data.metrics["bench_errors_bound_1"] == 0
 
 
+def test_shadow(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--rounds", 1, "--seconds", 2)
+    text, run = run_benchmark(store, "shadow", *args, "--shares", 0, 1, "--one-client", 50)
+    baseline, shadowed = table_rows(text, "0 (no challenger)") + table_rows(text, "1 ")
+    assert float(baseline[3]) == 1.0 and float(shadowed[3]) > 0
+    assert float(shadowed[4]) + float(shadowed[5]) + float(shadowed[6]) > 0.5, shadowed
+    assert run.data.metrics["bench_errors_1"] == 0 and run.data.metrics["bench_errors_0"] == 0
+
+
 def test_roofline(exported):
     store, _, folder, _ = exported
     text, run = run_benchmark(store, "roofline", "--model", folder, "--texts", 20)

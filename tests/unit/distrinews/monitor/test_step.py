@@ -160,3 +160,50 @@ def test_a_store_url_with_a_password_is_refused_and_env_is_the_way_in(
         assert main(arguments) == 0
     (run,) = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
     assert run.data.params["store"] == "env" and run.data.metrics["monitor/predictions"] == 3
+
+
+def test_a_challenger_in_shadow_is_compared_with_the_champion_on_the_same_texts(
+    tmp_path, tiny_onnx_profiled, small_data
+):
+    """A real app serves version 1 with version 2 (the same model) in shadow; the monitor
+    compares them on the texts both scored: they agree on every one, and on the labelled
+    ones their live accuracies are equal."""
+    import time
+
+    from devkit.mlflow_store import model_registry, register_folder
+
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:40]
+    store = f"sqlite:///{tmp_path}/log.db"
+    with model_registry(tmp_path / "registry", "shadowed") as registry:
+        for alias in ("champion", "challenger"):
+            version = register_folder(registry.client, "shadowed", tiny_onnx_profiled, "shadowed")
+            registry.client.set_registered_model_alias("shadowed", alias, version)
+        settings = Settings(
+            model="models:/shadowed@champion",
+            challenger="models:/shadowed@challenger",
+            shadow_share=1.0,
+            threads=1,
+            prediction_log=store,
+            feedback_token="t",
+        )
+        with TestClient(create_app(settings)) as client:
+            for i, text in enumerate(texts):
+                answer = client.post("/predict", json={"text": text}).json()
+                time.sleep(0.02)  # the shadow scoring ends before the next request
+                if i < 30:
+                    body = {"prediction_id": answer["prediction_id"], "label": "World"}
+                    assert client.post("/feedback", json=body, headers=TOKEN).status_code == 200
+        mlflow.set_experiment("monitor")
+        message = run_monitor(MonitorConfig(store=store, since="1h", registered_model="shadowed"))
+        (run,) = registry.runs(registry.client.get_experiment_by_name("monitor").experiment_id)
+        report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/monitor/report.html")
+    metrics = run.data.metrics
+    assert 30 <= metrics["monitor/challenger_2/texts"] <= 40
+    assert metrics["monitor/challenger_2/agreement"] == 1.0
+    assert metrics["monitor/challenger_2/agreement_low"] < 1.0  # an interval, not a point
+    assert metrics["monitor/challenger_2/labelled"] >= 20
+    champion = metrics["monitor/challenger_2/champion_live_accuracy"]
+    assert champion == metrics["monitor/challenger_2/challenger_live_accuracy"]
+    assert metrics["monitor/challenger_2/challenger_p95_ms"] > 0
+    assert "Challenger version 2" in report and "agreement 1.0000" in message
+    assert metrics["monitor/predictions"] == 40  # the served rows only
