@@ -24,7 +24,9 @@ benchmarks/overload.py: an HTTP library's CPU time would be taken from the serve
 import argparse
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -50,7 +52,7 @@ def measure(share: str, texts: list[str], rate: float, round_: int, args) -> dic
     """One share's server under both loads."""
     settings = {}
     if float(share):
-        settings = {"challenger": args.challenger or args.model, "shadow_share": share}
+        settings = {"challenger": args.challenger, "shadow_share": share}
     server = Server(args.model, dict(os.environ), access_log=False, **settings)
     try:
         server.wait_ready(timeout=120)
@@ -89,7 +91,7 @@ def table(rounds: list[dict], rate: float, full: float, args) -> tuple[str, dict
         f"Open loop: Poisson arrivals at {rate:.0f} req/s ({args.load:g}x the {full:.0f} req/s "
         f"one client gets back to back from the baseline) for {args.seconds:g} s; one client: "
         f"{args.one_client} requests back to back. Challenger: "
-        f"{'the same model' if not args.challenger else Path(args.challenger).name}. "
+        f"{'a copy of the model' if not args.challenger else Path(args.challenger).name}. "
         f"Medians over {len(rounds)} rounds; ratios against share 0 (no challenger) in the "
         "same rounds. Shadow outcomes: per request of that load.",
         "",
@@ -136,12 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     if "0" not in args.shares:
         parser.error("--shares must include 0: the baseline")
     texts = ag_news_test_texts(args.data)
-    full = capacity(args, texts)
-    rate = args.load * full
-    rounds = [
-        {share: measure(share, texts, rate, round_, args) for share in args.shares}
-        for round_ in range(args.rounds)
-    ]
+    with tempfile.TemporaryDirectory(prefix="distrinews-shadow-") as work:
+        same = not args.challenger
+        if same:  # a copy: the server never scores a model against itself
+            args.challenger = shutil.copytree(args.model, Path(work) / "challenger")
+        full = capacity(args, texts)
+        rate = args.load * full
+        rounds = [
+            {share: measure(share, texts, rate, round_, args) for share in args.shares}
+            for round_ in range(args.rounds)
+        ]
+        if same:
+            args.challenger = ""
     text, metrics = table(rounds, rate, full, args)
     record(
         "shadow",

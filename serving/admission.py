@@ -49,12 +49,10 @@ class ShedLoad:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         batcher = self.state.batcher
-        if (
-            scope["type"] == "http"
-            and scope["path"] in self.routes
-            and batcher is not None
-            and batcher.full()
-        ):
+        prediction = scope["type"] == "http" and scope["path"] in self.routes
+        if prediction and batcher is not None:
+            batcher.arrived()  # shadow work gives way at once (serving.rollout)
+        if prediction and batcher is not None and batcher.full():
             scope["route"] = self.routes[scope["path"]]
             self.state.metrics.overloaded.inc()
             await JSONResponse({"detail": OVERLOADED}, 429, RETRY_AFTER)(scope, receive, send)

@@ -34,7 +34,7 @@ from serving.reload import (
     serve,
     slots_to_follow,
 )
-from serving.rollout import RolloutMetrics
+from serving.rollout import RolloutMetrics, challenger_threads
 from serving.routes import build_router
 from serving.settings import Settings
 
@@ -94,7 +94,7 @@ async def start_challenger(app: FastAPI, settings: Settings, slots: list) -> Non
         await check_alias(app, settings, followed[0])
         return
     loaded = await asyncio.to_thread(
-        load_model, settings.challenger, settings.threads, settings.spinning
+        load_model, settings.challenger, challenger_threads(settings), settings.spinning
     )
     check_labels(loaded, app.state.model.classifier.labels)
     app.state.challenger = loaded

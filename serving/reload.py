@@ -36,6 +36,7 @@ from serving.inference import (
     retire,
     to_thread_to_the_end,
 )
+from serving.rollout import challenger_threads
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -261,7 +262,8 @@ def load_version(
 ) -> LoadedModel:
     """Load `version` of the slot's registered model; refuse other labels than `labels`
     (the champion's)."""
-    new = load_model(f"models:/{slot.name}/{version}", settings.threads, settings.spinning)
+    threads = settings.threads if slot.role == CHAMPION else challenger_threads(settings)
+    new = load_model(f"models:/{slot.name}/{version}", threads, settings.spinning)
     check_labels(new, labels)
     return replace(new, source=replace(new.source, alias=slot.alias))
 

@@ -53,6 +53,14 @@ class Plan:
         return CHAMPION if self.role == CHALLENGER else CHALLENGER
 
 
+def challenger_threads(settings: Settings) -> int:
+    """ONNX Runtime threads of the challenger: one in shadow only, so that a core is left
+    for the event loop to take the next request and stop the shadow scoring at once (on 2
+    vCPUs, two threads of it held both cores: benchmarks/shadow.md); as many as the
+    champion's when it also answers canary clients."""
+    return settings.threads if settings.canary_share else 1
+
+
 def share_of(key: str) -> float:
     """`key` mapped evenly onto [0, 1), the same in every process and release (Python's
     hash() is salted per process)."""
@@ -75,8 +83,8 @@ def plan(
     shadow_share: float,
 ) -> Plan:
     """The plan for a request from client `key`. Without a challenger, or with one that is
-    the champion's own version (the alias moved to it), the champion answers alone."""
-    if challenger is None or challenger.source.version == champion.source.version:
+    the champion itself (the alias moved to its version), the champion answers alone."""
+    if challenger is None or challenger.source.uri == champion.source.uri:
         return Plan(champion, CHAMPION)
     if canary_share and share_of(key) < canary_share:
         return Plan(challenger, CHALLENGER, champion)

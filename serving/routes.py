@@ -290,9 +290,10 @@ async def after_answer(request: Request, chosen: Plan, scores: Scores, logged: L
             rollout.compare(scores, shadow)
             logged.add(shadow, chosen.shadow_role, served=False)
 
-    batcher = state.batcher
-    if batcher is None or not batcher.shadow(chosen.shadow, logged.texts, done):
+    if state.batcher is None:  # the server is stopping
         rollout.shadow.labels("dropped").inc()
+        return
+    state.batcher.shadow(chosen.shadow, logged.texts, done)
 
 
 def answer(predicted: Predicted, body: dict) -> JSONResponse:

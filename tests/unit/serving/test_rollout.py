@@ -153,33 +153,31 @@ def loaded(folder: Path, version: str) -> LoadedModel:
 @pytest.mark.timeout(60)
 def test_a_request_stops_the_shadow_scoring_under_way(tiny_onnx: Path, other_onnx: Path):
     """A long shadow scoring (hundreds of texts) is stopped by the next request, which is
-    answered; shadow work is not even started while a request is in hand."""
+    answered; one that a request arrives before (within its grace) never starts."""
     outcomes: list[str] = []
     long_texts = [" ".join(["markets"] * 120)] * 400
 
-    async def scenario() -> tuple[bool, int]:
-        batcher = MicroBatcher(loaded(tiny_onnx, "1"), 1, 0)
+    def done(outcome: str, scores: object) -> None:
+        outcomes.append(outcome)
+
+    async def scenario() -> int:
+        batcher, challenger = MicroBatcher(loaded(tiny_onnx, "1"), 1, 0), loaded(other_onnx, "2")
         batcher.start()
         try:
-            started = batcher.shadow(
-                loaded(other_onnx, "2"), long_texts, lambda o, s: outcomes.append(o)
-            )
-            await asyncio.sleep(0.05)  # it runs
+            batcher.shadow(challenger, long_texts, done)
+            await until(lambda: batcher.shadow_run is not None)  # it runs
+            await asyncio.sleep(0.02)
             scores = await batcher.probabilities(["news"])
             await until(lambda: outcomes)
-            busy = asyncio.ensure_future(batcher.probabilities(["more news"]))
-            await asyncio.sleep(0)  # the request is in hand
-            refused = batcher.shadow(
-                loaded(other_onnx, "2"), ["x"], lambda o, s: outcomes.append(o)
-            )
-            await busy
-            return started and not refused, len(scores.rows)
+            batcher.shadow(challenger, ["x"], done)
+            batcher.arrived()  # a request within the grace: it never starts
+            await until(lambda: len(outcomes) == 2)
+            return len(scores.rows)
         finally:
             await batcher.stop()
 
-    started_only_when_free, answered = asyncio.run(scenario())
-    assert started_only_when_free and answered == 1
-    assert outcomes == ["preempted"]
+    assert asyncio.run(scenario()) == 1
+    assert outcomes == ["preempted", "dropped"]
 
 
 def test_shares_without_a_challenger_and_a_challenger_without_shares_are_refused():
