@@ -9,9 +9,10 @@ Each prediction request gets a plan: who answers it, and who also scores it for 
 - **shadow** (DISTRINEWS_SHADOW_SHARE): of the other requests, a random share is also
   scored by the challenger, after the champion's answer is sent.
 
-Shadow scoring runs on the model's thread only while no request is in hand, and the next
-request to arrive stops it (serving.inference.MicroBatcher.shadow): on 2 vCPUs the
-challenger must not cost the clients their latency. What is dropped is counted.
+Shadow scoring starts shortly after the answer only if no request arrived meanwhile, runs
+on the model's thread (on one ONNX Runtime thread in shadow only), and the next request to
+arrive stops it (serving.inference.MicroBatcher.shadow): on 2 vCPUs the challenger must
+not cost the clients their latency. What is dropped or stopped is counted.
 Both rows of a pair go to the prediction log under the same prediction id, with their
 role and whether the client got them; /metrics has each role's predictions, confidence,
 inference time, and their agreement over a sliding window.
