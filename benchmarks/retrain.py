@@ -12,7 +12,12 @@
    With `--control`, the same warm-started fine-tune without the feedback, scored the same
    way: what the extra training alone would have given.
 
-    python -m benchmarks.retrain
+With `--rollout challenger`, step 4 stops at `@challenger` (the server, started with it in
+shadow, loads it), the held-out rest is sent and labelled once more (both models score
+each text), and `mlflow run . -e promote -P live_window=1h` decides on that live evidence
+while clients load the server, which follows if the champion moves (docs/rollout.md).
+
+    python -m benchmarks.retrain [--rollout challenger]
 """
 
 import argparse

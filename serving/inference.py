@@ -192,10 +192,10 @@ class Overloaded(Exception):
 Waiting = tuple[list[str], asyncio.Future]
 #: (seconds of one inference, its classifier, its texts' features, their probabilities).
 Observer = Callable[[float, OnnxClassifier, list[TextFeatures], np.ndarray], None]
-#: How long a shadow scoring waits, after the answer it follows, before it starts: on 2
-#: vCPUs a client sending back to back has its next request in within a millisecond, and
-#: a scoring it would stop had already taken the CPU from that request's parsing
-#: (benchmarks/shadow.md).
+#: How long a shadow scoring waits, after the answer it follows, before it starts: a client
+#: sending back to back often has its next request in by then, and the scoring is not
+#: started at all, rather than started and stopped, which costs that request the CPU the
+#: stopped scoring held (benchmarks/shadow.md; 5 ms measured no better).
 SHADOW_GRACE_SECONDS = 0.002
 #: Told how a shadow scoring ended ("scored", "dropped", "preempted", "failed"), with its
 #: scores if any.
@@ -281,10 +281,15 @@ class MicroBatcher:
         if self.arrivals != arrivals or self.in_hand or self.shadow_run is not None:
             done("dropped", None)
             return
-        self.shadow_run = run = ort.RunOptions()
-        work = asyncio.get_running_loop().run_in_executor(
-            self.executor, self.infer, model, texts, run
-        )
+        run = ort.RunOptions()
+        try:
+            work = asyncio.get_running_loop().run_in_executor(
+                self.executor, self.infer, model, texts, run
+            )
+        except RuntimeError:  # the server stopped within the grace: its executor is shut
+            done("dropped", None)
+            return
+        self.shadow_run = run
 
         def ended(work: asyncio.Future) -> None:
             self.shadow_run = None
