@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--experiment", default="benchmarks")
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args(argv)
     if "0" not in args.shares:
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         text,
         Path(args.output),
         metrics,
+        experiment=args.experiment,
     )
     return 0
 
