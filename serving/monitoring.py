@@ -8,6 +8,7 @@ Label values come from the model's own labels, never from clients.
 """
 
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterator
 
@@ -15,7 +16,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from distrinews.runtime.accuracy_estimate import estimate_accuracy, estimate_by_class
 from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.prediction_store import UNREGISTERED
 from distrinews.runtime.reference_profile import (
     CONFIDENCE_EDGES,
     TextFeatures,
@@ -45,6 +48,8 @@ class DriftMonitor:
         self.window: deque[tuple[int, float, int, float]] = deque(maxlen=window)
         self.lock = threading.Lock()  # the window is appended to and read from two threads
         self.classifier: OnnxClassifier | None = None
+        # The registry version of each classifier served (ServerMetrics.describe_model).
+        self.versions: weakref.WeakKeyDictionary[OnnxClassifier, str] = weakref.WeakKeyDictionary()
         registry.register(self)
 
     def record(
@@ -98,6 +103,7 @@ class DriftMonitor:
             drift.add_metric([signal], distance)
         yield drift
         yield from self.confidence_means(classifier, window)
+        yield from self.estimated_accuracy(classifier, window)
         yield GaugeMetricFamily(
             "distrinews_drift_window_fill",
             "Share of the drift window filled (the distances are noisy while it is low)",
@@ -121,6 +127,47 @@ class DriftMonitor:
             "Mean confidence on the served version's reference (validation) data",
             value=classifier.profile["confidence_mean"],
         )
+
+    def estimated_accuracy(
+        self, classifier: OnnxClassifier | None, window: list
+    ) -> Iterator[Metric]:
+        """The window's accuracy estimated from its confidences alone
+        (distrinews.runtime.accuracy_estimate), with its 95% interval, overall and per
+        predicted class (absent until something was predicted)."""
+        if classifier is None or not window:
+            return
+        accuracy_map = (classifier.profile or {}).get("accuracy_map")
+        columns = np.array(window, dtype=np.float64)
+        confidence, predicted = columns[:, 1], columns[:, 0].astype(np.int64)
+        version = self.versions.get(classifier, UNREGISTERED)
+        overall = estimate_accuracy(confidence, accuracy_map)
+        families = {
+            name: GaugeMetricFamily(
+                f"distrinews_estimated_accuracy{suffix}",
+                f"{what} of the drift window's accuracy, estimated from the calibrated "
+                "confidence alone (no labels; blind to concept shift)",
+                labels=["model_version"],
+            )
+            for name, suffix, what in (
+                ("accuracy", "", "Expected value"),
+                ("low", "_low", "Low end of the 95% interval"),
+                ("high", "_high", "High end of the 95% interval"),
+            )
+        }
+        for name, family in families.items():
+            family.add_metric([version], getattr(overall, name))
+        yield from families.values()
+        by_class = GaugeMetricFamily(
+            "distrinews_estimated_accuracy_by_class",
+            "Estimated share right of the drift window's predictions of each label",
+            labels=["model_version", "label"],
+        )
+        labels = classifier.labels
+        for label, estimate in estimate_by_class(
+            confidence, predicted, labels, accuracy_map
+        ).items():
+            by_class.add_metric([version, label], estimate.accuracy)
+        yield by_class
 
     def describe(self) -> Iterator[Metric]:
         """No samples at registration (the collector is called at scrape time only)."""

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distrinews.runtime.model_source import ModelSource
 from distrinews.runtime.onnx_classifier import OnnxClassifier
+from distrinews.runtime.prediction_store import UNREGISTERED
 from distrinews.runtime.reference_profile import TextFeatures
 from serving.monitoring import DriftMonitor
 from serving.stages import mark, stage_seconds
@@ -144,7 +145,12 @@ class ServerMetrics:
         if self.monitor is not None:
             self.monitor.record(classifier, features, rows)
 
-    def describe_model(self, source: ModelSource, labels: tuple[str, ...]) -> None:
+    def describe_model(self, source: ModelSource, classifier: OnnxClassifier) -> None:
+        """Say which model serves; its predictions' estimated accuracy is labelled with its
+        version."""
+        labels = classifier.labels
+        if self.monitor is not None:
+            self.monitor.versions[classifier] = source.version or UNREGISTERED
         self.model.info(
             {
                 "source": source.uri,

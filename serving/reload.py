@@ -244,7 +244,7 @@ def serve(app: FastAPI, loaded: LoadedModel) -> None:
         settings.max_queue, settings.micro_batch_size, loaded.warm_up
     )
     app.state.model = loaded
-    app.state.metrics.describe_model(loaded.source, loaded.classifier.labels)
+    app.state.metrics.describe_model(loaded.source, loaded.classifier)
     app.state.metrics.queue_limit.set(app.state.batcher.bound)
 
 

@@ -48,7 +48,9 @@ def calibrate_and_profile(
     write_temperature(int8_dir, temperature, figures | {"fitted_on_rows": len(labels)})
     model.temperature = temperature
     train_labels = splits.train["label"].to_numpy()
-    build_profile(model, texts, train_labels, logits=validation_logits).write(int8_dir)
+    build_profile(model, texts, train_labels, logits=validation_logits, true_labels=labels).write(
+        int8_dir
+    )
     curves = {
         f"uncalibrated (ECE {figures['ece_test_uncalibrated']:.4f})": reliability(
             test_before, test_labels

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from distrinews.errors import ModelFolderError
+from distrinews.runtime.accuracy_estimate import fit_accuracy_map
 
 PROFILE_FILE = "reference_profile.json"
 
@@ -75,6 +76,10 @@ class ReferenceProfile:
     unknown_share: list[float]
     truncated_share: float
     unknown_token_share: float  # of all tokens
+    # Confidence to share right on `split` (distrinews.runtime.accuracy_estimate): what the
+    # server's estimated accuracy maps its confidences through. None: the labels were not
+    # given, or a profile written before it existed.
+    accuracy_map: dict[str, list[float]] | None = None
 
     def write(self, folder: Path) -> None:
         (folder / PROFILE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -91,9 +96,11 @@ def build_profile(
     train_labels: np.ndarray,
     split: str = "validation",
     logits: np.ndarray | None = None,
+    true_labels: np.ndarray | None = None,
 ) -> ReferenceProfile:
     """The profile of `classifier` (an OnnxClassifier, temperature applied) on `texts`;
-    `logits`: its logits of `texts` if computed already (not computed again)."""
+    `logits`: its logits of `texts` if computed already (not computed again);
+    `true_labels`: the texts' class ids, for the accuracy map."""
     encodings = classifier.encode(texts)
     if logits is None:
         logits = classifier.logits_of(encodings)
@@ -117,6 +124,11 @@ def build_profile(
         unknown_share=shares(unknown, UNKNOWN_SHARE_EDGES),
         truncated_share=float(np.mean([f.truncated for f in features])),
         unknown_token_share=float((unknown * tokens).sum() / max(1, tokens.sum())),
+        accuracy_map=None
+        if true_labels is None
+        else fit_accuracy_map(
+            probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(true_labels)
+        ),
     )
 
 

@@ -101,3 +101,52 @@ def test_monitoring_off_leaves_only_the_request_metrics(tiny_onnx_profiled, text
     assert "distrinews_requests_total" in names
     monitored = ("distrinews_drift", "distrinews_predictions", "distrinews_prediction_confidence")
     assert not {n for n in names if n.startswith(monitored)}
+
+
+def test_the_estimated_accuracy_is_the_windows_confidence_through_the_versions_map(
+    tmp_path, tiny_onnx, small_data
+):
+    """The gauge, scraped and parsed, is what distrinews.runtime.accuracy_estimate makes of
+    the confidences the clients got, through the accuracy map the profile holds (fitted on
+    labelled rows, as export fits it)."""
+    import shutil
+
+    from distrinews.runtime.accuracy_estimate import estimate_accuracy
+    from distrinews.runtime.onnx_classifier import OnnxClassifier
+    from distrinews.runtime.reference_profile import build_profile, read_profile
+
+    folder = shutil.copytree(tiny_onnx, tmp_path / "model")
+    frame = pd.read_parquet(small_data / "train.parquet").iloc[400:800]
+    labels = frame["label"].to_numpy()
+    build_profile(OnnxClassifier(folder), frame["text"].tolist(), labels, true_labels=labels).write(
+        folder
+    )
+    accuracy_map = read_profile(folder)["accuracy_map"]
+    assert len(accuracy_map["confidence"]) == len(accuracy_map["accuracy"]) >= 1
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:60]
+    with TestClient(create_app(Settings(model=str(folder), threads=1))) as client:
+        answers = [client.post("/predict", json={"text": text}).json() for text in texts]
+        scraped = client.get("/metrics").text
+    expected = estimate_accuracy(np.array([a["confidence"] for a in answers]), accuracy_map)
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name.startswith("distrinews_estimated_accuracy")
+        and sample.name != "distrinews_estimated_accuracy_by_class"
+    }
+    assert samples["distrinews_estimated_accuracy"].labels == {"model_version": "unregistered"}
+    for suffix, value in (
+        ("", expected.accuracy),
+        ("_low", expected.low),
+        ("_high", expected.high),
+    ):
+        assert abs(samples[f"distrinews_estimated_accuracy{suffix}"].value - value) < 1e-9
+    assert expected.low < expected.accuracy < expected.high
+    by_class = [
+        sample.labels["label"]
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "distrinews_estimated_accuracy_by_class"
+    ]
+    assert set(by_class) == {a["label"] for a in answers}
