@@ -34,7 +34,7 @@ TEST_DATA_FIELDS = ("data", "max_eval_rows")
 #: The monitor settings a retrain takes: its versions' own profiles are the reference.
 RETRAIN_MONITOR_FIELDS = (
     *("store", "since", "until", "registered_model"),
-    *("max_drift", "min_live_accuracy", "min_feedback"),
+    *("max_drift", "min_live_accuracy", "min_feedback", "min_estimated_accuracy"),
 )
 #: The promotion gate's settings a retrain passes on (its registered model is the monitor's).
 RETRAIN_GATE_FIELDS = (

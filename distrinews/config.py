@@ -433,13 +433,23 @@ class MonitorConfig:
         "Recommend retraining when accuracy on the window's feedback is under this ...", 0.85
     )
     min_feedback: int = _help("... given at least this many feedback items.", 50)
+    min_estimated_accuracy: float = _help(
+        "With fewer feedback items than min_feedback: recommend retraining when the window's "
+        "accuracy estimated from the calibrated confidence alone (no labels) is under this "
+        "(0: off).",
+        0.0,
+    )
 
     def __post_init__(self) -> None:
         if not self.store.strip():
             raise UserError("store is empty; pass -P store=<the server's prediction log URL>")
         refuse_password(self.store, "store")
-        if not 0 < self.max_drift <= 1 or not 0 <= self.min_live_accuracy <= 1:
-            raise UserError("max_drift must be in (0, 1] and min_live_accuracy in [0, 1]")
+        accuracies = (self.min_live_accuracy, self.min_estimated_accuracy)
+        if not 0 < self.max_drift <= 1 or not all(0 <= a <= 1 for a in accuracies):
+            raise UserError(
+                "max_drift must be in (0, 1], min_live_accuracy and min_estimated_accuracy "
+                "in [0, 1]"
+            )
         if self.min_feedback < 1:
             raise UserError(f"min_feedback={self.min_feedback} must be >= 1")
 

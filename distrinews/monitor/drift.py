@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from distrinews.config import MonitorConfig
 from distrinews.errors import ModelFolderError, UserError
+from distrinews.runtime.accuracy_estimate import Estimate, estimate_accuracy
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.prediction_store import (
     FEEDBACK,
@@ -45,6 +46,7 @@ def read_window(store: str, start: datetime, end: datetime) -> tuple[pd.DataFram
         PREDICTIONS.c.label.label("predicted"),
         PREDICTIONS.c.model_name,
         PREDICTIONS.c.model_version,
+        PREDICTIONS.c.confidence.label("predicted_confidence"),
     )
     with engine.connect() as connection:
         predictions = pd.read_sql(sa.select(PREDICTIONS).where(in_window), connection)
@@ -75,6 +77,21 @@ class VersionReport:
     feedback: int = 0
     live_accuracy: float | None = None
     histograms: dict[str, tuple[list, list, list]] = field(default_factory=dict)
+    # From the confidences alone (distrinews.runtime.accuracy_estimate): on every prediction
+    # of the window, and on the labelled ones (to set beside their live accuracy).
+    estimated: Estimate | None = None
+    estimated_labelled: Estimate | None = None
+
+    @property
+    def concept_shift(self) -> bool:
+        """Live accuracy below the interval the confidences give for the same predictions:
+        the relation between text and label is no longer the one the model learned."""
+        labelled = self.estimated_labelled
+        return (
+            self.live_accuracy is not None
+            and labelled is not None
+            and self.live_accuracy < labelled.low
+        )
 
     @property
     def label(self) -> str:
@@ -99,6 +116,7 @@ def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionRepo
     counts = rows["label"].value_counts().reindex(labels, fill_value=0).to_numpy()
     values = {signal: rows[column].to_numpy() for signal, column in COLUMNS.items()}
     report.histograms = compared_histograms(profile, labels, counts, values)
+    report.estimated = estimate_accuracy(rows["confidence"].to_numpy(), profile.get("accuracy_map"))
     for signal, (_, window, reference) in report.histograms.items():
         report.drift[signal] = js_distance(window, reference)
         report.p_values[signal] = chi_square_p(np.array(window) * len(rows), reference)
@@ -128,8 +146,11 @@ def reference_profile(name: str, version: str, cfg: MonitorConfig, work: Path) -
     return profile
 
 
-def live_accuracy(report: VersionReport, feedback: pd.DataFrame) -> None:
-    """Accuracy of `report`'s model version on the feedback about its predictions."""
+def live_accuracy(
+    report: VersionReport, feedback: pd.DataFrame, accuracy_map: dict | None = None
+) -> None:
+    """Accuracy of `report`'s model version on the feedback about its predictions, and the
+    accuracy its confidences estimate for those same predictions."""
     mine = feedback[
         (feedback["model_name"] == report.model_name)
         & (feedback["model_version"] == report.version)
@@ -137,6 +158,8 @@ def live_accuracy(report: VersionReport, feedback: pd.DataFrame) -> None:
     report.feedback = len(mine)
     if len(mine):
         report.live_accuracy = float((mine["label"] == mine["predicted"]).mean())
+        confidence = mine["predicted_confidence"].to_numpy(dtype=np.float64)
+        report.estimated_labelled = estimate_accuracy(confidence, accuracy_map)
 
 
 def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:
@@ -146,13 +169,24 @@ def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:
         for signal, distance in report.drift.items()
         if distance > cfg.max_drift
     ]
-    if (
-        report.live_accuracy is not None
-        and report.feedback >= cfg.min_feedback
-        and report.live_accuracy < cfg.min_live_accuracy
-    ):
+    enough_feedback = report.live_accuracy is not None and report.feedback >= cfg.min_feedback
+    if enough_feedback and report.live_accuracy < cfg.min_live_accuracy:
         reasons.append(
             f"live accuracy {report.live_accuracy:.3f} < {cfg.min_live_accuracy} on "
             f"{report.feedback} feedback items"
+        )
+    if enough_feedback and report.concept_shift:
+        low, high = report.estimated_labelled.low, report.estimated_labelled.high
+        reasons.append(
+            f"likely concept shift: live accuracy {report.live_accuracy:.3f} is below the "
+            f"[{low:.3f}, {high:.3f}] the confidences estimate for the same "
+            f"{report.feedback} predictions"
+        )
+    estimated = report.estimated
+    if not enough_feedback and estimated and estimated.accuracy < cfg.min_estimated_accuracy:
+        reasons.append(
+            f"estimated accuracy {estimated.accuracy:.3f} (95% interval [{estimated.low:.3f}, "
+            f"{estimated.high:.3f}], no labels) < min_estimated_accuracy="
+            f"{cfg.min_estimated_accuracy} with {report.feedback} feedback items"
         )
     return reasons

@@ -24,6 +24,13 @@ def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
     metrics |= {f"{prefix}p_value_{signal}": value for signal, value in report.p_values.items()}
     if report.live_accuracy is not None:
         metrics[f"{prefix}live_accuracy"] = report.live_accuracy
+    for name, estimate in (("", report.estimated), ("_labelled", report.estimated_labelled)):
+        if estimate is not None:
+            metrics[f"{prefix}estimated_accuracy{name}"] = estimate.accuracy
+            metrics[f"{prefix}estimated_accuracy{name}_low"] = estimate.low
+            metrics[f"{prefix}estimated_accuracy{name}_high"] = estimate.high
+    if report.estimated_labelled is not None:
+        metrics[f"{prefix}concept_shift"] = float(report.concept_shift)
     return metrics
 
 
@@ -79,7 +86,7 @@ def html_report(
         parts += [
             f"<h2>{html.escape(report.label)}</h2>",
             f"<p>{report.predictions} predictions; live accuracy {accuracy} on "
-            f"{report.feedback} feedback items</p>",
+            f"{report.feedback} feedback items; {html.escape(estimate_text(report))}</p>",
             "<table border=1 cellpadding=4><tr><th>signal</th><th>Jensen-Shannon distance</th>"
             f"<th>chi-square p</th></tr>{rows}</table>",
         ]
@@ -145,3 +152,23 @@ def png_image(png: bytes):
     from PIL import Image
 
     return Image.open(io.BytesIO(png))
+
+
+def estimate_text(report: VersionReport) -> str:
+    """The accuracy estimated without labels, beside live accuracy where there is some."""
+    estimated = report.estimated
+    if estimated is None:
+        return "no estimate"
+    text = (
+        f"estimated accuracy (no labels) {estimated.accuracy:.3f}, 95% interval "
+        f"[{estimated.low:.3f}, {estimated.high:.3f}]"
+    )
+    labelled = report.estimated_labelled
+    if labelled is not None:
+        text += (
+            f"; on the labelled predictions, estimated {labelled.accuracy:.3f} "
+            f"[{labelled.low:.3f}, {labelled.high:.3f}] against live {report.live_accuracy:.3f}"
+        )
+        if report.concept_shift:
+            text += ": below the interval, a likely concept shift"
+    return text

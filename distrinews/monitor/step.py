@@ -58,7 +58,7 @@ def version_reports(
     for (name, version), rows in predictions.groupby(["model_name", "model_version"], sort=True):
         profile = reference_profile(str(name), str(version), cfg, work)
         report = compare(rows, profile, list(profile["predicted_labels"]))
-        live_accuracy(report, feedback)
+        live_accuracy(report, feedback, profile.get("accuracy_map"))
         reports.append(report)
     return reports
 

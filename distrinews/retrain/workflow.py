@@ -235,6 +235,7 @@ def monitor(job: RetrainJob, parent: Any, story: Story) -> tuple[bool, str]:
         max_drift=cfg.max_drift,
         min_live_accuracy=cfg.min_live_accuracy,
         min_feedback=cfg.min_feedback,
+        min_estimated_accuracy=cfg.min_estimated_accuracy,
     )
     try:
         tags = child("monitor", command, parent, story).data.tags

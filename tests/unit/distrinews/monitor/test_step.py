@@ -207,3 +207,41 @@ def test_a_challenger_in_shadow_is_compared_with_the_champion_on_the_same_texts(
     assert metrics["monitor/challenger_2/challenger_p95_ms"] > 0
     assert "Challenger version 2" in report and "agreement 1.0000" in message
     assert metrics["monitor/predictions"] == 40  # the served rows only
+
+
+def test_feedback_below_the_estimate_is_flagged_as_concept_shift_and_no_labels_can_trigger(
+    tmp_path, tiny_onnx_profiled, small_data, mlflow_store
+):
+    """Every label given says the model was wrong (as if the classes had been reassigned):
+    live accuracy falls below the interval the confidences estimate for those predictions.
+    Without feedback, an estimated accuracy under min_estimated_accuracy recommends a
+    retrain on its own."""
+    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:80]
+    labelled, unlabelled = f"sqlite:///{tmp_path}/labelled.db", f"sqlite:///{tmp_path}/none.db"
+    settings = {"model": str(tiny_onnx_profiled), "threads": 1, "feedback_token": "t"}
+    with TestClient(create_app(Settings(prediction_log=labelled, **settings))) as client:
+        for text in texts:
+            answer = client.post("/predict", json={"text": text}).json()
+            wrong = next(label for label in answer["probabilities"] if label != answer["label"])
+            body = {"prediction_id": answer["prediction_id"], "label": wrong}
+            assert client.post("/feedback", json=body, headers=TOKEN).status_code == 200
+    serve_and_log(unlabelled, tiny_onnx_profiled, texts, [])
+    common = {"since": "1h", "reference": str(tiny_onnx_profiled), "min_feedback": 50}
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("monitor")
+        flagged = run_monitor(MonitorConfig(store=labelled, **common, min_live_accuracy=0))
+        estimated = run_monitor(
+            MonitorConfig(store=unlabelled, **common, min_estimated_accuracy=0.99)
+        )
+    assert "likely concept shift: live accuracy 0.000 is below the [" in flagged
+    assert "estimated accuracy" in estimated and "< min_estimated_accuracy=0.99" in estimated
+    runs = mlflow_store.runs(mlflow_store.client.get_experiment_by_name("monitor").experiment_id)
+    by_store = {run.data.params["store"]: run for run in runs}
+    metrics = by_store[labelled].data.metrics
+    assert metrics["monitor/concept_shift"] == 1.0 and metrics["monitor/live_accuracy"] == 0.0
+    assert 0 < metrics["monitor/estimated_accuracy_labelled_low"] <= 1
+    report = mlflow.artifacts.load_text(
+        f"{by_store[labelled].info.artifact_uri}/monitor/report.html"
+    )
+    assert "a likely concept shift" in report
+    assert 0 < by_store[unlabelled].data.metrics["monitor/estimated_accuracy"] < 0.99
