@@ -35,6 +35,7 @@ TEST_DATA_FIELDS = ("data", "max_eval_rows")
 RETRAIN_MONITOR_FIELDS = (
     *("store", "since", "until", "registered_model"),
     *("max_drift", "min_live_accuracy", "min_feedback", "min_estimated_accuracy"),
+    "max_domain_auc",
 )
 #: The promotion gate's settings a retrain passes on (its registered model is the monitor's).
 RETRAIN_GATE_FIELDS = (

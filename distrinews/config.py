@@ -439,16 +439,22 @@ class MonitorConfig:
         "(0: off).",
         0.0,
     )
+    max_domain_auc: float = _help(
+        "With fewer feedback items than min_feedback: recommend retraining when a classifier "
+        "tells the window's logged texts from the version's reference texts with a ROC AUC "
+        "over this (0: off; 0.5 means indistinguishable). Needs DISTRINEWS_LOG_TEXTS.",
+        0.0,
+    )
 
     def __post_init__(self) -> None:
         if not self.store.strip():
             raise UserError("store is empty; pass -P store=<the server's prediction log URL>")
         refuse_password(self.store, "store")
-        accuracies = (self.min_live_accuracy, self.min_estimated_accuracy)
+        accuracies = (self.min_live_accuracy, self.min_estimated_accuracy, self.max_domain_auc)
         if not 0 < self.max_drift <= 1 or not all(0 <= a <= 1 for a in accuracies):
             raise UserError(
-                "max_drift must be in (0, 1], min_live_accuracy and min_estimated_accuracy "
-                "in [0, 1]"
+                "max_drift must be in (0, 1], min_live_accuracy, min_estimated_accuracy and "
+                "max_domain_auc in [0, 1]"
             )
         if self.min_feedback < 1:
             raise UserError(f"min_feedback={self.min_feedback} must be >= 1")

@@ -18,7 +18,7 @@ from distrinews.runtime.calibration import (
     write_temperature,
 )
 from distrinews.runtime.onnx_classifier import OnnxClassifier
-from distrinews.runtime.reference_profile import build_profile
+from distrinews.runtime.reference_profile import build_profile, write_reference_texts
 
 
 def calibrate_and_profile(
@@ -48,9 +48,11 @@ def calibrate_and_profile(
     write_temperature(int8_dir, temperature, figures | {"fitted_on_rows": len(labels)})
     model.temperature = temperature
     train_labels = splits.train["label"].to_numpy()
-    build_profile(model, texts, train_labels, logits=validation_logits, true_labels=labels).write(
-        int8_dir
+    profile = build_profile(
+        model, texts, train_labels, logits=validation_logits, true_labels=labels
     )
+    profile.write(int8_dir)
+    write_reference_texts(int8_dir, texts)
     curves = {
         f"uncalibrated (ECE {figures['ece_test_uncalibrated']:.4f})": reliability(
             test_before, test_labels

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from distrinews.config import MonitorConfig
 from distrinews.errors import ModelFolderError, UserError
+from distrinews.monitor.text_drift import TextDrift
 from distrinews.runtime.accuracy_estimate import Estimate, estimate_accuracy
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.prediction_store import (
@@ -25,7 +26,12 @@ from distrinews.runtime.prediction_store import (
     open_store,
     served_rows,
 )
-from distrinews.runtime.reference_profile import compared_histograms, js_distance, read_profile
+from distrinews.runtime.reference_profile import (
+    compared_histograms,
+    js_distance,
+    read_profile,
+    read_reference_texts,
+)
 
 #: The column of the prediction log that holds each numeric drift signal.
 COLUMNS = {"confidence": "confidence", "token_length": "tokens", "unknown_share": "unknown_share"}
@@ -81,6 +87,8 @@ class VersionReport:
     # of the window, and on the labelled ones (to set beside their live accuracy).
     estimated: Estimate | None = None
     estimated_labelled: Estimate | None = None
+    # The domain classifier between the reference texts and the window's (if both exist).
+    text_drift: TextDrift | None = None
 
     @property
     def concept_shift(self) -> bool:
@@ -126,6 +134,13 @@ def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionRepo
 def reference_profile(name: str, version: str, cfg: MonitorConfig, work: Path) -> dict:
     """The reference profile of version `version` of registered model `name`, or of
     `cfg.reference` (a folder) for a model served from a folder; downloaded into `work`."""
+    return reference_of(name, version, cfg, work)[0]
+
+
+def reference_of(
+    name: str, version: str, cfg: MonitorConfig, work: Path
+) -> tuple[dict, list[str] | None]:
+    """The version's reference profile and its reference texts (None if not exported)."""
     if version != UNREGISTERED:
         source = ModelSource(f"models:/{name or cfg.registered_model}/{version}")
     elif cfg.reference:
@@ -143,7 +158,7 @@ def reference_profile(name: str, version: str, cfg: MonitorConfig, work: Path) -
     profile = read_profile(Path(folder))
     if profile is None:
         raise UserError(f"{source.uri} has no reference profile: re-export it")
-    return profile
+    return profile, read_reference_texts(Path(folder))
 
 
 def live_accuracy(
@@ -181,6 +196,13 @@ def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:
             f"likely concept shift: live accuracy {report.live_accuracy:.3f} is below the "
             f"[{low:.3f}, {high:.3f}] the confidences estimate for the same "
             f"{report.feedback} predictions"
+        )
+    domain = report.text_drift
+    if not enough_feedback and cfg.max_domain_auc and domain and domain.auc > cfg.max_domain_auc:
+        reasons.append(
+            f"the window's texts are told from the reference's with ROC AUC {domain.auc:.3f} "
+            f"> max_domain_auc={cfg.max_domain_auc} (no labels; most characteristic: "
+            f"{', '.join(domain.window_words[:5])})"
         )
     estimated = report.estimated
     if not enough_feedback and estimated and estimated.accuracy < cfg.min_estimated_accuracy:

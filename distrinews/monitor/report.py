@@ -31,6 +31,9 @@ def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
             metrics[f"{prefix}estimated_accuracy{name}_high"] = estimate.high
     if report.estimated_labelled is not None:
         metrics[f"{prefix}concept_shift"] = float(report.concept_shift)
+    if report.text_drift is not None:
+        metrics[f"{prefix}domain_auc"] = report.text_drift.auc
+        metrics[f"{prefix}domain_texts"] = report.text_drift.texts
     return metrics
 
 
@@ -89,6 +92,7 @@ def html_report(
             f"{report.feedback} feedback items; {html.escape(estimate_text(report))}</p>",
             "<table border=1 cellpadding=4><tr><th>signal</th><th>Jensen-Shannon distance</th>"
             f"<th>chi-square p</th></tr>{rows}</table>",
+            text_drift_html(report),
         ]
         parts += [
             f"<p><img alt='{html.escape(signal)}' src='data:image/png;base64,"
@@ -128,6 +132,8 @@ def log_monitor_run(
                 mlflow.log_image(png_image(png), f"monitor/{signal}.png")
         page = html_report(window, reports, reasons, pngs) + challenger_html(challengers)
         mlflow.log_text(page, "monitor/report.html")
+        if served.text_drift is not None:
+            mlflow.log_dict(served.text_drift.as_dict(), "monitor/text_drift.json")
         mlflow.set_tags(
             {
                 "model_version": served.version,
@@ -172,3 +178,21 @@ def estimate_text(report: VersionReport) -> str:
         if report.concept_shift:
             text += ": below the interval, a likely concept shift"
     return text
+
+
+def text_drift_html(report: VersionReport) -> str:
+    """What changed in the text: the domain classifier's AUC, its words, examples."""
+    drift = report.text_drift
+    if drift is None:
+        return (
+            "<p>What changed in the text: not measured (the window's texts are logged only "
+            "with DISTRINEWS_LOG_TEXTS, and the version needs its reference texts)</p>"
+        )
+    examples = "".join(f"<li>{html.escape(text[:300])}</li>" for text in drift.examples)
+    return (
+        f"<h3>What changed in the text</h3><p>A classifier tells the window's texts from "
+        f"the reference's with ROC AUC {drift.auc:.3f} ({drift.texts} texts a side; 0.5: "
+        f"alike). Most like the window: {html.escape(', '.join(drift.window_words))}. Most "
+        f"like the reference: {html.escape(', '.join(drift.reference_words))}.</p>"
+        f"<p>The window's texts least like the reference:</p><ol>{examples}</ol>"
+    )

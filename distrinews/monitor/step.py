@@ -17,10 +17,11 @@ from distrinews.monitor.drift import (
     compare,
     live_accuracy,
     read_window,
-    reference_profile,
+    reference_of,
     retrain_reasons,
 )
 from distrinews.monitor.report import log_monitor_run
+from distrinews.monitor.text_drift import text_drift
 from distrinews.runtime.prediction_store import shown
 
 
@@ -56,8 +57,11 @@ def version_reports(
     profile: two models sharing one log each have a version 1."""
     reports = []
     for (name, version), rows in predictions.groupby(["model_name", "model_version"], sort=True):
-        profile = reference_profile(str(name), str(version), cfg, work)
+        profile, reference_texts = reference_of(str(name), str(version), cfg, work)
         report = compare(rows, profile, list(profile["predicted_labels"]))
+        window_texts = rows["text"].dropna().tolist() if "text" in rows else []
+        if reference_texts:
+            report.text_drift = text_drift(reference_texts, window_texts)
         live_accuracy(report, feedback, profile.get("accuracy_map"))
         reports.append(report)
     return reports

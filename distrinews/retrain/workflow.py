@@ -236,6 +236,7 @@ def monitor(job: RetrainJob, parent: Any, story: Story) -> tuple[bool, str]:
         min_live_accuracy=cfg.min_live_accuracy,
         min_feedback=cfg.min_feedback,
         min_estimated_accuracy=cfg.min_estimated_accuracy,
+        max_domain_auc=cfg.max_domain_auc,
     )
     try:
         tags = child("monitor", command, parent, story).data.tags

@@ -83,6 +83,11 @@ def check_calibration(store, run, version, folder) -> None:
     assert profile["split"] == "validation"
     assert profile["rows"] == int(run.data.params["validation_rows"])
     assert sum(profile["predicted_labels"].values()) == pytest.approx(1.0)
+    # Fitted on the same labelled validation rows: monotone, a share right at each point.
+    shares = profile["accuracy_map"]["accuracy"]
+    assert all(0 <= a <= b <= 1 for a, b in zip(shares, shares[1:], strict=False))
+    texts = json.loads((folder / "reference_texts.json").read_text())
+    assert 0 < len(texts) == min(1000, profile["rows"]) and all(isinstance(t, str) for t in texts)
 
 
 def test_a_pretrained_encoder_exports_with_a_new_head(

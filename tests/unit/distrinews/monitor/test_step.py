@@ -245,3 +245,37 @@ def test_feedback_below_the_estimate_is_flagged_as_concept_shift_and_no_labels_c
     )
     assert "a likely concept shift" in report
     assert 0 < by_store[unlabelled].data.metrics["monitor/estimated_accuracy"] < 0.99
+
+
+def test_headlines_in_the_log_are_told_from_the_reference_texts_and_can_trigger(
+    tmp_path, tiny_onnx_profiled, small_data, mlflow_store
+):
+    """The version carries its reference texts (as export writes them); the server logs the
+    window's texts; the monitor's domain classifier tells headlines from articles, says by
+    which words, and with max_domain_auc and no feedback recommends a retrain."""
+    import shutil
+
+    from distrinews.runtime.reference_profile import write_reference_texts
+
+    folder = shutil.copytree(tiny_onnx_profiled, tmp_path / "model")
+    train = pd.read_parquet(small_data / "train.parquet")["text"].tolist()
+    write_reference_texts(folder, train[:300])
+    headlines = [" ".join(text.split()[:8]) for text in train[300:420]]
+    store = f"sqlite:///{tmp_path}/log.db"
+    settings = Settings(model=str(folder), threads=1, prediction_log=store, log_texts=True)
+    with TestClient(create_app(settings)) as client:
+        for text in headlines:
+            assert client.post("/predict", json={"text": text}).status_code == 200
+    cfg = MonitorConfig(store=store, since="1h", reference=str(folder), max_domain_auc=0.7)
+    with tracking_uri(mlflow_store.uri):
+        mlflow.set_experiment("monitor")
+        message = run_monitor(cfg)
+        (run,) = mlflow_store.runs(
+            mlflow_store.client.get_experiment_by_name("monitor").experiment_id
+        )
+        drift = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/monitor/text_drift.json")
+        report = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/monitor/report.html")
+    assert run.data.metrics["monitor/domain_auc"] > 0.7 and drift["texts"] == 120
+    assert "told from the reference's with ROC AUC" in message
+    assert len(drift["examples"]) == 5 and all(e in headlines for e in drift["examples"])
+    assert "What changed in the text" in report and drift["reference_words"][0] in report
