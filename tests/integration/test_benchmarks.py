@@ -203,6 +203,17 @@ def test_shadow(exported):
     assert run.data.metrics["bench_errors_1"] == 0 and run.data.metrics["bench_errors_0"] == 0
 
 
+def test_accuracy_estimate(exported):
+    store, _, folder, _ = exported
+    args = ("--model", folder, "--data", SHARED_DATA, "--window", 60)
+    text, run = run_benchmark(store, "accuracy_estimate", *args)
+    rows = table_rows(text, "like the reference") + table_rows(text, "headlines only")
+    assert all(0 <= float(row[1]) <= 1 and 0 <= float(row[2]) <= 1 for row in rows)
+    # The tiny export's validation split holds too few reference texts for the classifier.
+    assert all(row[6].startswith("n/a") or 0 <= float(row[6]) <= 1 for row in rows)
+    assert run.data.metrics["bench_scrape_ms"] > 0
+
+
 def test_roofline(exported):
     store, _, folder, _ = exported
     text, run = run_benchmark(store, "roofline", "--model", folder, "--texts", 20)
