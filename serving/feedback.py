@@ -237,8 +237,6 @@ def stored_prediction(
     query = sa.select(
         p.request_id, p.model_version, p.label, p.role, served_rows().label("is_served")
     ).where(named, p.position == position)
-    if prediction_id is None:  # an older server's: one row, served
-        query = query.where(served_rows())
     with engine.connect() as connection:
         rows = connection.execute(query.order_by(p.id).limit(8)).all()
     # The served row, then the others (the challenger's in shadow, the champion's beside a

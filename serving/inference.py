@@ -178,6 +178,11 @@ class Scores:
     model: LoadedModel
     marks: dict[str, float]  # when the inference reached each of serving.stages' marks
 
+    @property
+    def inference_seconds(self) -> float:
+        """How long its inference took, tokenization included."""
+        return self.marks["scored"] - self.marks["inference"]
+
     def part(self, start: int, end: int) -> "Scores":
         """The scores of texts [start, end): one request's share of a micro-batch."""
         rows, features = self.rows[start:end], self.features[start:end]
@@ -361,10 +366,9 @@ class MicroBatcher:
         """Hand one inference to `observe` (metrics, the drift window) on the event loop
         once the current request has sent its answer: it is off the answer's path, and
         only the loop's thread ever touches the drift window."""
-        seconds = scores.marks["scored"] - scores.marks["inference"]
         classifier = scores.model.classifier
         asyncio.get_running_loop().call_soon(
-            self.observe, seconds, classifier, scores.features, scores.rows
+            self.observe, scores.inference_seconds, classifier, scores.features, scores.rows
         )
 
     async def _collect(self) -> list[Waiting]:

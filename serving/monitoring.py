@@ -75,12 +75,12 @@ class DriftMonitor:
             return self.classifier, list(self.window)
 
     @staticmethod
-    def distances(classifier: OnnxClassifier | None, window: list) -> dict[str, float]:
+    def distances(classifier: OnnxClassifier | None, columns: np.ndarray) -> dict[str, float]:
         """The window's Jensen-Shannon distance from the reference, per signal ({} if the
-        model has no reference profile or nothing was predicted yet)."""
-        if classifier is None or classifier.profile is None or not window:
+        model has no reference profile or nothing was predicted yet). `columns`: the window
+        as an array, one row per prediction."""
+        if classifier is None or classifier.profile is None or not len(columns):
             return {}
-        columns = np.array(window, dtype=np.float64)  # one row per prediction
         label, confidence, tokens, unknown = columns.T
         counts = np.bincount(label.astype(np.int64), minlength=len(classifier.labels))
         values = {"confidence": confidence, "token_length": tokens, "unknown_share": unknown}
@@ -93,17 +93,19 @@ class DriftMonitor:
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client at each scrape: every gauge from one copy of the window."""
         classifier, window = self.snapshot()
+        # One array for every gauge: (label, confidence, tokens, unknown share) per row.
+        columns = np.array(window, dtype=np.float64).reshape(-1, 4)
         drift = GaugeMetricFamily(
             "distrinews_drift",
             "Jensen-Shannon distance (0 same, 1 disjoint) of the last predictions' window "
             "from the served model's reference profile, by signal",
             labels=["signal"],
         )
-        for signal, distance in self.distances(classifier, window).items():
+        for signal, distance in self.distances(classifier, columns).items():
             drift.add_metric([signal], distance)
         yield drift
-        yield from self.confidence_means(classifier, window)
-        yield from self.estimated_accuracy(classifier, window)
+        yield from self.confidence_means(classifier, columns)
+        yield from self.estimated_accuracy(classifier, columns)
         yield GaugeMetricFamily(
             "distrinews_drift_window_fill",
             "Share of the drift window filled (the distances are noisy while it is low)",
@@ -111,16 +113,17 @@ class DriftMonitor:
         )
 
     @staticmethod
-    def confidence_means(classifier: OnnxClassifier | None, window: list) -> Iterator[Metric]:
+    def confidence_means(
+        classifier: OnnxClassifier | None, columns: np.ndarray
+    ) -> Iterator[Metric]:
         """The window's mean confidence and the reference's, for a "confidence falling"
         alert (absent until there is something to compare)."""
-        if classifier is None or classifier.profile is None or not window:
+        if classifier is None or classifier.profile is None or not len(columns):
             return
-        confidences = [row[1] for row in window]
         yield GaugeMetricFamily(
             "distrinews_window_confidence_mean",
             "Mean confidence over the drift window",
-            value=sum(confidences) / len(confidences),
+            value=float(columns[:, 1].mean()),
         )
         yield GaugeMetricFamily(
             "distrinews_reference_confidence_mean",
@@ -129,15 +132,14 @@ class DriftMonitor:
         )
 
     def estimated_accuracy(
-        self, classifier: OnnxClassifier | None, window: list
+        self, classifier: OnnxClassifier | None, columns: np.ndarray
     ) -> Iterator[Metric]:
         """The window's accuracy estimated from its confidences alone
         (distrinews.runtime.accuracy_estimate), with its 95% interval, overall and per
         predicted class (absent until something was predicted)."""
-        if classifier is None or not window:
+        if classifier is None or not len(columns):
             return
         accuracy_map = (classifier.profile or {}).get("accuracy_map")
-        columns = np.array(window, dtype=np.float64)
         confidence, predicted = columns[:, 1], columns[:, 0].astype(np.int64)
         version = self.versions.get(classifier, UNREGISTERED)
         overall = estimate_accuracy(confidence, accuracy_map)

@@ -159,8 +159,7 @@ class RolloutMetrics:
 
     def observe(self, role: str, served: bool, scores: Scores) -> None:
         """One model's predictions for one request (on the event loop, after the answer)."""
-        seconds = scores.marks["scored"] - scores.marks["inference"]
-        self.inference.labels(role).observe(seconds)
+        self.inference.labels(role).observe(scores.inference_seconds)
         self.predictions.labels(role, str(served).lower()).inc(len(scores.rows))
         for confidence in scores.rows.max(axis=1).tolist():
             self.confidence.labels(role).observe(confidence)

@@ -255,7 +255,6 @@ class Logged:
         state.recent.remember(
             self.prediction_id, self.request_id, source.version, labels, role, served
         )
-        milliseconds = 1000 * (scores.marks["scored"] - scores.marks["inference"])
         state.prediction_log.add(
             Answered(
                 now(),
@@ -269,7 +268,7 @@ class Logged:
                 self.texts if state.settings.log_texts else None,
                 role,
                 served,
-                round(milliseconds, 3),
+                round(1000 * scores.inference_seconds, 3),
             )
         )
 

@@ -11,7 +11,6 @@ accuracies are on the same texts: a paired comparison (distrinews.comparison).
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -26,6 +25,7 @@ from distrinews.runtime.prediction_store import (
     open_store,
     shown,
 )
+from distrinews.runtime.scoring import percentile
 
 
 def read_pairs(store: str, start: datetime, end: datetime, name: str) -> pd.DataFrame:
@@ -147,16 +147,6 @@ class LiveComparison:
         return text + (f" ({self.labelled.describe()})" if paired else "")
 
 
-def compare_live(pairs: pd.DataFrame, labels: list[str]) -> list[LiveComparison]:
-    """One comparison per (champion version, challenger version) in `pairs`."""
-    return [
-        summarize(rows, str(champion), str(challenger), labels)
-        for (champion, challenger), rows in pairs.groupby(
-            ["champion_version", "challenger_version"], sort=True
-        )
-    ]
-
-
 def summarize(
     rows: pd.DataFrame, champion: str, challenger: str, labels: list[str]
 ) -> LiveComparison:
@@ -180,5 +170,6 @@ def summarize(
 
 
 def p95(milliseconds: pd.Series) -> float:
-    values = milliseconds.dropna().to_numpy(dtype=np.float64)
-    return float(np.percentile(values, 95)) if len(values) else float("nan")
+    """The p95 of the logged times (NaN if none was logged: rows of an older server)."""
+    values = milliseconds.dropna().tolist()
+    return percentile(values, 95) if values else float("nan")
