@@ -140,9 +140,9 @@ class DriftMonitor:
         if classifier is None or not len(columns):
             return
         accuracy_map = (classifier.profile or {}).get("accuracy_map")
-        confidence, predicted = columns[:, 1], columns[:, 0].astype(np.int64)
+        confidence, predicted, tokens = columns[:, 1], columns[:, 0].astype(np.int64), columns[:, 2]
         version = self.versions.get(classifier, UNREGISTERED)
-        overall = estimate_accuracy(confidence, accuracy_map)
+        overall = estimate_accuracy(confidence, accuracy_map, tokens)
         families = {
             name: GaugeMetricFamily(
                 f"distrinews_estimated_accuracy{suffix}",
@@ -166,7 +166,7 @@ class DriftMonitor:
         )
         labels = classifier.labels
         for label, estimate in estimate_by_class(
-            confidence, predicted, labels, accuracy_map
+            confidence, predicted, labels, accuracy_map, tokens
         ).items():
             by_class.add_metric([version, label], estimate.accuracy)
         yield by_class

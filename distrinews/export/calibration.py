@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from distrinews.data.splits import Splits
+from distrinews.export.accuracy_map import fit_on_validation
 from distrinews.plots import reliability_figure
 from distrinews.runtime.calibration import (
     expected_calibration_error,
@@ -48,8 +49,9 @@ def calibrate_and_profile(
     write_temperature(int8_dir, temperature, figures | {"fitted_on_rows": len(labels)})
     model.temperature = temperature
     train_labels = splits.train["label"].to_numpy()
+    accuracy_map = fit_on_validation(model, texts, labels, validation_logits)
     profile = build_profile(
-        model, texts, train_labels, logits=validation_logits, true_labels=labels
+        model, texts, train_labels, logits=validation_logits, accuracy_map=accuracy_map
     )
     profile.write(int8_dir)
     write_reference_texts(int8_dir, texts)

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 
 from distrinews.config import MonitorConfig
 from distrinews.errors import ModelFolderError, UserError
+from distrinews.monitor.accuracy_timeline import Stretch
 from distrinews.monitor.text_drift import TextDrift
-from distrinews.runtime.accuracy_estimate import Estimate, estimate_accuracy
+from distrinews.runtime.accuracy_estimate import Estimate, estimate_accuracy, estimate_by_class
 from distrinews.runtime.model_source import ModelSource, local_model_folder
 from distrinews.runtime.prediction_store import (
     FEEDBACK,
@@ -53,6 +54,7 @@ def read_window(store: str, start: datetime, end: datetime) -> tuple[pd.DataFram
         PREDICTIONS.c.model_name,
         PREDICTIONS.c.model_version,
         PREDICTIONS.c.confidence.label("predicted_confidence"),
+        PREDICTIONS.c.tokens.label("predicted_tokens"),
     )
     with engine.connect() as connection:
         predictions = pd.read_sql(sa.select(PREDICTIONS).where(in_window), connection)
@@ -87,6 +89,9 @@ class VersionReport:
     # of the window, and on the labelled ones (to set beside their live accuracy).
     estimated: Estimate | None = None
     estimated_labelled: Estimate | None = None
+    estimated_by_class: dict[str, Estimate] = field(default_factory=dict)  # predicted label
+    # Both through the window, stretch by stretch (distrinews.monitor.accuracy_timeline).
+    timeline: list[Stretch] = field(default_factory=list)
     # The domain classifier between the reference texts and the window's (if both exist).
     text_drift: TextDrift | None = None
 
@@ -124,7 +129,13 @@ def compare(rows: pd.DataFrame, profile: dict, labels: list[str]) -> VersionRepo
     counts = rows["label"].value_counts().reindex(labels, fill_value=0).to_numpy()
     values = {signal: rows[column].to_numpy() for signal, column in COLUMNS.items()}
     report.histograms = compared_histograms(profile, labels, counts, values)
-    report.estimated = estimate_accuracy(rows["confidence"].to_numpy(), profile.get("accuracy_map"))
+    confidence, tokens = rows["confidence"].to_numpy(), rows["tokens"].to_numpy()
+    accuracy_map = profile.get("accuracy_map")
+    report.estimated = estimate_accuracy(confidence, accuracy_map, tokens)
+    predicted = rows["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    report.estimated_by_class = estimate_by_class(
+        confidence, predicted, labels, accuracy_map, tokens
+    )
     for signal, (_, window, reference) in report.histograms.items():
         report.drift[signal] = js_distance(window, reference)
         report.p_values[signal] = chi_square_p(np.array(window) * len(rows), reference)
@@ -161,20 +172,28 @@ def reference_of(
     return profile, read_reference_texts(Path(folder))
 
 
+def version_feedback(report: VersionReport, feedback: pd.DataFrame) -> pd.DataFrame:
+    """The feedback on `report`'s model version's predictions."""
+    return feedback[
+        (feedback["model_name"] == report.model_name)
+        & (feedback["model_version"] == report.version)
+    ]
+
+
 def live_accuracy(
     report: VersionReport, feedback: pd.DataFrame, accuracy_map: dict | None = None
 ) -> None:
     """Accuracy of `report`'s model version on the feedback about its predictions, and the
     accuracy its confidences estimate for those same predictions."""
-    mine = feedback[
-        (feedback["model_name"] == report.model_name)
-        & (feedback["model_version"] == report.version)
-    ]
+    mine = version_feedback(report, feedback)
     report.feedback = len(mine)
     if len(mine):
         report.live_accuracy = float((mine["label"] == mine["predicted"]).mean())
-        confidence = mine["predicted_confidence"].to_numpy(dtype=np.float64)
-        report.estimated_labelled = estimate_accuracy(confidence, accuracy_map)
+        report.estimated_labelled = estimate_accuracy(
+            mine["predicted_confidence"].to_numpy(dtype=np.float64),
+            accuracy_map,
+            mine["predicted_tokens"].to_numpy(dtype=np.float64),
+        )
 
 
 def retrain_reasons(report: VersionReport, cfg: MonitorConfig) -> list[str]:

@@ -10,6 +10,7 @@ from datetime import datetime
 from distrinews.config import MonitorConfig
 from distrinews.data.labels import metric_safe
 from distrinews.mlflow_runs import log_new_params, step_run
+from distrinews.monitor.accuracy_timeline import timeline_png
 from distrinews.monitor.challenger import ChallengerReport, challenger_html, challenger_metrics
 from distrinews.monitor.drift import VersionReport
 from distrinews.runtime.prediction_store import shown
@@ -29,6 +30,8 @@ def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
             metrics[f"{prefix}estimated_accuracy{name}"] = estimate.accuracy
             metrics[f"{prefix}estimated_accuracy{name}_low"] = estimate.low
             metrics[f"{prefix}estimated_accuracy{name}_high"] = estimate.high
+    for label, estimate in report.estimated_by_class.items():
+        metrics[f"{prefix}estimated_accuracy_{metric_safe(label)}"] = estimate.accuracy
     if report.estimated_labelled is not None:
         metrics[f"{prefix}concept_shift"] = float(report.concept_shift)
     if report.text_drift is not None:
@@ -126,6 +129,12 @@ def log_monitor_run(
             ((report.model_name, report.version), signal): signal_png(report, signal)
             for report in reports
             for signal in report.drift
+        } | {
+            ((report.model_name, report.version), "accuracy"): timeline_png(
+                report.timeline, f"{report.label}: accuracy, estimated and live"
+            )
+            for report in reports
+            if report.timeline
         }
         for (key, signal), png in pngs.items():
             if key == (served.model_name, served.version):
@@ -170,6 +179,11 @@ def estimate_text(report: VersionReport) -> str:
         f"[{estimated.low:.3f}, {estimated.high:.3f}]"
     )
     labelled = report.estimated_labelled
+    if report.estimated_by_class:
+        text += "; by predicted label " + ", ".join(
+            f"{label} {estimate.accuracy:.3f}"
+            for label, estimate in report.estimated_by_class.items()
+        )
     if labelled is not None:
         text += (
             f"; on the labelled predictions, estimated {labelled.accuracy:.3f} "

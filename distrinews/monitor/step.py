@@ -11,6 +11,7 @@ import pandas as pd
 from distrinews.config import MonitorConfig
 from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
+from distrinews.monitor.accuracy_timeline import accuracy_timeline
 from distrinews.monitor.challenger import challenger_reports
 from distrinews.monitor.drift import (
     VersionReport,
@@ -19,6 +20,7 @@ from distrinews.monitor.drift import (
     read_window,
     reference_of,
     retrain_reasons,
+    version_feedback,
 )
 from distrinews.monitor.report import log_monitor_run
 from distrinews.monitor.text_drift import text_drift
@@ -63,6 +65,9 @@ def version_reports(
         if reference_texts:
             report.text_drift = text_drift(reference_texts, window_texts)
         live_accuracy(report, feedback, profile.get("accuracy_map"))
+        report.timeline = accuracy_timeline(
+            rows, version_feedback(report, feedback), profile.get("accuracy_map")
+        )
         reports.append(report)
     return reports
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from distrinews.errors import ModelFolderError
-from distrinews.runtime.accuracy_estimate import fit_accuracy_map
 
 PROFILE_FILE = "reference_profile.json"
 #: A sample of the held-out texts the profile was made on, for the monitor's domain
@@ -83,10 +82,10 @@ class ReferenceProfile:
     unknown_share: list[float]
     truncated_share: float
     unknown_token_share: float  # of all tokens
-    # Confidence to share right on `split` (distrinews.runtime.accuracy_estimate): what the
-    # server's estimated accuracy maps its confidences through. None: the labels were not
-    # given, or a profile written before it existed.
-    accuracy_map: dict[str, list[float]] | None = None
+    # Confidence (in bands of token counts) to share right on `split` and its shortened
+    # copies (distrinews.export.accuracy_map): what the server's estimated accuracy maps
+    # its confidences through. None: a profile made without labels.
+    accuracy_map: dict | None = None
 
     def write(self, folder: Path) -> None:
         (folder / PROFILE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -103,11 +102,11 @@ def build_profile(
     train_labels: np.ndarray,
     split: str = "validation",
     logits: np.ndarray | None = None,
-    true_labels: np.ndarray | None = None,
+    accuracy_map: dict | None = None,
 ) -> ReferenceProfile:
     """The profile of `classifier` (an OnnxClassifier, temperature applied) on `texts`;
     `logits`: its logits of `texts` if computed already (not computed again);
-    `true_labels`: the texts' class ids, for the accuracy map."""
+    `accuracy_map`: fitted on labelled rows (distrinews.export.accuracy_map), kept as is."""
     encodings = classifier.encode(texts)
     if logits is None:
         logits = classifier.logits_of(encodings)
@@ -131,11 +130,7 @@ def build_profile(
         unknown_share=shares(unknown, UNKNOWN_SHARE_EDGES),
         truncated_share=float(np.mean([f.truncated for f in features])),
         unknown_token_share=float((unknown * tokens).sum() / max(1, tokens.sum())),
-        accuracy_map=None
-        if true_labels is None
-        else fit_accuracy_map(
-            probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(true_labels)
-        ),
+        accuracy_map=accuracy_map,
     )
 
 

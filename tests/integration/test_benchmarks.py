@@ -205,13 +205,15 @@ def test_shadow(exported):
 
 def test_accuracy_estimate(exported):
     store, _, folder, _ = exported
-    args = ("--model", folder, "--data", SHARED_DATA, "--window", 60)
+    args = ("--model", folder, "--data", SHARED_DATA, "--window", 60, "--windows", 2)
     text, run = run_benchmark(store, "accuracy_estimate", *args)
     rows = table_rows(text, "like the reference") + table_rows(text, "headlines only")
     assert all(0 <= float(row[1]) <= 1 and 0 <= float(row[2]) <= 1 for row in rows)
+    assert all(row[5].endswith("/2") and row[7] in ("no", "**yes**") for row in rows)
     # The tiny export's validation split holds too few reference texts for the classifier.
-    assert all(row[6].startswith("n/a") or 0 <= float(row[6]) <= 1 for row in rows)
+    assert all(row[8].startswith("n/a") or 0 <= float(row[8]) <= 1 for row in rows)
     assert run.data.metrics["bench_scrape_ms"] > 0
+    assert {f"bench_stream{i}_concept_shift" for i in range(6)} <= set(run.data.metrics)
 
 
 def test_roofline(exported):

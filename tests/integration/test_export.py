@@ -83,9 +83,13 @@ def check_calibration(store, run, version, folder) -> None:
     assert profile["split"] == "validation"
     assert profile["rows"] == int(run.data.params["validation_rows"])
     assert sum(profile["predicted_labels"].values()) == pytest.approx(1.0)
-    # Fitted on the same labelled validation rows: monotone, a share right at each point.
-    shares = profile["accuracy_map"]["accuracy"]
-    assert all(0 <= a <= b <= 1 for a, b in zip(shares, shares[1:], strict=False))
+    # Fitted on the labelled validation rows and their short copies: a curve per band of
+    # token counts, each monotone, a share right at each point.
+    accuracy_map = profile["accuracy_map"]
+    assert len(accuracy_map["curves"]) == len(accuracy_map["token_edges"]) + 1 >= 2
+    for curve in accuracy_map["curves"]:
+        shares = curve["accuracy"]
+        assert all(0 <= a <= b <= 1 for a, b in zip(shares, shares[1:], strict=False))
     texts = json.loads((folder / "reference_texts.json").read_text())
     assert 0 < len(texts) == min(1000, profile["rows"]) and all(isinstance(t, str) for t in texts)
 

@@ -107,27 +107,35 @@ def test_the_estimated_accuracy_is_the_windows_confidence_through_the_versions_m
     tmp_path, tiny_onnx, small_data
 ):
     """The gauge, scraped and parsed, is what distrinews.runtime.accuracy_estimate makes of
-    the confidences the clients got, through the accuracy map the profile holds (fitted on
-    labelled rows, as export fits it)."""
+    the confidences the clients got and their texts' token counts, through the accuracy map
+    the profile holds (fitted on labelled rows and their short copies, as export fits it)."""
     import shutil
 
+    from distrinews.export.accuracy_map import fit_on_validation
     from distrinews.runtime.accuracy_estimate import estimate_accuracy
     from distrinews.runtime.onnx_classifier import OnnxClassifier
     from distrinews.runtime.reference_profile import build_profile, read_profile
 
     folder = shutil.copytree(tiny_onnx, tmp_path / "model")
     frame = pd.read_parquet(small_data / "train.parquet").iloc[400:800]
-    labels = frame["label"].to_numpy()
-    build_profile(OnnxClassifier(folder), frame["text"].tolist(), labels, true_labels=labels).write(
-        folder
-    )
+    labels, reference = frame["label"].to_numpy(), frame["text"].tolist()
+    classifier = OnnxClassifier(folder)
+    fitted = fit_on_validation(classifier, reference, labels, classifier.logits(reference))
+    build_profile(classifier, reference, labels, accuracy_map=fitted).write(folder)
     accuracy_map = read_profile(folder)["accuracy_map"]
-    assert len(accuracy_map["confidence"]) == len(accuracy_map["accuracy"]) >= 1
-    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:60]
+    assert len(accuracy_map["curves"]) == len(accuracy_map["token_edges"]) + 1 >= 4
+    # Headlines, so the window's texts fall in several bands.
+    texts = [
+        " ".join(text.split()[: 6 + 4 * (i % 8)])
+        for i, text in enumerate(pd.read_parquet(small_data / "test.parquet")["text"][:60])
+    ]
     with TestClient(create_app(Settings(model=str(folder), threads=1))) as client:
         answers = [client.post("/predict", json={"text": text}).json() for text in texts]
         scraped = client.get("/metrics").text
-    expected = estimate_accuracy(np.array([a["confidence"] for a in answers]), accuracy_map)
+    tokens = np.array([len(e.ids) for e in classifier.encode(texts)])
+    confidence = np.array([a["confidence"] for a in answers])
+    expected = estimate_accuracy(confidence, accuracy_map, tokens)
+    assert expected.accuracy != estimate_accuracy(confidence, accuracy_map["curves"][-1]).accuracy
     samples = {
         sample.name: sample
         for family in text_string_to_metric_families(scraped)

@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 
 from devkit.mlflow_store import tracking_uri
 from distrinews.config import MonitorConfig
+from distrinews.data.labels import metric_safe
 from distrinews.data.time_window import parse_window
 from distrinews.errors import UserError
 from distrinews.monitor.step import run_monitor
+from distrinews.runtime.labels import LABELS
 from pipelines.monitor import main
 from serving.app import create_app
 from serving.settings import Settings
@@ -215,8 +217,9 @@ def test_feedback_below_the_estimate_is_flagged_as_concept_shift_and_no_labels_c
     """Every label given says the model was wrong (as if the classes had been reassigned):
     live accuracy falls below the interval the confidences estimate for those predictions.
     Without feedback, an estimated accuracy under min_estimated_accuracy recommends a
-    retrain on its own."""
-    texts = pd.read_parquet(small_data / "test.parquet")["text"].tolist()[:80]
+    retrain on its own. The run charts both through the window and estimates each
+    predicted label's share right."""
+    texts = pd.read_parquet(small_data / "train.parquet")["text"].tolist()[:240]
     labelled, unlabelled = f"sqlite:///{tmp_path}/labelled.db", f"sqlite:///{tmp_path}/none.db"
     settings = {"model": str(tiny_onnx_profiled), "threads": 1, "feedback_token": "t"}
     with TestClient(create_app(Settings(prediction_log=labelled, **settings))) as client:
@@ -243,7 +246,12 @@ def test_feedback_below_the_estimate_is_flagged_as_concept_shift_and_no_labels_c
     report = mlflow.artifacts.load_text(
         f"{by_store[labelled].info.artifact_uri}/monitor/report.html"
     )
-    assert "a likely concept shift" in report
+    assert "a likely concept shift" in report and "by predicted label" in report
+    by_label = {f"monitor/estimated_accuracy_{metric_safe(label)}" for label in LABELS}
+    assert by_label & set(metrics) and all(0 < metrics[k] <= 1 for k in by_label & set(metrics))
+    artifacts = mlflow_store.client.list_artifacts(by_store[labelled].info.run_id, "monitor")
+    assert "monitor/accuracy.png" in {a.path for a in artifacts}
+    assert "alt='accuracy'" in report
     assert 0 < by_store[unlabelled].data.metrics["monitor/estimated_accuracy"] < 0.99
 
 
