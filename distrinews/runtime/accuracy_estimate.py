@@ -8,7 +8,7 @@ fits monotone maps from confidence to the share right on the version's own held-
 leaves, and stores them in the reference profile.
 
 One map per band of token counts: a transformer is surer of a short text than it is right
-(an 8-word headline scored 7.5 points over-confident on the README's model, through a map
+(8-word headlines scored 7 points over-confident on the README's model, through a map
 fitted on whole articles), so the export fits the bands on the held-out texts and on
 shortened copies of them, whose labels are the same (distrinews.export.accuracy_map).
 

@@ -48,3 +48,4 @@ def test_rules_and_dashboard_name_only_exported_metrics(tmp_path, tiny_onnx_prof
     named = {name for expr in expressions for name in METRIC.findall(expr)}
     assert named - exported == set()
     assert {"distrinews_drift", "distrinews_live_accuracy", "distrinews_reloads_total"} <= named
+    assert "distrinews_estimated_accuracy_low" in named  # beside live accuracy
