@@ -7,7 +7,6 @@ predictions, their live accuracy with Wilson's 95% interval. Where live accuracy
 the estimate's band, the relation between text and label moved (docs/monitoring.md).
 """
 
-import io
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from distrinews.comparison import wilson
+from distrinews.monitor.png import figure_png, pyplot
 from distrinews.runtime.accuracy_estimate import Z_95, Estimate, estimate_accuracy
 
 #: At most this many stretches, and no fewer predictions in one than MIN_STRETCH: a
@@ -71,13 +71,8 @@ def accuracy_timeline(
 
 def timeline_png(stretches: list[Stretch], title: str) -> bytes:
     """The estimate as a band, live accuracy as points with their intervals, over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     middle = [s.start + (s.end - s.start) / 2 for s in stretches]
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = pyplot().subplots(figsize=(8, 3.8))
     ax.fill_between(
         middle,
         [s.estimated.low for s in stretches],
@@ -102,7 +97,4 @@ def timeline_png(stretches: list[Stretch], title: str) -> bytes:
     ax.legend(loc="lower left", fontsize="small")
     fig.autofmt_xdate()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)

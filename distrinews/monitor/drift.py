@@ -180,12 +180,10 @@ def version_feedback(report: VersionReport, feedback: pd.DataFrame) -> pd.DataFr
     ]
 
 
-def live_accuracy(
-    report: VersionReport, feedback: pd.DataFrame, accuracy_map: dict | None = None
-) -> None:
-    """Accuracy of `report`'s model version on the feedback about its predictions, and the
-    accuracy its confidences estimate for those same predictions."""
-    mine = version_feedback(report, feedback)
+def live_accuracy(report: VersionReport, mine: pd.DataFrame, accuracy_map: dict | None) -> None:
+    """Accuracy of `report`'s model version on `mine`, the feedback about its predictions
+    (version_feedback), and the accuracy its confidences estimate for those same
+    predictions."""
     report.feedback = len(mine)
     if len(mine):
         report.live_accuracy = float((mine["label"] == mine["predicted"]).mean())

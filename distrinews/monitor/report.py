@@ -3,7 +3,6 @@ the reference), an HTML report, and tags that say whether to retrain and why."""
 
 import base64
 import html
-import io
 from dataclasses import asdict
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from distrinews.mlflow_runs import log_new_params, step_run
 from distrinews.monitor.accuracy_timeline import timeline_png
 from distrinews.monitor.challenger import ChallengerReport, challenger_html, challenger_metrics
 from distrinews.monitor.drift import VersionReport
+from distrinews.monitor.png import figure_png, png_image, pyplot
 from distrinews.runtime.prediction_store import shown
 
 
@@ -42,11 +42,6 @@ def version_metrics(report: VersionReport, prefix: str) -> dict[str, float]:
 
 def signal_png(report: VersionReport, signal: str, sample: str = "this window") -> bytes:
     """The `sample`'s shares against the reference's (if any), bin by bin, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bins, window, reference = report.histograms[signal]
     names = (
         [str(b) for b in bins]
@@ -54,7 +49,7 @@ def signal_png(report: VersionReport, signal: str, sample: str = "this window") 
         else [f"{bins[i]:g}" for i in range(len(window))]
     )
     positions = range(len(window))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = pyplot().subplots(figsize=(7, 3.5))
     if reference:
         ax.bar([p - 0.2 for p in positions], reference, width=0.4, label="reference (validation)")
     ax.bar([p + 0.2 for p in positions], window, width=0.4, label=sample)
@@ -65,10 +60,7 @@ def signal_png(report: VersionReport, signal: str, sample: str = "this window") 
     ax.set_title(f"{report.label}: {signal.replace('_', ' ')} ({distance})")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def html_report(
@@ -160,13 +152,6 @@ def version_prefix(report: VersionReport, name: str) -> str:
     if report.model_name in (name, ""):
         return f"monitor/version_{report.version}/"
     return f"monitor/{metric_safe(report.model_name)}/version_{report.version}/"
-
-
-def png_image(png: bytes):
-    """A PNG as the PIL image mlflow.log_image takes."""
-    from PIL import Image
-
-    return Image.open(io.BytesIO(png))
 
 
 def estimate_text(report: VersionReport) -> str:

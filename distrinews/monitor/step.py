@@ -64,10 +64,9 @@ def version_reports(
         window_texts = rows["text"].dropna().tolist() if "text" in rows else []
         if reference_texts:
             report.text_drift = text_drift(reference_texts, window_texts)
-        live_accuracy(report, feedback, profile.get("accuracy_map"))
-        report.timeline = accuracy_timeline(
-            rows, version_feedback(report, feedback), profile.get("accuracy_map")
-        )
+        mine, accuracy_map = version_feedback(report, feedback), profile.get("accuracy_map")
+        live_accuracy(report, mine, accuracy_map)
+        report.timeline = accuracy_timeline(rows, mine, accuracy_map)
         reports.append(report)
     return reports
 

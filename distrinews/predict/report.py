@@ -11,7 +11,8 @@ from pathlib import Path
 from distrinews.config import PredictConfig
 from distrinews.mlflow_runs import log_new_params, quiet_dataset_warnings, step_run
 from distrinews.monitor.drift import VersionReport
-from distrinews.monitor.report import png_image, signal_png
+from distrinews.monitor.png import png_image
+from distrinews.monitor.report import signal_png
 from distrinews.predict.files import BatchFile, read_input
 from distrinews.predict.totals import BatchTotals
 from distrinews.runtime.model_source import ModelSource, is_remote
